@@ -1,0 +1,3 @@
+"""servekit: model serving on BentoML with adaptive batching, Redis cache and features, rollouts."""
+
+__version__ = "0.1.0"
