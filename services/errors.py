@@ -38,7 +38,8 @@ class ServekitError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON body of the error response."""
-        body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        # "error" holds the message, as Triton and KServe clients expect.
+        body: dict[str, Any] = {"error": self.message, "type": type(self).__name__}
         body.update({k: v for k, v in self.context.items() if v is not None})
         return body
 

@@ -7,6 +7,9 @@ One class per area, each with its own prefix, in the style of Prefect's settings
 
 - ``SERVEKIT_REDIS_*``     Redis (cache, features, rollout state, prediction stream)
 - ``SERVEKIT_BATCH_*``     the runner's adaptive micro-batcher
+- ``SERVEKIT_CACHE_*``     the Redis prediction cache
+- ``SERVEKIT_FEATURES_*``  the feature store (views, event stream, real-time worker)
+- ``SERVEKIT_ROLLOUT_*``   shadow and canary rollouts, their gates, A/B analysis
 - ``SERVEKIT_*``           serving: shape, models, limits, model store, admin token
 """
 
@@ -14,9 +17,9 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,7 +82,8 @@ class ServingSettings(BaseSettings):
         "ModelRunner BentoML service reached with bentoml.depends.",
     )
     model_store: str = Field(
-        "model_store", description="Local folder, s3://bucket/prefix, or bentoml (the BentoML model store)."
+        "model_store",
+        description="Local folder, s3://bucket/prefix, or bentoml (the BentoML model store).",
     )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
     models: list[str] = Field(
@@ -88,14 +92,122 @@ class ServingSettings(BaseSettings):
     )
     max_records: int = Field(256, ge=1, description="Most records in one /predict request.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
-    ort_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads per session.")
+    ort_threads: int = Field(
+        1, ge=1, le=64, description="ONNX Runtime intra-op threads per session."
+    )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime execution providers in order of preference, e.g. "
         '["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"].',
     )
-    admin_token: str | None = Field(None, description="Bearer token of the admin routes; unset: off.")
+    admin_token: str | None = Field(
+        None, description="Bearer token of the admin routes; unset: off."
+    )
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes of the gateway.")
+
+
+class CacheSettings(BaseSettings):
+    """The Redis prediction cache: TTL, fail-open timeouts, auto-disable and breaker."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_CACHE_", extra="ignore")
+
+    enabled: bool = Field(True, description="Off: every prediction is computed.")
+    ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached prediction.")
+    per_model_ttl: dict[str, int] = Field(
+        default_factory=dict, description='TTL overrides in seconds, JSON: {"fraud": 600}'
+    )
+    timeout_ms: float = Field(
+        5.0, gt=0, description="Per-call budget; a slower call is skipped (fail open)."
+    )
+    min_hit_rate: float = Field(
+        0.05, ge=0, le=1, description="Below it (over `window` lookups) a model's cache turns off."
+    )
+    reenable_hit_rate: float = Field(
+        0.10, ge=0, le=1, description="Probed hit rate at which an off cache turns back on."
+    )
+    window: int = Field(1000, ge=10, description="Lookups in the hit-rate sliding window.")
+    probe_rate: float = Field(
+        0.02, gt=0, le=1, description="Share of inputs (by key hash) still cached while off."
+    )
+    probe_window: int = Field(200, ge=10, description="Probe lookups needed to turn back on.")
+    min_off_s: float = Field(60.0, ge=0, description="Shortest time a cache stays off.")
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failed calls that open the circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        5.0, gt=0, description="Open breaker waits this long before one trial call."
+    )
+
+
+class FeatureSettings(BaseSettings):
+    """The feature store: view declarations, the event stream and its consumer group."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_FEATURES_", extra="ignore")
+
+    views: list[dict[str, Any]] | None = Field(
+        None,
+        description="Feature views as JSON (see services.features.FeatureView); "
+        "unset: the demo fraud model's views.",
+    )
+    stream_maxlen: int = Field(100_000, ge=100, description="Cap of the event stream.")
+    consumer_group: str = Field("servekit-features", description="Real-time worker group.")
+    claim_min_idle_ms: int = Field(
+        30_000, ge=0, description="Pending events idle this long are reclaimed from dead workers."
+    )
+    dedupe_ttl_s: int = Field(
+        7 * 86400, ge=60, description="How long an applied event id is remembered."
+    )
+    version_grace_s: int = Field(
+        300, ge=0, description="A replaced batch-view version lives this long after the swap."
+    )
+    load_chunk: int = Field(1000, ge=1, description="Entities written per pipeline on load.")
+    state_ttl_s: int = Field(
+        30 * 86400, ge=60, description="Real-time state of an entity idle this long expires."
+    )
+
+
+class RolloutSettings(BaseSettings):
+    """Shadow and canary rollouts (design decision 8), their gates and the A/B analysis."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_ROLLOUT_", extra="ignore")
+
+    shadow_window_s: float = Field(86_400, gt=0, description="How long a shadow run lasts.")
+    canary_steps: list[float] = Field(
+        default_factory=lambda: [5.0, 25.0, 50.0, 100.0],
+        description="Candidate traffic percent of each canary step, increasing, in (0, 100].",
+    )
+    step_duration_s: float = Field(
+        151_200, gt=0, description="Time at each canary step (default: 7 days over 4 steps)."
+    )
+    max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="Gate: most errors per prediction of the candidate."
+    )
+    max_p99_latency_ratio: float = Field(
+        1.2, gt=0, description="Gate: most candidate p99 latency over the primary's."
+    )
+    min_agreement: float = Field(
+        0.99, ge=0, le=1, description="Gate: least share of shadow outputs equal to primary's."
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Level of the A/B tests.")
+    msprt_tau2: float = Field(
+        1e-4, gt=0, description="mSPRT mixing variance (~ squared effect size to detect)."
+    )
+    feedback_ttl_s: int = Field(
+        7 * 86_400, ge=60, description="How long a prediction waits for its outcome."
+    )
+    history_maxlen: int = Field(1000, ge=10, description="Changes kept per model's history.")
+    follower_refresh_s: float = Field(
+        30.0, gt=0, description="Full re-read of rollout state behind the pub/sub notices."
+    )
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _increasing_percents(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 < p <= 100 for p in steps):
+            raise ValueError("canary steps must be percents in (0, 100]")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("canary steps must increase")
+        return steps
 
 
 class Settings(BaseModel):
@@ -104,6 +216,9 @@ class Settings(BaseModel):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,249 @@
+"""The gateway's HTTP surface: a small raw ASGI app mounted into the BentoML service.
+
+Why raw ASGI and not ``@bentoml.api``: BentoML's typed API path regenerates a pydantic
+schema per response and cannot take path parameters (``/v2/models/{name}/infer``) or a raw
+body (the binary tensor extension); measured here, a mounted app with hand validation is
+several times cheaper per request (shared/MEASURED.md). Every error leaves as JSON with the
+status of its ``ServekitError``; anything unexpected is logged and answered with a generic
+500 that carries no stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from services.errors import (
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServekitError,
+    UnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+_V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer|/ready)?$")
+
+
+class HTTPResponse:
+    """A status, a body and headers."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or _JSON
+
+
+def json_response(doc: Any, status: int = 200) -> HTTPResponse:
+    """A JSON response (numpy scalars and arrays serialised natively)."""
+    return HTTPResponse(status, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+def error_response(exc: ServekitError) -> HTTPResponse:
+    """The JSON error response for ``exc``; 5xx show a generic message."""
+    status = int(exc.error_code)
+    if status >= 500 and not isinstance(exc, UnavailableError):
+        body = {"error": "internal error; see the server log", "type": "InternalError"}
+        return json_response(body, status)
+    resp = json_response(exc.to_dict(), status)
+    if isinstance(exc, UnavailableError):
+        resp.headers = [*_JSON, (b"retry-after", str(max(1, round(exc.retry_after))).encode())]
+    return resp
+
+
+class GatewayApp:
+    """Routes the gateway's requests to a ``Predictor`` bound after start-up.
+
+    Routes: ``POST /predict``, ``GET /models``, ``GET /metrics``, and the Open Inference
+    Protocol v2 subset (``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}]``
+    with ``/ready`` and ``/infer``). Extra routes (admin, events, feedback) are added with
+    ``add_route``.
+    """
+
+    def __init__(self) -> None:
+        self.predictor: Any = None
+        self.max_body_bytes = 1 << 20
+        self.metrics_render: Callable[[], bytes] | None = None
+        self.readiness: list[Callable[[], Awaitable[dict[str, Any]]]] = []
+        self._routes: dict[tuple[str, str], Callable[..., Awaitable[HTTPResponse]]] = {
+            ("POST", "/predict"): self._predict,
+            ("GET", "/models"): self._models,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/v2"): self._server_metadata,
+            ("GET", "/v2/health/live"): self._live,
+            ("GET", "/v2/health/ready"): self._ready,
+        }
+
+    def bind(
+        self, predictor: Any, *, max_body_bytes: int, metrics_render: Callable[[], bytes]
+    ) -> None:
+        """Attach the request logic (called from the service's ``__init__``)."""
+        self.predictor = predictor
+        self.max_body_bytes = max_body_bytes
+        self.metrics_render = metrics_render
+
+    def add_route(
+        self, method: str, path: str, handler: Callable[..., Awaitable[HTTPResponse]]
+    ) -> None:
+        """Add ``handler(body: bytes, scope) -> HTTPResponse`` at a fixed path."""
+        self._routes[(method, path)] = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        route = "unknown"
+        try:
+            handler = self._routes.get((method, path))
+            if handler is not None:
+                route = path
+                body = await self._read_body(scope, receive) if method == "POST" else b""
+                resp = await handler(body, scope)
+            elif (m := _V2_MODEL.match(path)) is not None:
+                route = "v2_model" + (m.group(3) or "")
+                resp = await self._v2_model(method, m, scope, receive)
+            elif any(p == path for _, p in self._routes) or path == "/v2/models":
+                raise ServekitError("method not allowed", status=405)
+            else:
+                raise NotFoundError(f"no route {method} {path}", path=path)
+        except ServekitError as exc:
+            if exc.context.get("status") == 405:
+                resp = json_response({"error": f"method {method} not allowed on {path}"}, 405)
+            else:
+                resp = error_response(exc)
+            if self.predictor is not None:
+                self.predictor.metrics.observe_error(route, resp.status, type(exc).__name__)
+        except Exception:
+            logger.exception("unhandled error on %s %s", method, path)
+            resp = error_response(ServekitError("internal"))
+            if self.predictor is not None:
+                self.predictor.metrics.observe_error(route, 500, "InternalError")
+        headers = [*resp.headers, (b"content-length", str(len(resp.body)).encode())]
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    raise BadRequestError(
+                        "invalid Content-Length", field="Content-Length"
+                    ) from None
+                if declared > limit:
+                    raise PayloadTooLargeError(
+                        f"request body of {declared} bytes is over the limit of {limit} bytes",
+                        limit=limit,
+                        field="body",
+                    )
+        chunks = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequestError("client disconnected", field="body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(
+                    f"request body is over the limit of {limit} bytes", limit=limit, field="body"
+                )
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _need_predictor(self) -> Any:
+        if self.predictor is None:
+            raise UnavailableError("the gateway is starting", retry_after=1)
+        return self.predictor
+
+    async def _predict(self, body: bytes, scope: Scope) -> HTTPResponse:
+        predictor = self._need_predictor()
+        if not body:
+            raise BadRequestError("empty body: send a JSON object", field="body")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequestError(f"malformed JSON: {exc}", field="body") from None
+        return json_response(await predictor.predict(doc))
+
+    async def _models(self, body: bytes, scope: Scope) -> HTTPResponse:
+        return json_response(await self._need_predictor().models())
+
+    async def _metrics(self, body: bytes, scope: Scope) -> HTTPResponse:
+        if self.metrics_render is None:
+            raise UnavailableError("the gateway is starting", retry_after=1)
+        return HTTPResponse(
+            200, self.metrics_render(), [(b"content-type", b"text/plain; version=0.0.4")]
+        )
+
+    async def _server_metadata(self, body: bytes, scope: Scope) -> HTTPResponse:
+        from services import __version__
+
+        return json_response(
+            {"name": "servekit", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    async def _live(self, body: bytes, scope: Scope) -> HTTPResponse:
+        return json_response({"live": True})
+
+    async def _ready(self, body: bytes, scope: Scope) -> HTTPResponse:
+        ready = self.predictor is not None and self.predictor.ready
+        checks: dict[str, Any] = {}
+        for check in self.readiness:
+            checks.update(await check())
+        return json_response({"ready": ready, **checks}, 200 if ready else 503)
+
+    async def _v2_model(
+        self, method: str, m: re.Match[str], scope: Scope, receive: Receive
+    ) -> HTTPResponse:
+        predictor = self._need_predictor()
+        model, version, action = m.group(1), m.group(2), m.group(3)
+        if action == "/infer":
+            if method != "POST":
+                raise ServekitError("method not allowed", status=405)
+            body = await self._read_body(scope, receive)
+            header_length = None
+            for name, value in scope["headers"]:
+                if name == b"inference-header-content-length":
+                    header_length = value.decode("latin-1")
+            out, headers = await predictor.infer_v2(model, version, body, header_length)
+            return HTTPResponse(
+                200, out, [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            )
+        if method != "GET":
+            raise ServekitError("method not allowed", status=405)
+        if action == "/ready":
+            await predictor.resolve(model, version)
+            return json_response({"name": model, "ready": True})
+        return json_response(await predictor.v2_metadata(model, version))
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

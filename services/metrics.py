@@ -1,0 +1,130 @@
+"""servekit's Prometheus metrics, kept cheap on the hot path.
+
+BentoML's own metrics middleware is switched off (it costs ~1.5x in throughput, see
+shared/MEASURED.md); these replace it. Label children are cached so a request pays a dict
+lookup and an observe, and gauges that change often (queue depth, batcher counters) are
+read at scrape time by a collector instead of being set per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256)
+
+
+class ServingMetrics:
+    """The gateway's and runner's metrics on their own registry.
+
+    Args:
+        registry: the Prometheus registry (a fresh one by default, so tests stay isolated).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.latency = Histogram(
+            "servekit_request_latency_seconds",
+            "Request latency inside the gateway, by model, version and route.",
+            ["model", "version", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rows = Counter(
+            "servekit_predicted_rows",
+            "Rows predicted, by model and version.",
+            ["model", "version"],
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "servekit_batch_rows",
+            "Rows in each backend call the batcher made.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "servekit_batch_seconds",
+            "Backend time of each batch.",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "servekit_errors",
+            "Requests answered with an error, by route, status and error class.",
+            ["route", "status", "error"],
+            registry=self.registry,
+        )
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def observe_request(
+        self, model: str, version: str, route: str, seconds: float, rows: int
+    ) -> None:
+        """One successful request."""
+        key = ("req", model, version, route)
+        child = self._children.get(key)
+        if child is None:
+            child = (self.latency.labels(model, version, route), self.rows.labels(model, version))
+            self._children[key] = child
+        child[0].observe(seconds)
+        child[1].inc(rows)
+
+    def observe_batch(self, key: Hashable, rows: int, seconds: float) -> None:
+        """One backend call of ``rows`` rows (the batcher's ``on_batch`` hook)."""
+        ckey = ("batch", key)
+        child = self._children.get(ckey)
+        if child is None:
+            model, version = key  # type: ignore[misc]
+            child = (
+                self.batch_rows.labels(model, version),
+                self.batch_seconds.labels(model, version),
+            )
+            self._children[ckey] = child
+        child[0].observe(rows)
+        child[1].observe(seconds)
+
+    def observe_error(self, route: str, status: int, error: str) -> None:
+        """One request answered with an error."""
+        self.errors.labels(route, str(status), error).inc()
+
+    def add_collector(self, collector: Collector) -> None:
+        """Register a scrape-time collector (queue depth, pool state, ...)."""
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class CallbackCollector(Collector):
+    """Gauges and counters computed at scrape time from a callback.
+
+    The callback returns ``[(name, help, kind, [(labels dict, value), ...]), ...]`` with
+    kind "gauge" or "counter".
+    """
+
+    def __init__(
+        self, callback: Callable[[], list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]]
+    ) -> None:
+        self._callback = callback
+
+    def collect(self) -> Iterator[Any]:
+        for name, doc, kind, samples in self._callback():
+            labels = sorted(samples[0][0]) if samples else []
+            family: Any
+            if kind == "counter":
+                family = CounterMetricFamily(name, doc, labels=labels)
+            else:
+                family = GaugeMetricFamily(name, doc, labels=labels)
+            for lab, value in samples:
+                family.add_metric([lab[k] for k in labels], value)
+            yield family
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())

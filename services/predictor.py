@@ -1,0 +1,199 @@
+"""The gateway's request logic, free of HTTP and BentoML: validate, resolve, infer, answer.
+
+``Predictor`` takes a ``Runner`` (the colocated model pool, or a remote ModelRunner
+service) so both deployment shapes share this code.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Protocol
+
+from services.batching import Feeds
+from services.catalog import ModelCatalog
+from services.errors import InvalidInputError, PayloadTooLargeError
+from services.metrics import ServingMetrics
+from services.oip import decode_request, encode_response, model_metadata
+from services.registry import ModelVersion
+from services.schema import RecordEncoder, decode_predictions
+from services.settings import Settings
+
+_PREDICT_KEYS = frozenset({"model", "version", "inputs", "user_id", "request_id"})
+_PLATFORM = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+
+
+class Runner(Protocol):
+    """Runs a batch of rows of one model version (colocated pool or remote service)."""
+
+    async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds: ...
+
+    def describe(self) -> dict[tuple[str, str], dict[str, Any]]: ...
+
+
+class Predictor:
+    """Serves ``/predict``, ``/models`` and the Open Inference Protocol routes.
+
+    Args:
+        catalog: resolves model names and versions.
+        runner: runs inference.
+        settings: servekit's settings (limits).
+        metrics: where request metrics go.
+    """
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        runner: Runner,
+        settings: Settings,
+        metrics: ServingMetrics,
+    ) -> None:
+        self.catalog = catalog
+        self.runner = runner
+        self.settings = settings
+        self.metrics = metrics
+        self.max_records = settings.serving.max_records
+        self._encoders: dict[tuple[str, str], RecordEncoder] = {}
+        self.ready = False
+
+    async def resolve(self, model: Any, version: Any = None) -> ModelVersion:
+        """The version a request names (default: the served one)."""
+        if not isinstance(model, str):
+            raise InvalidInputError("'model' must be a string naming a model", field="model")
+        if version is not None and not isinstance(version, str):
+            raise InvalidInputError("'version' must be a string", field="version")
+        cached = self.catalog.resolve_cached(model, version)
+        return cached if cached is not None else await self.catalog.resolve(model, version)
+
+    def _encoder(self, mv: ModelVersion) -> RecordEncoder:
+        enc = self._encoders.get(mv.key)
+        if enc is None:
+            if mv.model_schema.kind != "tabular":
+                raise InvalidInputError(
+                    f"model {mv.name!r} takes {mv.model_schema.kind} input; "
+                    f"use POST /v2/models/{mv.name}/infer",
+                    field="model",
+                )
+            enc = RecordEncoder(mv.model_schema)
+            self._encoders[mv.key] = enc
+        return enc
+
+    async def predict(self, body: Any) -> dict[str, Any]:
+        """``POST /predict``: records in, one prediction per record out."""
+        t0 = time.perf_counter()
+        if not isinstance(body, dict):
+            raise InvalidInputError("the request must be a JSON object", field="body")
+        extra = body.keys() - _PREDICT_KEYS
+        if extra:
+            name = sorted(extra)[0]
+            raise InvalidInputError(
+                f"unknown field {name!r} (expected: model, inputs, user_id, request_id, version)",
+                field=name,
+            )
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list):
+            raise InvalidInputError("'inputs' must be a list of records", field="inputs")
+        if not inputs:
+            raise InvalidInputError("'inputs' is empty", field="inputs")
+        if len(inputs) > self.max_records:
+            raise PayloadTooLargeError(
+                f"{len(inputs)} records is over the limit of {self.max_records} per request",
+                limit=self.max_records,
+                field="inputs",
+            )
+        for key in ("user_id", "request_id"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
+                raise InvalidInputError(
+                    f"'{key}' must be a string of 1 to 256 characters", field=key
+                )
+        mv = await self.resolve(body.get("model"), body.get("version"))
+        schema = mv.model_schema
+        encoder = self._encoder(mv)
+        matrix = encoder.encode(inputs, ignore=frozenset(schema.entity_fields))
+        outputs = await self.runner.infer(mv, {schema.inputs[0].name: matrix}, len(inputs))
+        predictions = decode_predictions(schema, outputs)
+        self.metrics.observe_request(
+            mv.name, mv.version, "predict", time.perf_counter() - t0, len(inputs)
+        )
+        return {
+            "model": mv.name,
+            "version": mv.version,
+            "predictions": predictions,
+            "request_id": body.get("request_id") or uuid.uuid4().hex,
+        }
+
+    async def infer_v2(
+        self, model: str, version: str | None, body: bytes, header_length: str | None
+    ) -> tuple[bytes, dict[str, str]]:
+        """``POST /v2/models/{model}[/versions/{version}]/infer``."""
+        t0 = time.perf_counter()
+        mv = await self.resolve(model, version)
+        req = decode_request(body, header_length, mv.model_schema.inputs, max_rows=self.max_records)
+        outputs = await self.runner.infer(mv, req.feeds, req.rows)
+        out = encode_response(mv.name, mv.version, req, outputs)
+        self.metrics.observe_request(
+            mv.name, mv.version, "v2_infer", time.perf_counter() - t0, req.rows
+        )
+        return out
+
+    async def v2_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        """``GET /v2/models/{model}[/versions/{version}]``."""
+        mv = await self.resolve(model, version)
+        versions = [v.version for v in await _versions(self.catalog, mv.name)]
+        schema = mv.model_schema
+        return model_metadata(
+            mv.name, versions, _PLATFORM.get(mv.format, mv.format), schema.inputs, schema.outputs
+        )
+
+    async def models(self) -> dict[str, Any]:
+        """``GET /models``: every registered model, its versions and their schemas."""
+        import asyncio
+
+        registry = self.catalog.registry
+        names = await asyncio.to_thread(registry.list_models)
+        loaded = self.runner.describe()
+        served = {mv.name: mv.version for mv in self.catalog.pinned()}
+        out = []
+        for name in names:
+            versions = await asyncio.to_thread(registry.list_versions, name)
+            out.append(
+                {
+                    "name": name,
+                    "served_version": served.get(name)
+                    or (versions[-1].version if versions else None),
+                    "versions": [
+                        {
+                            "version": v.version,
+                            "format": v.format,
+                            "stage": v.stage,
+                            "created": v.created.isoformat(),
+                            "sha256": v.sha256,
+                            "metrics": v.metrics,
+                            "input_schema": v.model_schema.public(),
+                            "runtime": loaded.get(v.key, {"loaded": False}),
+                        }
+                        for v in versions
+                    ],
+                }
+            )
+        return {"models": out}
+
+
+async def _versions(catalog: ModelCatalog, name: str) -> list[ModelVersion]:
+    import asyncio
+
+    return await asyncio.to_thread(catalog.registry.list_versions, name)
+
+
+class LocalRunner:
+    """The colocated shape: the model pool lives in the gateway's process."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds:
+        return await self.pool.infer(mv, feeds, rows)
+
+    def describe(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {k: lm.describe() for k, lm in self.pool.loaded().items()}

@@ -1,0 +1,201 @@
+"""The BentoML services: the public ``Gateway`` and, for the split shape, ``ModelRunner``.
+
+Thin by design (STYLE.md): each class wires plain objects in ``__init__`` and mounts the
+gateway's ASGI app; the logic lives in ``services.predictor``, ``services.pool`` and
+``services.batching``. ``SERVEKIT_SHAPE`` picks the shape ``bentoml serve
+services.service:Gateway`` runs:
+
+- colocated (default): the model pool and the adaptive batcher live in the gateway's
+  process (4-10x cheaper per request than a second hop, shared/MEASURED.md);
+- split: the gateway validates and routes, and a ``ModelRunner`` service, reached with
+  ``bentoml.depends`` and batching with BentoML's batchable API, runs the models in its
+  own process (for GPU models that need their own process and scaling).
+
+Both services carry the trims measured in shared/MEASURED.md: tracing excluded, access
+log and BentoML's metrics off (servekit exports its own on ``/metrics``), the
+TimeoutMiddleware timer fixed (``services.bentoml_fixes``) and ``gc.freeze()`` after load.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from services import bentoml_fixes
+from services.batching import Feeds, concat_feeds, split_outputs
+from services.catalog import ModelCatalog
+from services.http import GatewayApp
+from services.metrics import CallbackCollector, ServingMetrics
+from services.pool import ModelPool
+from services.predictor import LocalRunner, Predictor
+from services.registry import ModelRegistry, ModelVersion
+from services.settings import Settings, get_settings
+from services.stores import open_store
+
+logger = logging.getLogger(__name__)
+bentoml_fixes.apply()
+
+SETTINGS = get_settings()
+_TRIMS: dict[str, Any] = {
+    "traffic": {"timeout": 60},
+    "logging": {"access": {"enabled": False}},
+    "metrics": {"enabled": False},
+    "tracing": {"excluded_urls": [".*"]},
+}
+app = GatewayApp()
+
+
+def _pool_collector(pool: ModelPool) -> CallbackCollector:
+    def collect() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        b = pool.batcher
+        return [
+            (
+                "servekit_queue_rows",
+                "Rows waiting in the batcher's queue.",
+                "gauge",
+                [({}, b.queued_rows)],
+            ),
+            (
+                "servekit_shed_requests",
+                "Requests refused with 503 (queue full).",
+                "counter",
+                [({}, b.stats.shed)],
+            ),
+            (
+                "servekit_resident_bytes",
+                "Bytes held by each loaded model version.",
+                "gauge",
+                [
+                    ({"model": k[0], "version": k[1]}, float(lm.backend.nbytes))
+                    for k, lm in pool.loaded().items()
+                ],
+            ),
+        ]
+
+    return CallbackCollector(collect)
+
+
+def build_colocated(settings: Settings) -> tuple[Predictor, ServingMetrics, ModelPool]:
+    """The colocated gateway's objects: registry, pool (preloaded), predictor."""
+    registry = ModelRegistry(open_store(settings.serving))
+    catalog = ModelCatalog(registry)
+    metrics = ServingMetrics()
+    pool = ModelPool(registry, settings, catalog=catalog, on_batch=metrics.observe_batch)
+    pool.preload(settings.serving.models)
+    metrics.add_collector(_pool_collector(pool))
+    predictor = Predictor(catalog, LocalRunner(pool), settings, metrics)
+    return predictor, metrics, pool
+
+
+class _GatewayBase:
+    """What both gateway shapes share: binding the ASGI app to a ready predictor."""
+
+    def _bind(self, predictor: Predictor, metrics: ServingMetrics) -> None:
+        app.bind(
+            predictor, max_body_bytes=SETTINGS.serving.max_body_bytes, metrics_render=metrics.render
+        )
+        predictor.ready = True
+        gc.collect()
+        gc.freeze()  # the loaded models and wiring are long-lived: keep them out of GC scans
+
+
+@bentoml.service(
+    name="servekit-runner",
+    workers=1,
+    runner_connection={"max_requests": 10**9, "max_age": 3600.0},  # BentoML #5540
+    **_TRIMS,
+)
+class ModelRunner:
+    """Runs models for the split shape; BentoML's batchable API forms the batches."""
+
+    def __init__(self) -> None:
+        settings = get_settings()
+        self.registry = ModelRegistry(open_store(settings.serving))
+        self.pool = ModelPool(self.registry, settings)
+        self.pool.preload(settings.serving.models)
+        gc.collect()
+        gc.freeze()
+
+    @bentoml.api(
+        batchable=True, max_batch_size=SETTINGS.batch.max_batch_size, max_latency_ms=60_000
+    )
+    def infer(self, items: list[Any]) -> list[Any]:
+        """Run a batch of ``{"model", "version", "feeds"}`` items; one output dict each."""
+        results: list[Any] = [None] * len(items)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault((item["model"], item["version"]), []).append(i)
+        for key, idx in groups.items():
+            try:
+                lm = self.pool.loaded().get(key)
+                if lm is None:
+                    lm = self.pool.load_sync(self.registry.get(*key))
+                batch, sizes = concat_feeds([items[i]["feeds"] for i in idx])
+                outs = split_outputs(lm.backend.run(batch), sizes)
+            except Exception as exc:  # one group's failure fails only its own items
+                logger.warning("runner batch for %s failed: %s", key, exc)
+                for i in idx:
+                    results[i] = {"error": str(exc)}
+                continue
+            for i, out in zip(idx, outs, strict=True):
+                results[i] = out
+        return results
+
+    @bentoml.api
+    def loaded(self) -> dict[str, Any]:
+        """The runner's resident versions."""
+        return {f"{k[0]}:{k[1]}": lm.describe() for k, lm in self.pool.loaded().items()}
+
+
+class RemoteRunner:
+    """The split shape's runner: calls ``ModelRunner.infer`` through ``bentoml.depends``."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+
+    async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds:
+        from services.errors import ModelLoadError
+
+        (out,) = await self.proxy.to_async.infer(
+            [{"model": mv.name, "version": mv.version, "feeds": feeds}]
+        )
+        if "error" in out and not isinstance(out["error"], np.ndarray):
+            raise ModelLoadError(f"runner failed on {mv.name} version {mv.version}: {out['error']}")
+        return out
+
+    def describe(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {}
+
+
+if SETTINGS.serving.shape == "split":
+
+    @bentoml.service(name="servekit", workers=SETTINGS.serving.workers, **_TRIMS)
+    @bentoml.asgi_app(app, path="/")
+    class Gateway(_GatewayBase):
+        """The public gateway, split shape: models run in ``ModelRunner``."""
+
+        runner = bentoml.depends(ModelRunner)
+
+        def __init__(self) -> None:
+            registry = ModelRegistry(open_store(SETTINGS.serving))
+            catalog = ModelCatalog(registry)
+            for name in SETTINGS.serving.models:
+                catalog.pin(registry.get(name))
+            metrics = ServingMetrics()
+            self.predictor = Predictor(catalog, RemoteRunner(self.runner), SETTINGS, metrics)
+            self._bind(self.predictor, metrics)
+
+else:
+
+    @bentoml.service(name="servekit", workers=SETTINGS.serving.workers, **_TRIMS)  # type: ignore[no-redef]
+    @bentoml.asgi_app(app, path="/")
+    class Gateway(_GatewayBase):  # type: ignore[no-redef]
+        """The public gateway, colocated shape: pool and batcher in this process."""
+
+        def __init__(self) -> None:
+            self.predictor, metrics, self.pool = build_colocated(SETTINGS)
+            self._bind(self.predictor, metrics)
