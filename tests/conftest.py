@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parents[1]
+# Keep BentoML's stores inside the checkout, as the Makefile does (set before bentoml loads).
+os.environ.setdefault("BENTOML_HOME", str(ROOT / ".servekit" / "bentoml"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,3 +58,78 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     yield client
     await client.flushdb()
     await client.aclose()
+
+
+# -- servekit fixtures: a trained demo registry and real BentoML servers ------------------
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def fraud_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local model store holding the demo fraud model (trained once per session)."""
+    from services.demo_models import ensure_demo_models
+    from services.registry import ModelRegistry
+    from services.stores import LocalStore
+
+    root = tmp_path_factory.mktemp("model_store")
+    ensure_demo_models(ModelRegistry(LocalStore(root)))
+    return root
+
+
+class ServerProcess:
+    """A `bentoml serve` of the servekit gateway in a subprocess."""
+
+    def __init__(self, env: dict[str, str], *, timeout_s: float = 90.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(env.get("SERVEKIT_TEST_LOG", f"/tmp/servekit-test-{self.port}.log"))
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "services.service:Gateway",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout_s}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gateway(fraud_store: Path, redis_url: str) -> Iterator[ServerProcess]:
+    """The colocated gateway serving the demo fraud model over real HTTP."""
+    server = ServerProcess(
+        {
+            "SERVEKIT_MODEL_STORE": str(fraud_store),
+            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_MAX_RECORDS": "64",
+            "SERVEKIT_MAX_BODY_BYTES": "65536",
+        }
+    )
+    yield server
+    server.stop()

@@ -1,0 +1,71 @@
+# servekit: `make serve` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 3000
+HOST ?= 127.0.0.1
+# Keep BentoML's model and bento stores inside the checkout.
+export BENTOML_HOME ?= $(CURDIR)/.servekit/bentoml
+export BENTOML_DO_NOT_TRACK := true
+export HF_HUB_OFFLINE := 1
+
+.PHONY: serve test test-fast check lint types models redis redis-stop bench bento image clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+
+# The serving install: no torch, no test tools.
+$(VENV)/.serve: $(VENV)/bin/activate pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt -e ".[demo]"
+	touch $@
+
+# Everything the test suite needs, torch included (CPU build: torch==2.13.0).
+$(VENV)/.dev: $(VENV)/.serve
+	$(PIP) install -q -c constraints.txt -e ".[demo,convert,dev]"
+	touch $@
+
+models: $(VENV)/.serve
+	$(PY) -m services.demo_models
+
+redis: $(VENV)/.serve
+	@$(PY) -m services.redis_embedded start
+
+redis-stop:
+	@$(PY) -m services.redis_embedded stop
+
+# venv, install, demo models, embedded Redis (unless SERVEKIT_REDIS_URL is set), serve.
+serve: models
+	@if [ -z "$$SERVEKIT_REDIS_URL" ]; then \
+	  export SERVEKIT_REDIS_URL=$$($(PY) -m services.redis_embedded start); \
+	  echo "embedded Redis at $$SERVEKIT_REDIS_URL"; \
+	fi; \
+	exec $(VENV)/bin/bentoml serve services.service:Gateway --host $(HOST) --port $(PORT)
+
+# The whole suite, slow tests included (bentoml build, both server shapes).
+test: $(VENV)/.dev
+	$(VENV)/bin/pytest -q
+
+test-fast: $(VENV)/.dev
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+types: $(VENV)/.dev
+	$(VENV)/bin/mypy
+
+check: lint types test
+
+bench: $(VENV)/.dev models
+	$(PY) benchmarks/serving.py
+
+bento: $(VENV)/.serve models
+	$(PY) -c "from services.registry import ModelRegistry; from services.stores import LocalStore; print(ModelRegistry(LocalStore('model_store')).export_to_bentoml('fraud'))"
+	$(VENV)/bin/bentoml build
+
+clean:
+	rm -rf .servekit .pytest_cache .ruff_cache .mypy_cache

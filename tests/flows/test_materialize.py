@@ -1,0 +1,125 @@
+"""The materialize flow under Prefect's test harness, loading into the test Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis.asyncio as aioredis
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.materialize import (
+    EmptySourceError,
+    compute_merchant_risk,
+    materialize,
+    materialize_deployment,
+)
+from services.features import FeatureRegistry, FeatureStore
+from services.settings import FeatureSettings
+
+AS_OF = datetime(2027, 1, 31, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    with prefect_test_harness():
+        yield
+
+
+def transactions() -> pd.DataFrame:
+    day = timedelta(days=1)
+    return pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u3", "u1"],
+            "amount": [10.0, 30.0, 5.0, 100.0, 999.0],
+            "merchant_category": ["grocery", "grocery", "crypto", "crypto", "grocery"],
+            "hour": [10, 11, 3, 2, 9],
+            "channel": ["pos", "pos", "online", "online", "pos"],
+            # the last row is older than 30 days: outside the window
+            "timestamp": [AS_OF - day, AS_OF - 2 * day, AS_OF - day, AS_OF - 3 * day, AS_OF - 40 * day],
+            "is_fraud": [False, False, True, False, False],
+        }
+    )  # fmt: skip
+
+
+def store(client: aioredis.Redis) -> FeatureStore:
+    settings = FeatureSettings()
+    return FeatureStore(client, FeatureRegistry.from_settings(settings), settings, lambda: 0.0)
+
+
+async def test_loads_views_from_a_parquet_file(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    path = tmp_path / "txns.parquet"
+    transactions().to_parquet(path)
+    results = await materialize(source=str(path), as_of=AS_OF, redis_url=redis_url)
+    assert results["user_stats"].rows == 3
+    assert results["merchant_risk"].rows == 2
+
+    values, flags = await store(aredis).get_features(
+        [{"user": "u1", "merchant_category": "crypto"}, {"user": "u3"}],
+        ["user_stats.avg_amount_30d", "user_stats.txn_count_30d", "merchant_risk.risk_score"],
+    )
+    overall = 1 / 4
+    crypto = (1 + 50 * overall) / (2 + 50)
+    np.testing.assert_allclose(values, [[20.0, 2.0, crypto], [100.0, 1.0, 0.03]], rtol=1e-6)
+    assert flags[0].ok and flags[1].missing == {"merchant_risk"}
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["feature-materialization"]))
+        )
+    assert artifacts and results["user_stats"].version in str(artifacts[0].data)
+
+
+async def test_second_run_swaps_versions(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    path = tmp_path / "txns.csv"
+    transactions().to_csv(path, index=False)
+    first = await materialize(source=str(path), as_of=AS_OF, redis_url=redis_url)
+    second = await materialize(source=str(path), as_of=AS_OF, redis_url=redis_url)
+    assert second["user_stats"].previous_version == first["user_stats"].version
+    assert await store(aredis).current_version("user_stats") == second["user_stats"].version
+
+
+async def test_synthetic_source(redis_url: str, aredis: aioredis.Redis) -> None:
+    results = await materialize(as_of=AS_OF, redis_url=redis_url)
+    assert results["user_stats"].rows > 500
+    assert results["merchant_risk"].rows == 8
+    values, flags = await store(aredis).get_features(
+        [{"user": "u000001", "merchant_category": "crypto"}],
+        ["user_stats.txn_count_30d", "merchant_risk.risk_score"],
+    )
+    assert flags[0].ok and values[0, 0] > 0 and 0 < values[0, 1] < 1
+
+
+async def test_empty_window_fails_the_run(
+    tmp_path: Path, redis_url: str, aredis: aioredis.Redis
+) -> None:
+    path = tmp_path / "txns.csv"
+    transactions().to_csv(path, index=False)
+    with pytest.raises(EmptySourceError):
+        await materialize(source=str(path), as_of=AS_OF + timedelta(days=365), redis_url=redis_url)
+    assert await store(aredis).current_version("user_stats") is None
+
+
+def test_merchant_risk_is_smoothed_toward_the_overall_rate() -> None:
+    frame = pd.DataFrame(
+        {"merchant_category": ["a"] * 2 + ["b"] * 98, "is_fraud": [True] * 2 + [False] * 98}
+    )
+    risk = compute_merchant_risk.fn(frame, prior_weight=50.0)
+    assert risk["a"]["risk_score"] == pytest.approx((2 + 50 * 0.02) / 52)
+    assert risk["b"]["risk_score"] == pytest.approx((0 + 50 * 0.02) / 148)
+
+
+def test_deployment_runs_daily_at_two() -> None:
+    deployment = materialize_deployment()
+    assert deployment.name == "daily"
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]

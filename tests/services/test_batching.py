@@ -1,0 +1,181 @@
+"""The adaptive micro-batcher: lone requests go at once, batches form under load, groups
+are isolated, the queue is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Hashable
+
+import numpy as np
+import pytest
+
+from services.batching import AdaptiveBatcher, Feeds, concat_feeds, split_outputs
+from services.errors import OverloadedError
+from services.settings import BatchPolicy
+
+
+class Recorder:
+    """A run_group that doubles its input and records each call's groups and rows."""
+
+    def __init__(
+        self, fail: set[Hashable] | None = None, gate: threading.Event | None = None
+    ) -> None:
+        self.calls: list[tuple[Hashable, int]] = []
+        self.fail = fail or set()
+        self.gate = gate
+
+    def __call__(self, group: Hashable, feeds: list[Feeds]) -> list[Feeds]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        batch, sizes = concat_feeds(feeds)
+        self.calls.append((group, len(batch["x"])))
+        if group in self.fail:
+            raise ValueError(f"broken model {group}")
+        return split_outputs({"y": batch["x"] * 2}, sizes)
+
+
+def feeds(*values: float) -> Feeds:
+    return {"x": np.array(values, dtype=np.float32).reshape(-1, 1)}
+
+
+def make(run: Recorder, **kw: object) -> AdaptiveBatcher:
+    policy = BatchPolicy(
+        max_batch_size=kw.pop("max_batch", 32), max_wait_ms=kw.pop("max_wait_ms", 10)
+    )  # type: ignore[arg-type]
+    return AdaptiveBatcher(run, policy_for=lambda g: policy, inline_below_s=0.0, **kw)  # type: ignore[arg-type]
+
+
+async def test_lone_request_is_not_held() -> None:
+    run = Recorder()
+    batcher = make(run, max_wait_ms=500)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    out = await batcher.submit("m", feeds(1.5), 1)
+    assert loop.time() - t0 < 0.25  # far below the 500 ms max wait
+    assert out["y"].tolist() == [[3.0]]
+    await batcher.close()
+
+
+async def test_batches_form_while_the_runner_is_busy() -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    batcher = make(run)
+    first = asyncio.ensure_future(batcher.submit("m", feeds(0), 1))
+    await asyncio.sleep(0.01)  # the first batch is now running, held at the gate
+    rest = [asyncio.ensure_future(batcher.submit("m", feeds(i), 1)) for i in range(1, 11)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    results = await asyncio.gather(first, *rest)
+    assert [r["y"][0, 0] for r in results] == [2.0 * i for i in range(11)]
+    assert run.calls == [("m", 1), ("m", 10)]
+    assert batcher.stats.batch_rows == {1: 1, 10: 1}
+    await batcher.close()
+
+
+async def test_max_batch_size_is_respected() -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    batcher = make(run, max_batch=4)
+    jobs = [asyncio.ensure_future(batcher.submit("m", feeds(i), 1)) for i in range(10)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*jobs)
+    assert all(rows <= 4 for _, rows in run.calls)
+    assert sum(rows for _, rows in run.calls) == 10
+    await batcher.close()
+
+
+async def test_mixed_groups_run_separately_and_failures_stay_in_their_group() -> None:
+    gate = threading.Event()
+    run = Recorder(fail={("bad", "1")}, gate=gate)
+    batcher = make(run)
+    blocker = asyncio.ensure_future(batcher.submit(("good", "1"), feeds(0), 1))
+    await asyncio.sleep(0.01)
+    good = [asyncio.ensure_future(batcher.submit(("good", "1"), feeds(i), 1)) for i in (1, 2)]
+    bad = asyncio.ensure_future(batcher.submit(("bad", "1"), feeds(3), 1))
+    other = asyncio.ensure_future(batcher.submit(("good", "2"), feeds(4, 5), 2))
+    gate.set()
+    await blocker
+    assert [g["y"][0, 0] for g in await asyncio.gather(*good)] == [2.0, 4.0]
+    assert (await other)["y"].ravel().tolist() == [8.0, 10.0]
+    with pytest.raises(ValueError, match="broken model"):
+        await bad
+    # One batch after the blocker held all three groups, each run as its own call.
+    assert sorted(run.calls[1:], key=str) == sorted(
+        [(("good", "1"), 2), (("bad", "1"), 1), (("good", "2"), 2)], key=str
+    )
+    await batcher.close()
+
+
+async def test_full_queue_sheds_at_once_with_retry_after() -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    batcher = make(run, queue_limit=3)
+    running = asyncio.ensure_future(batcher.submit("m", feeds(0), 1))
+    await asyncio.sleep(0.01)
+    queued = [asyncio.ensure_future(batcher.submit("m", feeds(i), 1)) for i in range(3)]
+    await asyncio.sleep(0)
+    with pytest.raises(OverloadedError) as err:
+        await batcher.submit("m", feeds(9), 1)
+    assert err.value.retry_after >= 1
+    assert batcher.stats.shed == 1
+    gate.set()
+    await asyncio.gather(running, *queued)
+    await batcher.close()
+
+
+async def test_batching_off_runs_each_request_alone() -> None:
+    gate = threading.Event()
+    run = Recorder(gate=gate)
+    batcher = make(run, enabled=False)
+    jobs = [asyncio.ensure_future(batcher.submit("m", feeds(i, i), 2)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    await asyncio.gather(*jobs)
+    assert run.calls == [("m", 2)] * 5
+    await batcher.close()
+
+
+async def test_lingers_only_when_arrivals_are_frequent() -> None:
+    """Under a steady stream, the dispatcher waits (up to max_wait) to fill a batch."""
+    run = Recorder()
+    now = [0.0]
+    batcher = make(run, max_wait_ms=50, clock=lambda: now[0])
+    # Teach it a 1 ms arrival gap.
+    for i in range(5):
+        now[0] += 0.001
+        await batcher.submit("m", feeds(i), 1)
+    assert run.calls == [("m", 1)] * 5  # each awaited alone: nothing to batch with
+    now[0] += 0.001
+    first = asyncio.ensure_future(batcher.submit("m", feeds(10), 1))
+    await asyncio.sleep(0)  # the dispatcher now lingers for more rows
+    more = [asyncio.ensure_future(batcher.submit("m", feeds(11 + i), 1)) for i in range(3)]
+    await asyncio.gather(first, *more)
+    assert run.calls[5] == ("m", 4)
+    await batcher.close()
+
+
+async def test_no_learned_wait_survives_a_burst() -> None:
+    """After a burst, one long gap resets the arrival estimate: the next lone request
+    is dispatched without lingering."""
+    run = Recorder()
+    now = [0.0]
+    batcher = make(run, max_wait_ms=50, clock=lambda: now[0])
+    for i in range(20):
+        now[0] += 0.0001
+        await batcher.submit("m", feeds(i), 1)
+    now[0] += 10.0  # quiet period
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await batcher.submit("m", feeds(1), 1)
+    assert loop.time() - t0 < 0.04
+    await batcher.close()
+
+
+def test_concat_and_split_round_trip() -> None:
+    a, b = feeds(1, 2), feeds(3)
+    batch, sizes = concat_feeds([a, b])
+    assert sizes == [2, 1]
+    parts = split_outputs({"y": batch["x"]}, sizes)
+    assert parts[0]["y"].ravel().tolist() == [1, 2] and parts[1]["y"].ravel().tolist() == [3]

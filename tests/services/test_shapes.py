@@ -1,0 +1,91 @@
+"""Both deployment shapes over real HTTP: the split shape (gateway + ModelRunner through
+bentoml.depends) answers exactly as the colocated one; a full queue sheds with 503."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+
+GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
+RISKY = {"amount": 4000.0, "merchant_category": "crypto", "hour": 2, "channel": "online"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def split_gateway(fraud_store: Path, redis_url: str) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        {
+            "SERVEKIT_SHAPE": "split",
+            "SERVEKIT_MODEL_STORE": str(fraud_store),
+            "SERVEKIT_REDIS_URL": redis_url,
+        }
+    )
+    yield server
+    server.stop()
+
+
+def test_split_matches_colocated(gateway: ServerProcess, split_gateway: ServerProcess) -> None:
+    payload = {"model": "fraud", "inputs": [GOOD, RISKY, GOOD], "request_id": "same"}
+    a = httpx.post(f"{gateway.url}/predict", json=payload, timeout=10).json()
+    b = httpx.post(f"{split_gateway.url}/predict", json=payload, timeout=10).json()
+    assert a == b
+
+
+def test_split_under_concurrency_batches_and_answers_all(split_gateway: ServerProcess) -> None:
+    async def run() -> list[int]:
+        async with aiohttp.ClientSession() as s:
+
+            async def one(i: int) -> int:
+                rec = {**GOOD, "amount": float(i)}
+                async with s.post(
+                    f"{split_gateway.url}/predict", json={"model": "fraud", "inputs": [rec]}
+                ) as r:
+                    body = await r.json()
+                    assert body["predictions"][0]["label"] in ("legit", "fraud")
+                    return r.status
+
+            return await asyncio.gather(*(one(i) for i in range(200)))
+
+    assert set(asyncio.run(run())) == {200}
+
+
+def test_full_queue_answers_503_with_retry_after(fraud_store: Path, redis_url: str) -> None:
+    server = ServerProcess(
+        {
+            "SERVEKIT_MODEL_STORE": str(fraud_store),
+            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_BATCH_QUEUE_LIMIT": "2",
+        }
+    )
+    try:
+
+        async def run() -> list[tuple[int, str | None]]:
+            async with aiohttp.ClientSession() as s:
+
+                async def one() -> tuple[int, str | None]:
+                    async with s.post(
+                        f"{server.url}/predict", json={"model": "fraud", "inputs": [GOOD] * 2}
+                    ) as r:
+                        await r.read()
+                        return r.status, r.headers.get("Retry-After")
+
+                out: list[tuple[int, str | None]] = []
+                for _ in range(5):
+                    out += await asyncio.gather(*(one() for _ in range(64)))
+                return out
+
+        results = asyncio.run(run())
+    finally:
+        server.stop()
+    statuses = {s for s, _ in results}
+    assert statuses <= {200, 503}
+    assert 503 in statuses and 200 in statuses
+    assert all(ra is not None and int(ra) >= 1 for s, ra in results if s == 503)
