@@ -12,6 +12,7 @@ One class per area, each with its own prefix, in the style of Prefect's settings
 - ``SERVEKIT_ROLLOUT_*``   shadow and canary rollouts, their gates, A/B analysis
 - ``SERVEKIT_CONVERT_*``   the conversion flow: opset, parity tolerances, variants, TensorRT
 - ``SERVEKIT_*``           serving: shape, models, limits, model store, admin token
+- ``SERVEKIT_MULTIMODEL_*`` the shared runner's pool: memory budget, idle unload, isolation
 """
 
 from __future__ import annotations
@@ -105,6 +106,64 @@ class ServingSettings(BaseSettings):
         None, description="Bearer token of the admin routes; unset: off."
     )
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes of the gateway.")
+
+
+class ModelLimits(BaseModel):
+    """Isolation limits of one model on a shared runner."""
+
+    max_concurrency: int = Field(1, ge=1, le=64, description="Backend calls running at once.")
+    timeout_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="Longest one backend call may run; past it its requests get 503 and the "
+        "model is unhealthy until the call returns. None: no limit.",
+    )
+    queue_limit: int = Field(
+        1024, ge=1, description="Rows of this model waiting; past it its requests get 503."
+    )
+
+
+class MultiModelSettings(BaseSettings):
+    """The model pool on a shared (multi-model) runner: memory budget, eviction, isolation."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_MULTIMODEL_", extra="ignore")
+
+    memory_budget_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Most bytes the loaded sessions (as measured) plus loads in flight may "
+        "hold; least recently used models are evicted to stay under it. None: no budget.",
+    )
+    idle_timeout_s: float | None = Field(
+        3600.0, gt=0, description="A model unused this long is unloaded (never a pinned one)."
+    )
+    sweep_interval_s: float = Field(60.0, gt=0, description="How often idle models are sought.")
+    load_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a request waits for its model to load (or for room)."
+    )
+    load_threads: int = Field(4, ge=1, le=64, description="Threads fetching artifacts.")
+    estimate_ratio: float = Field(
+        1.5,
+        gt=0,
+        description="Before a first load, session bytes are estimated as estimate_fixed_bytes "
+        "+ this x artifact size (raised by what loads measure); reserved while loading.",
+    )
+    estimate_fixed_bytes: int = Field(256 * 1024, ge=0, description="See estimate_ratio.")
+    retry_backoff_s: float = Field(
+        1.0, gt=0, description="A failed load is retried after this, doubling per failure."
+    )
+    retry_backoff_max_s: float = Field(60.0, gt=0, description="Cap of the retry backoff.")
+    threads: int = Field(
+        4, ge=1, le=256, description="Threads running backend calls, shared by all models."
+    )
+    limits: ModelLimits = Field(default_factory=ModelLimits, description="Per-model defaults.")
+    per_model: dict[str, ModelLimits] = Field(
+        default_factory=dict, description='Overrides, JSON: {"big": {"timeout_s": 120}}'
+    )
+
+    def limits_for(self, model: str) -> ModelLimits:
+        """The isolation limits of ``model``."""
+        return self.per_model.get(model, self.limits)
 
 
 class CacheSettings(BaseSettings):
@@ -259,6 +318,7 @@ class Settings(BaseModel):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    multimodel: MultiModelSettings = Field(default_factory=MultiModelSettings)
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
 
 

@@ -1,0 +1,104 @@
+"""Redis key building: pure functions, one per kind of key (after Feast's Redis store).
+
+Every key is bytes under the ``servekit:`` namespace. Parts taken from callers (model,
+version, view, entity id, event id) are escaped so that a ``:`` inside a part can never
+make two different tuples build the same key (``%`` -> ``%25``, ``:`` -> ``%3A``).
+
+Layout::
+
+    servekit:pred:{model}:{version}:{blake2b-128 hex of the input row}   prediction
+    servekit:feat:{view}:{version}:{entity}        batch view row (hash: feature -> value)
+    servekit:featptr:{view}                        current version (hash: version, ...)
+    servekit:featver:{view}                        versions written (set), for clean-up
+    servekit:featidx:{view}:{version}              entity ids of one version (set)
+    servekit:rt:{view}:{entity}                    real-time state (hash: last_ts, ...)
+    servekit:rt:{view}:{entity}:last:{field}       last N values of a field (list)
+    servekit:rt:{view}:{entity}:win                recent events (sorted set by time)
+    servekit:rtbeat:{view}                         real-time worker heartbeat (string)
+    servekit:events                                event stream
+    servekit:evseen:{group}:{event_id}             event applied by a group (dedupe)
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+NAMESPACE = b"servekit"
+
+
+def escape(part: str) -> bytes:
+    """One key part as bytes, with ``%`` and ``:`` escaped."""
+    return part.replace("%", "%25").replace(":", "%3A").encode()
+
+
+def row_digest(row: np.ndarray) -> bytes:
+    """blake2b-128 of a feature row's canonical bytes (contiguous little-endian float32)."""
+    canonical = np.ascontiguousarray(row, dtype="<f4").tobytes()
+    return hashlib.blake2b(canonical, digest_size=16).digest()
+
+
+def prediction_key_from_digest(model: str, version: str, digest: bytes) -> bytes:
+    """The prediction cache key of a row whose :func:`row_digest` is ``digest``."""
+    return b":".join((NAMESPACE, b"pred", escape(model), escape(version), digest.hex().encode()))
+
+
+def prediction_key(model: str, version: str, row: np.ndarray) -> bytes:
+    """The prediction cache key of one input row of ``model`` at ``version``."""
+    return prediction_key_from_digest(model, version, row_digest(row))
+
+
+def feature_key_prefix(view: str) -> bytes:
+    """The start of every row key of a batch view; the version and entity follow."""
+    return b":".join((NAMESPACE, b"feat", escape(view))) + b":"
+
+
+def feature_key(view: str, version: str, entity_id: str) -> bytes:
+    """The hash holding one entity's features in one version of a batch view."""
+    return feature_key_prefix(view) + escape(version) + b":" + escape(entity_id)
+
+
+def view_pointer_key(view: str) -> bytes:
+    """The hash naming a batch view's current version (``version``, ``materialized_at``)."""
+    return b":".join((NAMESPACE, b"featptr", escape(view)))
+
+
+def view_versions_key(view: str) -> bytes:
+    """The set of a batch view's versions still holding keys (current and leftovers)."""
+    return b":".join((NAMESPACE, b"featver", escape(view)))
+
+
+def view_index_key(view: str, version: str) -> bytes:
+    """The set of entity ids written in one version of a batch view."""
+    return b":".join((NAMESPACE, b"featidx", escape(view), escape(version)))
+
+
+def realtime_state_key(view: str, entity_id: str) -> bytes:
+    """The hash of an entity's real-time state (``last_ts``)."""
+    return b":".join((NAMESPACE, b"rt", escape(view), escape(entity_id)))
+
+
+def realtime_last_key(view: str, entity_id: str, field: str) -> bytes:
+    """The list of an entity's most recent values of ``field``, newest first."""
+    return realtime_state_key(view, entity_id) + b":last:" + escape(field)
+
+
+def realtime_window_key(view: str, entity_id: str) -> bytes:
+    """The sorted set of an entity's recent event ids, scored by event time."""
+    return realtime_state_key(view, entity_id) + b":win"
+
+
+def realtime_heartbeat_key(view: str) -> bytes:
+    """When the real-time worker last ran for ``view`` (epoch seconds)."""
+    return b":".join((NAMESPACE, b"rtbeat", escape(view)))
+
+
+def event_stream_key() -> bytes:
+    """The capped stream of incoming events."""
+    return NAMESPACE + b":events"
+
+
+def event_seen_key(group: str, event_id: str) -> bytes:
+    """Marks that ``group`` has applied event ``event_id`` (replays are skipped)."""
+    return b":".join((NAMESPACE, b"evseen", escape(group), escape(event_id)))
