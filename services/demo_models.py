@@ -1,8 +1,11 @@
 """The demo models, built offline and deterministically from the synthetic generator.
 
-``fraud``: a gradient-boosted classifier on (amount, merchant category, hour, channel),
-exported to ONNX with skl2onnx and registered as the production version. Needs the
-``demo`` extra (scikit-learn, skl2onnx); serving needs neither.
+``fraud``: a gradient-boosted classifier on the request's (amount, merchant category,
+hour, channel) and three batch features from the feature store (the user's 30-day mean
+amount and count, the merchant category's smoothed fraud rate), exported to ONNX with
+skl2onnx and registered as the production version. The training features are computed
+by the same code as ``flows/materialize.py``. Needs the ``demo`` extra (scikit-learn,
+skl2onnx); serving needs neither.
 
 Run ``python -m services.demo_models`` (``make models`` does) to build what is missing.
 """
@@ -29,15 +32,36 @@ FRAUD_SCHEMA = ModelSchema(
         FieldSpec(name="merchant_category", dtype="category", categories=list(MERCHANT_CATEGORIES)),
         FieldSpec(name="hour", dtype="int", min=0, max=23, description="Local hour of day."),
         FieldSpec(name="channel", dtype="category", categories=list(CHANNELS)),
+        FieldSpec(
+            name="avg_amount_30d",
+            dtype="float",
+            required=False,
+            default=0.0,
+            source="feature:user_stats.avg_amount_30d",
+        ),
+        FieldSpec(
+            name="txn_count_30d",
+            dtype="float",
+            required=False,
+            default=0.0,
+            source="feature:user_stats.txn_count_30d",
+        ),
+        FieldSpec(
+            name="risk_score",
+            dtype="float",
+            required=False,
+            default=0.03,
+            source="feature:merchant_risk.risk_score",
+        ),
     ],
-    inputs=[TensorSpec(name="features", datatype="FP32", shape=[-1, 4])],
+    inputs=[TensorSpec(name="features", datatype="FP32", shape=[-1, 7])],
     outputs=[
         TensorSpec(name="label", datatype="INT64", shape=[-1]),
         TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2]),
     ],
     labels=["legit", "fraud"],
     probability_output="probabilities",
-    entity_fields=["user_id"],
+    entities={"user": "user_id", "merchant_category": "merchant_category"},
 )
 
 
@@ -56,13 +80,11 @@ def train_fraud(
         ) from exc
 
     gen = TransactionGenerator(seed=seed)
-    encoder = RecordEncoder(FRAUD_SCHEMA)
+    users, merchants = batch_features(gen)
     train = gen.records(n_train, with_label=True, seed=seed + 100)
     test = gen.records(n_test, with_label=True, seed=seed + 200)
-    ignore = frozenset({"user_id", "is_fraud"})
-    x_train = encoder.encode(train, ignore=ignore)
+    x_train, x_test = vectors(train, users, merchants), vectors(test, users, merchants)
     y_train = np.array([r["is_fraud"] for r in train], dtype=np.int64)
-    x_test = encoder.encode(test, ignore=ignore)
     y_test = np.array([r["is_fraud"] for r in test], dtype=np.int64)
 
     clf = GradientBoostingClassifier(n_estimators=n_estimators, max_depth=3, random_state=seed)
@@ -81,6 +103,41 @@ def train_fraud(
         "trainer": f"sklearn GradientBoostingClassifier(n_estimators={n_estimators}, max_depth=3)",
     }
     return onx.SerializeToString(), metrics
+
+
+def batch_features(
+    gen: TransactionGenerator, days: int = 30, n: int = 50_000
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The batch views as ``flows/materialize.py`` computes them from ``gen``'s history."""
+    from flows.materialize import compute_merchant_risk, compute_user_stats
+
+    history = gen.history(days=days, n=n)
+    return compute_user_stats.fn(history), compute_merchant_risk.fn(history)
+
+
+def vectors(
+    records: list[dict[str, Any]],
+    users: dict[str, dict[str, float]],
+    merchants: dict[str, dict[str, float]],
+    unknown_share: float = 0.1,
+) -> np.ndarray:
+    """Model input rows: encoded request fields + the records' batch features."""
+    encoder = RecordEncoder(FRAUD_SCHEMA)
+    request = encoder.encode(records, ignore=frozenset({"user_id", "is_fraud"}))
+    # Train on some users the feature store does not know yet (new users get defaults).
+    known = np.random.default_rng(len(records)).random(len(records)) >= unknown_share
+    feats = np.array(
+        [
+            [
+                users.get(r["user_id"], {}).get("avg_amount_30d", 0.0) if k else 0.0,
+                users.get(r["user_id"], {}).get("txn_count_30d", 0.0) if k else 0.0,
+                merchants.get(r["merchant_category"], {}).get("risk_score", 0.03),
+            ]
+            for r, k in zip(records, known, strict=True)
+        ],
+        dtype=np.float32,
+    )
+    return np.hstack([request, feats])
 
 
 def ensure_demo_models(registry: ModelRegistry) -> list[ModelVersion]:

@@ -79,6 +79,9 @@ class GatewayApp:
         self.max_body_bytes = 1 << 20
         self.metrics_render: Callable[[], bytes] | None = None
         self.readiness: list[Callable[[], Awaitable[dict[str, Any]]]] = []
+        # Run once, on the first request, inside the server's event loop.
+        self.on_first_request: list[Callable[[], None]] = []
+        self._started = False
         self._routes: dict[tuple[str, str], Callable[..., Awaitable[HTTPResponse]]] = {
             ("POST", "/predict"): self._predict,
             ("GET", "/models"): self._models,
@@ -107,6 +110,10 @@ class GatewayApp:
             if scope["type"] == "lifespan":
                 await _lifespan(receive, send)
             return
+        if not self._started:
+            self._started = True
+            for hook in self.on_first_request:
+                hook()
         path: str = scope["path"]
         method: str = scope["method"]
         route = "unknown"
@@ -179,13 +186,7 @@ class GatewayApp:
 
     async def _predict(self, body: bytes, scope: Scope) -> HTTPResponse:
         predictor = self._need_predictor()
-        if not body:
-            raise BadRequestError("empty body: send a JSON object", field="body")
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequestError(f"malformed JSON: {exc}", field="body") from None
-        return json_response(await predictor.predict(doc))
+        return json_response(await predictor.predict(parse_json(body)))
 
     async def _models(self, body: bytes, scope: Scope) -> HTTPResponse:
         return json_response(await self._need_predictor().models())
@@ -237,6 +238,16 @@ class GatewayApp:
             await predictor.resolve(model, version)
             return json_response({"name": model, "ready": True})
         return json_response(await predictor.v2_metadata(model, version))
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body; 400 naming ``body`` when it is empty or not JSON."""
+    if not body:
+        raise BadRequestError("empty body: send a JSON object", field="body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"malformed JSON: {exc}", field="body") from None
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
+from services.assembly import VectorAssembler
 from services.batching import Feeds
 from services.catalog import ModelCatalog
 from services.errors import InvalidInputError, PayloadTooLargeError
 from services.metrics import ServingMetrics
 from services.oip import decode_request, encode_response, model_metadata
 from services.registry import ModelVersion
-from services.schema import RecordEncoder, decode_predictions
+from services.schema import decode_predictions
 from services.settings import Settings
+from services.text import TextEncoder
+
+if TYPE_CHECKING:
+    from services.cache import PredictionCache
+    from services.features import FeatureStore
 
 _PREDICT_KEYS = frozenset({"model", "version", "inputs", "user_id", "request_id"})
 _PLATFORM = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
@@ -39,6 +47,8 @@ class Predictor:
         runner: runs inference.
         settings: servekit's settings (limits).
         metrics: where request metrics go.
+        cache: the Redis prediction cache (``None``: off).
+        features: the feature store (``None``: feature fields take their defaults).
     """
 
     def __init__(
@@ -47,13 +57,18 @@ class Predictor:
         runner: Runner,
         settings: Settings,
         metrics: ServingMetrics,
+        *,
+        cache: PredictionCache | None = None,
+        features: FeatureStore | None = None,
     ) -> None:
         self.catalog = catalog
         self.runner = runner
         self.settings = settings
         self.metrics = metrics
         self.max_records = settings.serving.max_records
-        self._encoders: dict[tuple[str, str], RecordEncoder] = {}
+        self._encoders: dict[tuple[str, str], VectorAssembler | TextEncoder] = {}
+        self.cache = cache
+        self.features = features
         self.ready = False
 
     async def resolve(self, model: Any, version: Any = None) -> ModelVersion:
@@ -65,16 +80,21 @@ class Predictor:
         cached = self.catalog.resolve_cached(model, version)
         return cached if cached is not None else await self.catalog.resolve(model, version)
 
-    def _encoder(self, mv: ModelVersion) -> RecordEncoder:
+    def _encoder(self, mv: ModelVersion) -> VectorAssembler | TextEncoder:
         enc = self._encoders.get(mv.key)
         if enc is None:
+            if mv.model_schema.kind == "text":
+                # Tokenization happens here, in the gateway: the runner sees token tensors.
+                text_enc = TextEncoder.for_version(self.catalog.registry, mv)
+                self._encoders[mv.key] = text_enc
+                return text_enc
             if mv.model_schema.kind != "tabular":
                 raise InvalidInputError(
                     f"model {mv.name!r} takes {mv.model_schema.kind} input; "
                     f"use POST /v2/models/{mv.name}/infer",
                     field="model",
                 )
-            enc = RecordEncoder(mv.model_schema)
+            enc = VectorAssembler(mv.model_schema, self.features)
             self._encoders[mv.key] = enc
         return enc
 
@@ -108,11 +128,13 @@ class Predictor:
                     f"'{key}' must be a string of 1 to 256 characters", field=key
                 )
         mv = await self.resolve(body.get("model"), body.get("version"))
-        schema = mv.model_schema
         encoder = self._encoder(mv)
-        matrix = encoder.encode(inputs, ignore=frozenset(schema.entity_fields))
-        outputs = await self.runner.infer(mv, {schema.inputs[0].name: matrix}, len(inputs))
-        predictions = decode_predictions(schema, outputs)
+        if isinstance(encoder, TextEncoder):
+            feeds = encoder.encode(encoder.texts(inputs))
+            outputs = await self.runner.infer(mv, feeds, len(inputs))
+            predictions = encoder.decode(outputs, feeds)
+        else:
+            predictions = await self._predict_tabular(mv, encoder, inputs, body.get("user_id"))
         self.metrics.observe_request(
             mv.name, mv.version, "predict", time.perf_counter() - t0, len(inputs)
         )
@@ -122,6 +144,33 @@ class Predictor:
             "predictions": predictions,
             "request_id": body.get("request_id") or uuid.uuid4().hex,
         }
+
+    async def _predict_tabular(
+        self, mv: ModelVersion, assembler: VectorAssembler, records: list[Any], user_id: str | None
+    ) -> list[dict[str, Any]]:
+        """Assemble the vectors (request + features), answer from the cache or the runner."""
+        schema = mv.model_schema
+        x, flags = await assembler.assemble(records, user_id=user_id)
+        input_name = schema.inputs[0].name
+        output_name = schema.probability_output or schema.outputs[0].name
+
+        async def compute(rows: np.ndarray) -> np.ndarray:
+            outputs = await self.runner.infer(mv, {input_name: rows}, len(rows))
+            return np.asarray(outputs[output_name], dtype=np.float32)
+
+        if self.cache is not None:
+            # The artifact's digest is part of the key: two registries (or a re-registered
+            # version) that reuse a version number never share entries.
+            cache_version = f"{mv.version}-{mv.sha256[:16]}"
+            y, cached = await self.cache.get_or_compute(mv.name, cache_version, x, compute)
+        else:
+            y, cached = await compute(x), np.zeros(len(records), dtype=bool)
+        predictions = decode_predictions(schema, {output_name: y})
+        for pred, hit, flag in zip(predictions, cached, flags, strict=True):
+            pred["cached"] = bool(hit)
+            if not flag.ok:
+                pred["features"] = flag.public()
+        return predictions
 
     async def infer_v2(
         self, model: str, version: str | None, body: bytes, header_length: str | None

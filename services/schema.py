@@ -86,9 +86,9 @@ class ModelSchema(BaseModel):
     outputs: list[TensorSpec]
     labels: list[str] | None = None
     probability_output: str | None = None
-    entity_fields: list[str] = Field(
-        default_factory=list,
-        description="Record keys that name entities (e.g. user_id) for feature lookups.",
+    entities: dict[str, str] = Field(
+        default_factory=dict,
+        description='Entity type -> the record key naming it, for feature lookups, e.g. {"user": "user_id"}.',
     )
 
     def public(self) -> dict[str, Any]:

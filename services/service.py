@@ -28,11 +28,12 @@ import numpy as np
 from services import bentoml_fixes
 from services.batching import Feeds, concat_feeds, split_outputs
 from services.catalog import ModelCatalog
-from services.http import GatewayApp
+from services.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.metrics import CallbackCollector, ServingMetrics
 from services.pool import ModelPool
 from services.predictor import LocalRunner, Predictor
 from services.registry import ModelRegistry, ModelVersion
+from services.runtime import RedisRuntime
 from services.settings import Settings, get_settings
 from services.stores import open_store
 
@@ -79,20 +80,41 @@ def _pool_collector(pool: ModelPool) -> CallbackCollector:
     return CallbackCollector(collect)
 
 
-def build_colocated(settings: Settings) -> tuple[Predictor, ServingMetrics, ModelPool]:
+def build_colocated(
+    settings: Settings, runtime: RedisRuntime, metrics: ServingMetrics
+) -> tuple[Predictor, ModelPool]:
     """The colocated gateway's objects: registry, pool (preloaded), predictor."""
     registry = ModelRegistry(open_store(settings.serving))
     catalog = ModelCatalog(registry)
-    metrics = ServingMetrics()
     pool = ModelPool(registry, settings, catalog=catalog, on_batch=metrics.observe_batch)
     pool.preload(settings.serving.models)
     metrics.add_collector(_pool_collector(pool))
-    predictor = Predictor(catalog, LocalRunner(pool), settings, metrics)
-    return predictor, metrics, pool
+    predictor = Predictor(
+        catalog,
+        LocalRunner(pool),
+        settings,
+        metrics,
+        cache=runtime.cache,
+        features=runtime.features,
+    )
+    return predictor, pool
 
 
 class _GatewayBase:
-    """What both gateway shapes share: binding the ASGI app to a ready predictor."""
+    """What both gateway shapes share: Redis runtime, extra routes, binding the app."""
+
+    def _runtime(self) -> tuple[RedisRuntime, ServingMetrics]:
+        metrics = ServingMetrics()
+        runtime = RedisRuntime(SETTINGS, metrics.registry)
+
+        async def events(body: bytes, scope: dict[str, Any]) -> HTTPResponse:
+            entry = await runtime.append_event(parse_json(body))
+            return json_response({"accepted": True, "id": entry}, 202)
+
+        app.add_route("POST", "/events", events)
+        app.readiness.append(runtime.health)
+        app.on_first_request.append(runtime.start)
+        return runtime, metrics
 
     def _bind(self, predictor: Predictor, metrics: ServingMetrics) -> None:
         app.bind(
@@ -181,12 +203,19 @@ if SETTINGS.serving.shape == "split":
         runner = bentoml.depends(ModelRunner)
 
         def __init__(self) -> None:
+            self.redis, metrics = self._runtime()
             registry = ModelRegistry(open_store(SETTINGS.serving))
             catalog = ModelCatalog(registry)
             for name in SETTINGS.serving.models:
                 catalog.pin(registry.get(name))
-            metrics = ServingMetrics()
-            self.predictor = Predictor(catalog, RemoteRunner(self.runner), SETTINGS, metrics)
+            self.predictor = Predictor(
+                catalog,
+                RemoteRunner(self.runner),
+                SETTINGS,
+                metrics,
+                cache=self.redis.cache,
+                features=self.redis.features,
+            )
             self._bind(self.predictor, metrics)
 
 else:
@@ -197,5 +226,6 @@ else:
         """The public gateway, colocated shape: pool and batcher in this process."""
 
         def __init__(self) -> None:
-            self.predictor, metrics, self.pool = build_colocated(SETTINGS)
+            self.redis, metrics = self._runtime()
+            self.predictor, self.pool = build_colocated(SETTINGS, self.redis, metrics)
             self._bind(self.predictor, metrics)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from services.demo_models import vectors
 from services.registry import ModelRegistry
 from services.stores import LocalStore
 from tests.conftest import ServerProcess
@@ -35,29 +37,93 @@ def expect_error(resp: httpx.Response, status: int, field: str | None = None) ->
     return body
 
 
+def served_probs(body: dict[str, Any]) -> np.ndarray:
+    return np.array(
+        [[p["probabilities"]["legit"], p["probabilities"]["fraud"]] for p in body["predictions"]]
+    )
+
+
+def in_process(fraud_store: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    reg = ModelRegistry(LocalStore(fraud_store))
+    sess = ort.InferenceSession(reg.load_artifact(reg.get("fraud")))
+    return sess.run(None, {"features": x})[1]
+
+
 def test_predict(client: httpx.Client, fraud_store: Path) -> None:
     resp = client.post(
         "/predict",
-        json={"model": "fraud", "inputs": [GOOD, RISKY], "request_id": "r-1", "user_id": "u7"},
+        json={
+            "model": "fraud",
+            "inputs": [GOOD, RISKY],
+            "request_id": "r-1",
+            "user_id": "new-user",
+        },
     )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["model"] == "fraud" and body["version"] == "1" and body["request_id"] == "r-1"
     assert [p["label"] for p in body["predictions"]] == ["legit", "fraud"]
-    # The served probabilities are the model's own: compare with ONNX Runtime in-process.
-    import onnxruntime as ort
+    # An unknown user: the user features take their defaults, and the answer says so.
+    assert "user_stats" in body["predictions"][0]["features"]["missing"]
+    # The served probabilities are the model's own on the assembled vector.
+    x = vectors([{**GOOD, "user_id": "x"}, {**RISKY, "user_id": "x"}], {}, {}, unknown_share=1.0)
+    np.testing.assert_allclose(served_probs(body), in_process(fraud_store, x), atol=1e-6)
 
-    from services.schema import RecordEncoder
 
-    reg = ModelRegistry(LocalStore(fraud_store))
-    mv = reg.get("fraud")
-    sess = ort.InferenceSession(reg.load_artifact(mv))
-    x = RecordEncoder(mv.model_schema).encode([GOOD, RISKY])
-    _, probs = sess.run(None, {"features": x})
-    served = np.array(
-        [[p["probabilities"]["legit"], p["probabilities"]["fraud"]] for p in body["predictions"]]
+def test_predict_with_materialized_features_and_cache(
+    client: httpx.Client, fraud_store: Path, redis_client: Any, redis_url: str
+) -> None:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from services.features import FeatureRegistry, FeatureStore
+    from services.settings import FeatureSettings
+
+    async def load() -> None:
+        r = aioredis.Redis.from_url(redis_url)
+        store = FeatureStore(r, FeatureRegistry.from_settings(FeatureSettings()), FeatureSettings())
+        now = time.time()
+        await store.load_batch_view(
+            "user_stats", {"u42": {"avg_amount_30d": 80.0, "txn_count_30d": 31}}, now
+        )
+        await store.load_batch_view("merchant_risk", {"crypto": {"risk_score": 0.2}}, now)
+        await r.aclose()
+
+    asyncio.run(load())
+    payload = {"model": "fraud", "inputs": [{**RISKY, "user_id": "u42"}]}
+    first = client.post("/predict", json=payload).json()
+    pred = first["predictions"][0]
+    assert "features" not in pred  # user and merchant found, fresh
+    x = np.array([[4000.0, 7, 2, 1, 80.0, 31, 0.2]], dtype=np.float32)
+    np.testing.assert_allclose(served_probs(first), in_process(fraud_store, x), atol=1e-6)
+    assert pred["cached"] is False
+    # The same input again, spelled differently: answered from the cache.
+    again = client.post(
+        "/predict", json={"inputs": [{**RISKY, "amount": 4000, "user_id": "u42"}], "model": "fraud"}
+    ).json()
+    assert again["predictions"][0]["cached"] is True
+    assert again["predictions"][0]["probabilities"] == pred["probabilities"]
+
+
+def test_events(client: httpx.Client) -> None:
+    ok = client.post(
+        "/events", json={"timestamp": time.time(), "entities": {"user": "u1"}, "amount": 12.5}
     )
-    np.testing.assert_allclose(served, probs, atol=1e-6)
+    assert ok.status_code == 202 and ok.json()["accepted"] is True
+    expect_error(
+        client.post("/events", json={"entities": {"user": "u1"}, "amount": 1.0}), 422, "timestamp"
+    )
+    expect_error(
+        client.post(
+            "/events", json={"timestamp": time.time(), "entities": {"shop": "s"}, "amount": 1.0}
+        ),
+        422,
+        "entities.shop",
+    )
+    expect_error(client.post("/events", content=b"nope"), 400, "body")
 
 
 def test_predict_generates_request_id_and_pins_version(client: httpx.Client) -> None:
@@ -134,12 +200,9 @@ def test_models_lists_versions_and_schemas(client: httpx.Client) -> None:
     (fraud,) = [m for m in body["models"] if m["name"] == "fraud"]
     assert fraud["served_version"] == "1"
     v = fraud["versions"][0]
-    assert [f["name"] for f in v["input_schema"]["fields"]] == [
-        "amount",
-        "merchant_category",
-        "hour",
-        "channel",
-    ]
+    fields = {f["name"]: f["source"] for f in v["input_schema"]["fields"]}
+    assert list(fields)[:4] == ["amount", "merchant_category", "hour", "channel"]
+    assert fields["avg_amount_30d"] == "feature:user_stats.avg_amount_30d"
     assert v["runtime"]["loaded"] is True and v["runtime"]["resident_bytes"] > 0
     assert len(v["sha256"]) == 64
 
@@ -161,7 +224,7 @@ def test_v2_health_and_metadata(client: httpx.Client) -> None:
     assert client.get("/v2/health/ready").status_code == 200
     assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
     meta = client.get("/v2/models/fraud").json()
-    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 7]}]
     assert client.get("/v2/models/fraud/versions/1/ready").status_code == 200
     expect_error(client.get("/v2/models/nope"), 404)
 
@@ -175,7 +238,7 @@ def test_tritonclient_infer(gateway: ServerProcess, binary: bool) -> None:
     assert triton.is_model_ready("fraud")
     meta = triton.get_model_metadata("fraud")
     assert meta["inputs"][0]["name"] == "features"
-    x = np.array([[12.5, 0, 3, 1], [4000, 7, 2, 1]], dtype=np.float32)
+    x = np.array([[12.5, 0, 3, 1, 0, 0, 0.03], [4000, 7, 2, 1, 0, 0, 0.03]], dtype=np.float32)
     inp = tc.InferInput("features", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
     outs = [
@@ -205,15 +268,15 @@ def test_tritonclient_errors_are_readable(gateway: ServerProcess) -> None:
 def test_v2_binary_nan_is_422(client: httpx.Client) -> None:
     import orjson
 
-    raw = np.full((1, 4), np.nan, dtype="<f4").tobytes()
+    raw = np.full((1, 7), np.nan, dtype="<f4").tobytes()
     head = orjson.dumps(
         {
             "inputs": [
                 {
                     "name": "features",
                     "datatype": "FP32",
-                    "shape": [1, 4],
-                    "parameters": {"binary_data_size": 16},
+                    "shape": [1, 7],
+                    "parameters": {"binary_data_size": 28},
                 }
             ]
         }
