@@ -56,8 +56,10 @@ class RedisRuntime:
             socket_connect_timeout=settings.redis.socket_timeout_ms / 1000,
             retry=Retry(NoBackoff(), 0),
         )
-        # The stream worker blocks on XREADGROUP: it needs its own, patient connection.
+        # The stream worker blocks on XREADGROUP, and control operations (rollout changes)
+        # may wait on a busy Redis: they get their own, patient client.
         self._worker_client = aioredis.Redis.from_url(self.url, socket_timeout=10)
+        self.control_client = self._worker_client
         self.views = FeatureRegistry.from_settings(settings.features)
         self.cache = (
             PredictionCache(self.client, settings.cache, registry=metrics_registry)

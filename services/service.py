@@ -26,13 +26,16 @@ import bentoml
 import numpy as np
 
 from services import bentoml_fixes
+from services.admin import AdminRoutes
 from services.batching import Feeds, concat_feeds, split_outputs
 from services.catalog import ModelCatalog
 from services.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.metrics import CallbackCollector, ServingMetrics
 from services.pool import ModelPool
 from services.predictor import LocalRunner, Predictor
+from services.experiments import FeedbackStore
 from services.registry import ModelRegistry, ModelVersion
+from services.rollout import RolloutStore
 from services.runtime import RedisRuntime
 from services.settings import Settings, get_settings
 from services.stores import open_store
@@ -112,6 +115,11 @@ class _GatewayBase:
             return json_response({"accepted": True, "id": entry}, 202)
 
         app.add_route("POST", "/events", events)
+        AdminRoutes(
+            RolloutStore(runtime.control_client, history_maxlen=SETTINGS.rollout.history_maxlen),
+            FeedbackStore(runtime.client, ttl_seconds=SETTINGS.rollout.feedback_ttl_s),
+            SETTINGS.serving.admin_token,
+        ).register(app)
         app.readiness.append(runtime.health)
         app.on_first_request.append(runtime.start)
         return runtime, metrics

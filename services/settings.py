@@ -46,7 +46,7 @@ class RedisSettings(BaseSettings):
     url: str | None = Field(None, description="redis://host:port/db or unix:///path.sock")
     embedded_dir: Path = Field(Path(".servekit/redis"), description="Embedded server's dir.")
     socket_timeout_ms: float = Field(
-        20.0, gt=0, description="Per-call timeout on the serving path; slow calls fail open."
+        50.0, gt=0, description="Socket timeout on the serving path; slow calls fail open."
     )
     stream_maxlen: int = Field(100_000, ge=100, description="Cap of the prediction stream.")
 
@@ -156,6 +156,12 @@ class MultiModelSettings(BaseSettings):
     threads: int = Field(
         4, ge=1, le=256, description="Threads running backend calls, shared by all models."
     )
+    inline_unpinned: bool = Field(
+        False,
+        description="Let unpinned models run inline on the event loop when their calls are "
+        "tiny (saves a thread hop, ~70 us per batch measured here). A model that then hangs "
+        "stalls every model and cannot be timed out: only for trusted models.",
+    )
     limits: ModelLimits = Field(default_factory=ModelLimits, description="Per-model defaults.")
     per_model: dict[str, ModelLimits] = Field(
         default_factory=dict, description='Overrides, JSON: {"big": {"timeout_s": 120}}'
@@ -177,7 +183,11 @@ class CacheSettings(BaseSettings):
         default_factory=dict, description='TTL overrides in seconds, JSON: {"fraud": 600}'
     )
     timeout_ms: float = Field(
-        5.0, gt=0, description="Per-call budget; a slower call is skipped (fail open)."
+        25.0,
+        gt=0,
+        description="Per-call budget; a slower call is skipped (fail open). It is measured on "
+        "the event loop, so it must cover the loop's own queueing at saturation (p99 ~10-30 ms "
+        "at concurrency 32 here), or a busy gateway trips the breaker on a healthy Redis.",
     )
     min_hit_rate: float = Field(
         0.05, ge=0, le=1, description="Below it (over `window` lookups) a model's cache turns off."
