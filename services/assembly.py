@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from redis.exceptions import RedisError
 
+from services.coalesce import TickCoalescer
 from services.schema import ModelSchema, RecordEncoder
 
 if TYPE_CHECKING:
@@ -78,6 +79,9 @@ class VectorAssembler:
         self.entities = dict(schema.entities)  # entity type -> record key
         self.ignore = frozenset(schema.entities.values()) - set(self.encoder.names)
         self._all_request = self.request_cols == list(range(self.width))
+        self._reads: TickCoalescer[dict[str, str], tuple[np.ndarray, FeatureFlags]] = TickCoalescer(
+            self._read_many
+        )
 
     async def assemble(
         self, records: list[Any], *, user_id: str | None = None
@@ -110,14 +114,22 @@ class VectorAssembler:
                     ids[entity] = str(value)
             requests.append(ids)
         try:
-            values, row_flags = await self.store.get_features(requests, self.wanted)
+            rows = await self._reads.submit(requests)
         except (RedisError, OSError, TimeoutError) as exc:
             logger.warning("feature store unavailable, serving defaults: %s", exc)
             return np.tile(self.defaults, (n, 1)), [FeatureFlags(unavailable=True)] * n
+        return np.stack([values for values, _ in rows]), [flag for _, flag in rows]
+
+    async def _read_many(
+        self, requests: list[dict[str, str]]
+    ) -> list[tuple[np.ndarray, FeatureFlags]]:
+        """One feature-store round trip for the rows of all requests in this loop tick."""
+        assert self.store is not None
+        values, row_flags = await self.store.get_features(requests, self.wanted)
         flags = [
             OK
             if f.ok
             else FeatureFlags(missing=tuple(sorted(f.missing)), stale=tuple(sorted(f.stale)))
             for f in row_flags
         ]
-        return values, flags
+        return list(zip(values, flags, strict=True))

@@ -33,6 +33,7 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
+from services.coalesce import TickCoalescer
 from services.keys import prediction_key, prediction_key_from_digest, row_digest
 
 if TYPE_CHECKING:
@@ -253,6 +254,9 @@ class PredictionCache:
         self._models: dict[str, _ModelCache] = {}
         self._inflight: dict[bytes, asyncio.Future[np.ndarray]] = {}
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
+        # Concurrent requests' lookups and writes share one MGET / one pipeline per loop tick.
+        self._reads: TickCoalescer[bytes, bytes | None] = TickCoalescer(self._mget_all)
+        self._writes: TickCoalescer[tuple[bytes, bytes, int], Any] = TickCoalescer(self._set_all)
         self.metrics = cache_metrics(registry)
 
     def state(self, model: str) -> CacheState:
@@ -360,7 +364,7 @@ class PredictionCache:
     async def _mget(self, model: str, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        values = await self._call(model, lambda: self._redis.mget(keys), len(keys))
+        values = await self._call(model, lambda: self._reads.submit(keys), len(keys))
         if values is _FAILED:
             return [None] * len(keys)
         hits = sum(v is not None for v in values)
@@ -372,13 +376,17 @@ class PredictionCache:
     async def _set(self, model: str, items: dict[bytes, bytes]) -> None:
         ttl = self.ttl_for(model)
 
-        async def write() -> Any:
-            pipe = self._redis.pipeline(transaction=False)
-            for key, value in items.items():
-                pipe.set(key, value, ex=ttl)
-            return await pipe.execute()
+        entries = [(key, value, ttl) for key, value in items.items()]
+        await self._call(model, lambda: self._writes.submit(entries), len(items))
 
-        await self._call(model, write, len(items))
+    async def _mget_all(self, keys: list[bytes]) -> list[bytes | None]:
+        return list(await self._redis.mget(keys))
+
+    async def _set_all(self, entries: list[tuple[bytes, bytes, int]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, value, ttl in entries:
+            pipe.set(key, value, ex=ttl)
+        return list(await pipe.execute())
 
     async def _call(self, model: str, make: Callable[[], Awaitable[Any]], rows: int) -> Any:
         """Run one Redis call within budget; _FAILED (and counted) if skipped or failed."""

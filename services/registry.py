@@ -215,10 +215,19 @@ class ModelRegistry:
         except NotFound:
             pass
         data = self.load_artifact(mv)
+        # Files beside the artifact (a text model's tokenizer.json, ...) travel with it.
+        prefix = f"{mv.name}/{mv.version}/"
+        extras = [
+            k for k in self.store.list(prefix) if k[len(prefix) :] not in (mv.artifact, "meta.json")
+        ]
         with bentoml.models.create(
             tag, labels={"servekit": "true", "sha256": mv.sha256, "format": mv.format}
         ) as bm:
             root = Path(bm.path)
+            for key in extras:
+                target = root / key[len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.store.get(key))
             (root / mv.artifact).write_bytes(data)
             (root / "meta.json").write_bytes(
                 orjson.dumps(mv.model_dump(mode="json", by_alias=True))

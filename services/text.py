@@ -109,6 +109,7 @@ class TextEncoder:
         """The texts of ``/predict`` records (``{"text": "..."}``), validated."""
         out = []
         for i, rec in enumerate(records):
+            text: Any
             if isinstance(rec, str):
                 text = rec
             elif isinstance(rec, dict):

