@@ -6,6 +6,7 @@ service) so both deployment shapes share this code.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Protocol
@@ -130,9 +131,7 @@ class Predictor:
         mv = await self.resolve(body.get("model"), body.get("version"))
         encoder = self._encoder(mv)
         if isinstance(encoder, TextEncoder):
-            feeds = encoder.encode(encoder.texts(inputs))
-            outputs = await self.runner.infer(mv, feeds, len(inputs))
-            predictions = encoder.decode(outputs, feeds)
+            predictions = await self._predict_text(mv, encoder, inputs)
         else:
             predictions = await self._predict_tabular(mv, encoder, inputs, body.get("user_id"))
         self.metrics.observe_request(
@@ -171,6 +170,39 @@ class Predictor:
             if not flag.ok:
                 pred["features"] = flag.public()
         return predictions
+
+    async def _predict_text(
+        self, mv: ModelVersion, encoder: TextEncoder, records: list[Any]
+    ) -> list[dict[str, Any]]:
+        """Tokenize, answer each text from the cache or the runner (one batch for misses)."""
+        texts = encoder.texts(records)
+
+        async def compute_texts(batch: list[str]) -> np.ndarray:
+            feeds = encoder.encode(batch)
+            outputs = await self.runner.infer(mv, feeds, len(batch))
+            preds = encoder.decode(outputs, feeds)
+            return np.array([p["embedding"] for p in preds], dtype=np.float32)
+
+        if self.cache is None:
+            embeddings, cached = await compute_texts(texts), np.zeros(len(texts), dtype=bool)
+        else:
+            # A text's canonical input bytes are its UTF-8 text (tokenization is fixed per
+            # version): its 128-bit digest, viewed as 4 float32, is the cache's key row.
+            digests = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+            key_rows = np.frombuffer(b"".join(digests), dtype="<f4").reshape(len(texts), 4)
+            text_of = dict(zip(digests, texts, strict=True))
+
+            async def compute(rows: np.ndarray) -> np.ndarray:
+                return await compute_texts([text_of[r.astype("<f4").tobytes()] for r in rows])
+
+            cache_version = f"{mv.version}-{mv.sha256[:16]}"
+            embeddings, cached = await self.cache.get_or_compute(
+                mv.name, cache_version, key_rows, compute
+            )
+        return [
+            {"embedding": row.tolist(), "cached": bool(hit)}
+            for row, hit in zip(embeddings, cached, strict=True)
+        ]
 
     async def infer_v2(
         self, model: str, version: str | None, body: bytes, header_length: str | None
