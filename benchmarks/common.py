@@ -114,7 +114,9 @@ async def closed_loop(
     latencies: list[float] = []
     errors: dict[str, int] = {}
     ok = 0
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
         warm_end = time.perf_counter() + warmup_s
         stop_at = warm_end + seconds
 
@@ -132,7 +134,7 @@ async def closed_loop(
                     async with session.post(url, data=body, headers=hdrs) as resp:
                         await resp.read()
                         status = resp.status
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     status = type(exc).__name__  # type: ignore[assignment]
                 t1 = time.perf_counter()
                 if t0 < warm_end:
@@ -147,11 +149,20 @@ async def closed_loop(
     return latencies, ok, errors, seconds
 
 
-def summarize(label: str, concurrency: int, latencies: list[float], ok: int, errors: dict[str, int], seconds: float) -> LoadResult:
+def summarize(
+    label: str,
+    concurrency: int,
+    latencies: list[float],
+    ok: int,
+    errors: dict[str, int],
+    seconds: float,
+) -> LoadResult:
     lat = sorted(latencies)
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
-    return LoadResult(label, concurrency, seconds, ok, errors, ok / seconds, round(p50, 3), round(p99, 3))
+    return LoadResult(
+        label, concurrency, seconds, ok, errors, ok / seconds, round(p50, 3), round(p99, 3)
+    )
 
 
 def scrape_batches(url: str) -> tuple[float, float]:
@@ -170,5 +181,11 @@ def scrape_batches(url: str) -> tuple[float, float]:
 def write_results(name: str, doc: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=2, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)))
+    path.write_text(
+        json.dumps(
+            doc,
+            indent=2,
+            default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o),
+        )
+    )
     return path

@@ -73,9 +73,13 @@ async def micro(url: str, n: int) -> dict[str, Any]:
     await r.flushdb()
     views = FeatureRegistry.from_settings(FeatureSettings())
     store = FeatureStore(r, views, FeatureSettings())
-    users = {f"u{i:06d}": {"avg_amount_30d": 50.0 + i, "txn_count_30d": i % 40} for i in range(2000)}
+    users = {
+        f"u{i:06d}": {"avg_amount_30d": 50.0 + i, "txn_count_30d": i % 40} for i in range(2000)
+    }
     await store.load_batch_view("user_stats", users, time.time())
-    await store.load_batch_view("merchant_risk", {c: {"risk_score": 0.03} for c in MERCHANT_CATEGORIES}, time.time())
+    await store.load_batch_view(
+        "merchant_risk", {c: {"risk_score": 0.03} for c in MERCHANT_CATEGORIES}, time.time()
+    )
     version_user = await store.current_version("user_stats")
     version_merchant = await store.current_version("merchant_risk")
     out: dict[str, Any] = {}
@@ -83,22 +87,28 @@ async def micro(url: str, n: int) -> dict[str, Any]:
 
     def rows(k: int) -> list[dict[str, str]]:
         return [
-            {"user": f"u{rng.randrange(2000):06d}", "merchant_category": rng.choice(MERCHANT_CATEGORIES)}
+            {
+                "user": f"u{rng.randrange(2000):06d}",
+                "merchant_category": rng.choice(MERCHANT_CATEGORIES),
+            }
             for _ in range(k)
         ]
 
     for k in (1, 32):
 
-        async def servekit() -> None:
+        async def servekit(k: int = k) -> None:
             await store.get_features(rows(k), WANTED)
 
-        async def naive() -> None:
+        async def naive(k: int = k) -> None:
             # One read per feature per entity, in sequence: what a store without
             # pipelining does (batch views only: 3 HGETs per row).
             for row in rows(k):
                 await r.hget(feature_key("user_stats", version_user, row["user"]), "avg_amount_30d")
                 await r.hget(feature_key("user_stats", version_user, row["user"]), "txn_count_30d")
-                await r.hget(feature_key("merchant_risk", version_merchant, row["merchant_category"]), "risk_score")
+                await r.hget(
+                    feature_key("merchant_risk", version_merchant, row["merchant_category"]),
+                    "risk_score",
+                )
 
         out[f"features_servekit_{k}"] = await time_calls(servekit, n)
         out[f"features_naive_{k}"] = await time_calls(naive, max(200, n // (4 * k)))
@@ -114,7 +124,9 @@ async def micro(url: str, n: int) -> dict[str, Any]:
     await cache.get_or_compute("fraud", "1-bench", x32, compute)
     out["cache_lookup_1"] = await time_calls(lambda: cache.get_many("fraud", "1-bench", x1), n)
     out["cache_lookup_32"] = await time_calls(lambda: cache.get_many("fraud", "1-bench", x32), n)
-    out["cache_hit_path_1"] = await time_calls(lambda: cache.get_or_compute("fraud", "1-bench", x1, compute), n)
+    out["cache_hit_path_1"] = await time_calls(
+        lambda: cache.get_or_compute("fraud", "1-bench", x1, compute), n
+    )
     await r.flushdb()
     await r.aclose()
     return out
@@ -136,41 +148,90 @@ def duplicate_bodies(share: float, n: int, seed: int) -> list[bytes]:
     return [orjson.dumps({"model": "fraud", "inputs": [rec]}) for rec in out]
 
 
+WORDS = (
+    "card payment declined at the airport lounge after a late flight from lisbon again today "
+    "customer reports a duplicate charge on the grocery order and asks for a quick refund"
+).split()
+
+
+def text_bodies(share: float, n: int, seed: int) -> list[bytes]:
+    """``n`` text-embed bodies (~16 tokens each) of which ``share`` repeat an earlier text."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for i in range(n):
+        if out and rng.random() < share:
+            out.append(out[rng.randrange(max(0, len(out) - 2000), len(out))])
+        else:
+            out.append(f"{i} " + " ".join(rng.choice(WORDS) for _ in range(12)))
+    return [orjson.dumps({"model": "text-embed", "inputs": [{"text": t}]}) for t in out]
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--iterations", type=int, default=3000)
+    ap.add_argument(
+        "--text",
+        action="store_true",
+        help="also run the text-embed sides (needs the convert extra)",
+    )
+    ap.add_argument("--text-concurrency", type=int, default=16)
     args = ap.parse_args()
     console = Console()
     store = Path(tempfile.mkdtemp(prefix="servekit-bench-"))
     ensure_demo_models(ModelRegistry(LocalStore(store)))
-    sides = [("0 % duplicates, cache off", 0.0, False), ("0 % duplicates", 0.0, True),
-             ("30 % duplicates", 0.3, True), ("90 % duplicates", 0.9, True)]  # fmt: skip
+    if args.text:
+        from services.text_model import ensure_text_model
+
+        ensure_text_model(ModelRegistry(LocalStore(store)))
+    shares = [("0 % duplicates, cache off", 0.0, False), ("0 % duplicates", 0.0, True),
+              ("30 % duplicates", 0.3, True), ("90 % duplicates", 0.9, True)]  # fmt: skip
+    sides = [("fraud", label, share, on, 32) for label, share, on in shares]
+    if args.text:
+        sides += [
+            ("text-embed", label, share, on, args.text_concurrency) for label, share, on in shares
+        ]
     e2e: list[dict[str, Any]] = []
     with Progress(console=console) as progress:
         task = progress.add_task("micro-benchmarks", total=1 + len(sides))
         micro_res = asyncio.run(micro(args.redis_url, args.iterations))
         progress.advance(task)
-        for label, share, cache_on in sides:
-            progress.update(task, description=label)
+        for model, label, share, cache_on, conc in sides:
+            progress.update(task, description=f"{model}: {label}")
             asyncio.run(_flush(args.redis_url))
             env = {
                 "SERVEKIT_MODEL_STORE": str(store),
                 "SERVEKIT_REDIS_URL": args.redis_url,
                 "SERVEKIT_CACHE_ENABLED": "true" if cache_on else "false",
+                "SERVEKIT_MODELS": f'["{model}"]',
+                "SERVEKIT_ORT_THREADS": "2" if model == "text-embed" else "1",
             }
             server = Server(env, RESULTS / "server-redis-bench.log")
             try:
-                bodies = duplicate_bodies(share, 60_000, seed=5)
+                bodies = (
+                    duplicate_bodies(share, 60_000, 5)
+                    if model == "fraud"
+                    else text_bodies(share, 20_000, 5)
+                )
                 b0, r0 = scrape_batches(server.url)
-                lat, ok, errors, secs = asyncio.run(closed_loop(f"{server.url}/predict", bodies, 32, args.seconds, warmup_s=0.0))
+                lat, ok, errors, secs = asyncio.run(
+                    closed_loop(f"{server.url}/predict", bodies, conc, args.seconds, warmup_s=0.0)
+                )
                 b1, r1 = scrape_batches(server.url)
             finally:
                 server.stop()
-            res = summarize(label, 32, lat, ok, errors, secs)
+            res = summarize(f"{model}: {label}", conc, lat, ok, errors, secs)
             inferred = r1 - r0
-            e2e.append({**res.__dict__, "rows_inferred": inferred, "inferred_per_request": round(inferred / max(ok, 1), 3)})
+            e2e.append(
+                {
+                    **res.__dict__,
+                    "rows_inferred": inferred,
+                    "inferred_per_request": round(inferred / max(ok, 1), 3),
+                }
+            )
             progress.advance(task)
     (RESULTS / "server-redis-bench.log").unlink(missing_ok=True)
 
@@ -180,11 +241,19 @@ def main() -> None:
     for key, v in micro_res.items():
         t.add_row(key, f"{v['p50_ms']:.3f}", f"{v['p99_ms']:.3f}")
     console.print(t)
-    t2 = Table(title="/predict at concurrency 32")
-    for col in ("inputs", "req/s", "p50 ms", "p99 ms", "errors", "rows inferred per request"):
+    t2 = Table(title="/predict, closed loop")
+    for col in (
+        "inputs",
+        "conc.",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "rows inferred per request",
+    ):
         t2.add_column(col)
     for e in e2e:
-        t2.add_row(e["label"], f"{e['throughput']:,.0f}", f"{e['p50_ms']:.2f}", f"{e['p99_ms']:.2f}",
+        t2.add_row(e["label"], str(e["concurrency"]), f"{e['throughput']:,.0f}", f"{e['p50_ms']:.2f}", f"{e['p99_ms']:.2f}",
                    str(sum(e["errors"].values())), f"{e['inferred_per_request']:.3f}")  # fmt: skip
     console.print(t2)
     write_results("redis_paths", {"micro": micro_res, "e2e": e2e, "seconds": args.seconds})
@@ -192,9 +261,13 @@ def main() -> None:
     print("\n| path | p50 ms | p99 ms |\n|---|---|---|")
     for key, v in micro_res.items():
         print(f"| {key} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} |")
-    print("\n| inputs (c=32) | req/s | p50 ms | p99 ms | errors | rows inferred / request |\n|---|---|---|---|---|---|")
+    print(
+        "\n| model: inputs | concurrency | req/s | p50 ms | p99 ms | errors | rows inferred / request |\n|---|---|---|---|---|---|---|"
+    )
     for e in e2e:
-        print(f"| {e['label']} | {e['throughput']:,.0f} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {sum(e['errors'].values())} | {e['inferred_per_request']:.3f} |")
+        print(
+            f"| {e['label']} | {e['concurrency']} | {e['throughput']:,.0f} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {sum(e['errors'].values())} | {e['inferred_per_request']:.3f} |"
+        )
 
 
 async def _flush(url: str) -> None:
@@ -218,9 +291,16 @@ def plot(micro_res: dict[str, Any], e2e: list[dict[str, Any]], path: Path) -> No
     labels = [e["label"] for e in e2e]
     ax2.bar(labels, [e["throughput"] for e in e2e], color="tab:green")
     for i, e in enumerate(e2e):
-        ax2.text(i, e["throughput"], f"{e['inferred_per_request']:.2f} inf/req", ha="center", va="bottom", fontsize=8)
+        ax2.text(
+            i,
+            e["throughput"],
+            f"{e['inferred_per_request']:.2f} inf/req",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax2.set(ylabel="req/s at c=32", title="/predict throughput vs duplicate share")
-    ax2.tick_params(axis="x", labelrotation=15)
+    ax2.tick_params(axis="x", labelrotation=60, labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import orjson
 from rich.console import Console
 from rich.progress import Progress
@@ -28,7 +27,15 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, LoadResult, Server, closed_loop, scrape_batches, summarize, write_results  # noqa: E402
+from benchmarks.common import (
+    RESULTS,
+    LoadResult,
+    Server,
+    closed_loop,
+    scrape_batches,
+    summarize,
+    write_results,
+)  # noqa: E402
 from services.demo_models import ensure_demo_models  # noqa: E402
 from services.registry import ModelRegistry  # noqa: E402
 from services.schema import RecordEncoder  # noqa: E402
@@ -50,7 +57,9 @@ def ort_floor(registry: ModelRegistry, batch: int, seconds: float) -> LoadResult
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(registry.load_artifact(mv), sess_options=opts)
-    x = RecordEncoder(mv.model_schema).encode(TransactionGenerator(3).records(batch), ignore=frozenset({"user_id"}))
+    x = RecordEncoder(mv.model_schema).encode(
+        TransactionGenerator(3).records(batch), ignore=frozenset({"user_id"})
+    )
     lat = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -65,7 +74,9 @@ def ort_floor(registry: ModelRegistry, batch: int, seconds: float) -> LoadResult
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
@@ -110,7 +121,16 @@ def main() -> None:
                 log.unlink(missing_ok=True)
 
     table = Table(title="fraud model via /predict (1 record per request)")
-    for col in ("side", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "server CPU ms/req", "mean batch"):
+    for col in (
+        "side",
+        "conc.",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "server CPU ms/req",
+        "mean batch",
+    ):
         table.add_column(col)
     for r in results:
         unit = r.extra.get("unit")
@@ -136,7 +156,9 @@ def main() -> None:
 
 def print_markdown(results: list[LoadResult]) -> None:
     """The README table."""
-    print("\n| side | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req | mean batch |")
+    print(
+        "\n| side | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req | mean batch |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         unit = r.extra.get("unit")
