@@ -120,10 +120,7 @@ class AdminRoutes:
         return json_response(
             {
                 "state": state.model_dump(mode="json"),
-                "history": [
-                    h.model_dump(mode="json") if hasattr(h, "model_dump") else dataclasses.asdict(h)
-                    for h in history
-                ],
+                "history": [h.model_dump(mode="json") for h in history],
             }
         )
 

@@ -30,8 +30,13 @@ async def _timeout_call(self: Any, scope: dict[str, Any], receive: Any, send: An
         await send(message)
 
     fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+
     # The app may finish without sending anything; release the waiter then too.
-    fut.add_done_callback(lambda _: waiter.done() or waiter.set_result(None))
+    def _release(_: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(_release)
     try:
         await waiter
     except TimeoutError:
@@ -57,5 +62,5 @@ def apply() -> None:
         return
     from bentoml._internal.server.http import traffic
 
-    traffic.TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
+    traffic.TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign,assignment]
     _APPLIED = True

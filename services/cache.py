@@ -380,7 +380,8 @@ class PredictionCache:
         await self._call(model, lambda: self._writes.submit(entries), len(items))
 
     async def _mget_all(self, keys: list[bytes]) -> list[bytes | None]:
-        return list(await self._redis.mget(keys))
+        values: list[bytes | None] = await self._redis.mget(keys)  # type: ignore[assignment]
+        return list(values)
 
     async def _set_all(self, entries: list[tuple[bytes, bytes, int]]) -> list[Any]:
         pipe = self._redis.pipeline(transaction=False)

@@ -9,7 +9,7 @@ read at scrape time by a collector instead of being set per request.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -80,7 +80,7 @@ class ServingMetrics:
         ckey = ("batch", key)
         child = self._children.get(ckey)
         if child is None:
-            model, version = key  # type: ignore[misc]
+            model, version = cast(tuple[str, str], key)
             child = (
                 self.batch_rows.labels(model, version),
                 self.batch_seconds.labels(model, version),

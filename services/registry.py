@@ -115,7 +115,7 @@ class ModelRegistry:
             artifact=art,
             sha256=hashlib.sha256(artifact).hexdigest(),
             size_bytes=len(artifact),
-            schema=schema,
+            model_schema=schema,
             created=datetime.now(UTC),
             stage=stage,
             metrics=metrics or {},
