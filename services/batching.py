@@ -1,22 +1,27 @@
-"""An adaptive micro-batcher for the model runner.
+"""An adaptive micro-batcher for the model runner, with one lane per (model, version).
 
 It follows the seed's policy (wait at most ``max_wait_ms``, batch at most
 ``max_batch_size`` rows) without the faults measured in BentoML's dispatcher
 (shared/MEASURED.md):
 
-- A lone request on an idle runner goes at once: it lingers only when the recent arrival
+- A lone request on an idle lane goes at once: it lingers only when the recent arrival
   rate says more rows are due before its wait runs out, so no learned wait survives a
   burst.
-- While a batch runs, arrivals queue; the next batch takes them all (up to the maximum):
-  under load batches form by themselves, with no timer.
-- A batch may mix models and versions: it is grouped by (model, version), each group runs
-  as one backend call, and results are scattered back; one group's failure fails only
-  its own requests.
-- The queue is bounded in rows; a full queue answers ``OverloadedError`` (503 with
-  Retry-After) at once instead of a late timeout.
+- While a lane's batch runs, its arrivals queue; the next batch takes them all (up to the
+  maximum): under load batches form by themselves, with no timer.
+- Each (model, version) group has its own lane: its own queue, at most
+  ``max_concurrency`` backend calls at once, its own queue limit and a timeout per call.
+  Lanes run side by side on a shared set of worker threads, so a slow or hanging model
+  holds only its own slots: a call past its timeout fails its requests with
+  ``ModelTimeoutError`` (503) and the model fails fast until the call returns; its
+  thread, which Python cannot kill, is replaced so the other lanes keep their threads.
+- The queue is bounded in rows (overall and per lane); a full queue answers
+  ``OverloadedError`` (503 with Retry-After) at once instead of a late timeout.
 
-Backend calls run in a one-thread executor, or inline on the event loop when a group's
-measured run time is below ``inline_below_s`` (a thread hop costs more than a tiny model).
+Backend calls run on the worker threads, or inline on the event loop for groups that
+``inline_for`` trusts (the pool's pinned models) whose measured run time is below
+``inline_below_s`` (a thread hop costs more than a tiny model). Inline calls cannot be
+timed out, which is why on-demand models never run inline.
 """
 
 from __future__ import annotations
@@ -25,15 +30,16 @@ import asyncio
 import collections
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from services.errors import OverloadedError
+from services.errors import ModelTimeoutError, OverloadedError
 from services.settings import BatchPolicy
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,10 @@ logger = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 # Runs one group: the feeds of several requests of one (model, version) -> their outputs.
 RunGroup = Callable[[Hashable, list[Feeds]], list[Feeds]]
+
+
+_FRUITLESS_LINGERS = 8
+_PROBE_EVERY = 64
 
 
 @dataclass(slots=True)
@@ -52,6 +62,21 @@ class _Job:
     enqueued: float
 
 
+@dataclass(frozen=True, slots=True)
+class LaneLimits:
+    """Isolation limits of one group's lane.
+
+    Attributes:
+        max_concurrency: backend calls of the group running at once.
+        timeout_s: longest one backend call may run (None: no limit).
+        queue_limit: most rows of the group waiting (None: only the batcher's limit).
+    """
+
+    max_concurrency: int = 1
+    timeout_s: float | None = None
+    queue_limit: int | None = None
+
+
 @dataclass
 class BatcherStats:
     """Counters a metrics collector reads at scrape time."""
@@ -60,21 +85,134 @@ class BatcherStats:
     rows: int = 0
     shed: int = 0
     inline_batches: int = 0
+    timeouts: int = 0
     batch_rows: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
+class _Lane:
+    """One group's queue, running calls and learned timings."""
+
+    __slots__ = (
+        "group",
+        "policy",
+        "limits",
+        "queue",
+        "queued_rows",
+        "running",
+        "hung",
+        "calls",
+        "gap_ewma",
+        "last_arrival",
+        "run_ewma",
+        "linger",
+        "lingered",
+        "linger_from",
+        "fruitless",
+        "dispatches",
+        "scheduled",
+    )
+
+    def __init__(self, group: Hashable, policy: BatchPolicy, limits: LaneLimits) -> None:
+        self.group = group
+        self.policy = policy
+        self.limits = limits
+        self.queue: collections.deque[_Job] = collections.deque()
+        self.queued_rows = 0
+        self.running = 0
+        self.hung = 0  # calls past their timeout that have not returned yet
+        self.calls: set[_Call] = set()
+        self.gap_ewma = math.inf  # seconds between arrivals, smoothed
+        self.last_arrival = -math.inf
+        self.run_ewma = math.inf  # seconds per backend call, smoothed
+        self.linger: asyncio.TimerHandle | None = None
+        self.lingered = False
+        self.linger_from = 0  # rows queued when the current linger began
+        self.fruitless = 0  # lingers in a row that gained no rows
+        self.dispatches = 0
+        self.scheduled = False  # a pump is due on the next loop turn
+
+
+class _Call:
+    """One backend call in flight on a worker thread."""
+
+    __slots__ = ("lane", "jobs", "rows", "timer", "expired")
+
+    def __init__(self, lane: _Lane, jobs: list[_Job], rows: int) -> None:
+        self.lane = lane
+        self.jobs = jobs
+        self.rows = rows
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False
+
+
+class _Workers:
+    """Daemon threads that run backend calls; a thread stuck in a hung call is replaced.
+
+    A hung call cannot be interrupted; ``replace`` starts a spare thread so the pool keeps
+    its size, and the first thread to finish while spares exist retires.
+    """
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._size = threads
+        self._name = name
+        self._tasks: queue.SimpleQueue[tuple[Callable[[], None]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._spares = 0
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        if self._threads < self._size:
+            with self._lock:
+                while self._threads < self._size:
+                    self._start()
+        self._tasks.put((fn,))
+
+    def replace(self) -> None:
+        with self._lock:
+            self._spares += 1
+            self._start()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for _ in range(self._threads):
+                self._tasks.put(None)
+
+    def _start(self) -> None:
+        self._threads += 1
+        threading.Thread(
+            target=self._work, name=f"{self._name}-{self._threads}", daemon=True
+        ).start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._tasks.get()
+            if item is None:
+                return
+            item[0]()
+            if self._spares:
+                with self._lock:
+                    if self._spares:
+                        self._spares -= 1
+                        self._threads -= 1
+                        return
+
+
 class AdaptiveBatcher:
-    """Queues requests and runs them in batches, one batch at a time.
+    """Queues requests per (model, version) lane and runs each lane's batches.
 
     Args:
-        run_group: runs one (model, version) group of requests; called from the batcher's
+        run_group: runs one (model, version) group of requests; called from a worker
             thread (or inline) with the requests' feeds, returns their outputs in order.
         policy_for: the batching policy of a group's model.
-        queue_limit: most rows waiting; past it ``submit`` raises ``OverloadedError``.
+        queue_limit: most rows waiting overall; past it ``submit`` raises ``OverloadedError``.
         enabled: off: every request runs alone, as its own backend call.
-        on_batch: called with (rows, seconds) after each backend call (for metrics).
-        inline_below_s: run groups inline when their mean run time is below this.
+        on_batch: called with (group, rows, seconds) after each backend call (for metrics).
+        inline_below_s: run a trusted group inline when its mean run time is below this.
         clock: monotonic seconds (injectable for tests).
+        limits_for: the isolation limits of a group (default: ``LaneLimits()``).
+        inline_for: whether a group may run inline on the event loop (default: all).
+        on_timeout: called with the group when one of its calls passes its timeout.
+        threads: worker threads shared by the lanes.
     """
 
     def __init__(
@@ -87,26 +225,27 @@ class AdaptiveBatcher:
         on_batch: Callable[[Hashable, int, float], None] | None = None,
         inline_below_s: float = 0.0003,
         clock: Callable[[], float] = time.perf_counter,
+        limits_for: Callable[[Hashable], LaneLimits] | None = None,
+        inline_for: Callable[[Hashable], bool] | None = None,
+        on_timeout: Callable[[Hashable], None] | None = None,
+        threads: int = 4,
     ) -> None:
         self._run_group = run_group
         self._policy_for = policy_for
+        self._limits_for = limits_for or (lambda group: LaneLimits())
+        self._inline_for = inline_for or (lambda group: True)
+        self._on_timeout = on_timeout
         self.queue_limit = queue_limit
         self.enabled = enabled
         self._on_batch = on_batch
         self._inline_below = inline_below_s
         self._clock = clock
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._lanes: dict[Hashable, _Lane] = {}
         self.queued_rows = 0
         self.stats = BatcherStats()
-        self._wakeup: asyncio.Future[None] | None = None
-        self._fill: asyncio.Future[None] | None = None
-        self._fill_target = 0
-        self._gap_ewma = math.inf  # seconds between arrivals, smoothed
-        self._last_arrival = -math.inf
-        self._run_ewma: dict[Hashable, float] = {}
         self._rows_per_s = 0.0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servekit-batch")
-        self._task: asyncio.Task[None] | None = None
+        self._workers = _Workers(threads, "servekit-batch")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # -- public ----------------------------------------------------------------------
@@ -114,7 +253,13 @@ class AdaptiveBatcher:
         """Queue one request's feeds (``rows`` rows) and wait for its outputs."""
         if self._closed:
             raise OverloadedError("the runner is shutting down", retry_after=1)
-        if self.queued_rows + rows > self.queue_limit and self._queue:
+        lane = self._lanes.get(group)
+        if lane is None:
+            lane = _Lane(group, self._policy_for(group), self._limits_for(group))
+            self._lanes[group] = lane
+        if lane.hung:
+            raise self._timeout_error(lane)
+        if self.queued_rows + rows > self.queue_limit and self.queued_rows:
             self.stats.shed += 1
             raise OverloadedError(
                 f"the runner's queue is full ({self.queued_rows} rows waiting, limit "
@@ -122,24 +267,32 @@ class AdaptiveBatcher:
                 retry_after=self.retry_after(),
                 limit=self.queue_limit,
             )
-        loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._task = loop.create_task(self._dispatch(), name="servekit-batcher")
+        lane_limit = lane.limits.queue_limit
+        if lane_limit is not None and lane.queued_rows + rows > lane_limit and lane.queue:
+            self.stats.shed += 1
+            raise OverloadedError(
+                f"the queue of {_name(group)} is full ({lane.queued_rows} rows waiting, "
+                f"limit {lane_limit}); retry later",
+                retry_after=self.retry_after(),
+                limit=lane_limit,
+            )
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         now = self._clock()
-        gap = now - self._last_arrival
-        self._last_arrival = now
-        self._gap_ewma = gap if math.isinf(self._gap_ewma) else 0.8 * self._gap_ewma + 0.2 * gap
+        gap = now - lane.last_arrival
+        lane.last_arrival = now
+        lane.gap_ewma = gap if math.isinf(lane.gap_ewma) else 0.8 * lane.gap_ewma + 0.2 * gap
         job = _Job(group, feeds, rows, loop.create_future(), now)
-        self._queue.append(job)
+        lane.queue.append(job)
+        lane.queued_rows += rows
         self.queued_rows += rows
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
-        if (
-            self._fill is not None
-            and not self._fill.done()
-            and self.queued_rows >= self._fill_target
-        ):
-            self._fill.set_result(None)
+        if lane.linger is not None and lane.queued_rows >= lane.policy.max_batch_size:
+            self._end_linger(lane)
+        elif not lane.scheduled and lane.linger is None:
+            # On the next loop turn, so that requests arriving together batch together.
+            lane.scheduled = True
+            loop.call_soon(self._scheduled_pump, lane)
         return await job.future
 
     def retry_after(self) -> int:
@@ -148,130 +301,282 @@ class AdaptiveBatcher:
             return 1
         return max(1, math.ceil(self.queued_rows / self._rows_per_s))
 
+    def busy(self, group: Hashable) -> bool:
+        """Whether ``group`` has requests queued or backend calls running (hung included)."""
+        lane = self._lanes.get(group)
+        return lane is not None and (lane.running > 0 or bool(lane.queue))
+
+    def hung(self, group: Hashable) -> bool:
+        """Whether a call of ``group`` is past its timeout and has not returned."""
+        lane = self._lanes.get(group)
+        return lane is not None and lane.hung > 0
+
+    def forget(self, group: Hashable) -> None:
+        """Drop an idle group's lane (its model was unloaded)."""
+        lane = self._lanes.get(group)
+        if lane is not None and not lane.running and not lane.queue:
+            if lane.linger is not None:
+                lane.linger.cancel()
+            del self._lanes[group]
+
     async def close(self) -> None:
-        """Stop dispatching; queued requests fail with ``OverloadedError``."""
+        """Stop dispatching; queued and running requests fail with ``OverloadedError``."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        while self._queue:
-            job = self._queue.popleft()
-            if not job.future.done():
-                job.future.set_exception(OverloadedError("the runner shut down", retry_after=1))
-        self._executor.shutdown(wait=False)
+        for lane in self._lanes.values():
+            if lane.linger is not None:
+                lane.linger.cancel()
+                lane.linger = None
+            for call in lane.calls:
+                if call.timer is not None:
+                    call.timer.cancel()
+                _fail(call.jobs, OverloadedError("the runner shut down", retry_after=1))
+            _fail(lane.queue, OverloadedError("the runner shut down", retry_after=1))
+            lane.queue.clear()
+            lane.queued_rows = 0
+        self.queued_rows = 0
+        self._workers.shutdown()
 
-    # -- dispatch loop ---------------------------------------------------------------
-    async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                self._wakeup = None
+    # -- dispatch --------------------------------------------------------------------
+    def _pump(self, lane: _Lane) -> None:
+        """Start batches of ``lane`` while it has queued rows and free slots."""
+        while lane.queue and lane.running < lane.limits.max_concurrency and not self._closed:
+            if lane.linger is not None:
+                return
+            head = lane.queue[0]
+            limit = lane.policy.max_batch_size if self.enabled else head.rows
+            lane.dispatches += 1
+            if self.enabled and lane.queued_rows < limit and not lane.lingered:
+                wait = self._linger_wait(lane, head)
+                if wait > 0:
+                    assert self._loop is not None
+                    lane.linger_from = lane.queued_rows
+                    lane.linger = self._loop.call_later(wait, self._end_linger, lane)
+                    return
+            lane.lingered = False
+            jobs, rows = self._take(lane, limit)
+            if not jobs:
                 continue
-            head = self._queue[0]
-            policy = self._policy_for(head.group)
-            limit = policy.max_batch_size if self.enabled else head.rows
-            if self.enabled and self.queued_rows < limit:
-                await self._linger(loop, head, policy)
-            jobs = self._take(limit)
-            try:
-                await self._run(loop, jobs)
-            except asyncio.CancelledError:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(
-                            OverloadedError("the runner shut down", retry_after=1)
-                        )
-                raise
+            if (
+                not lane.running
+                and lane.run_ewma < self._inline_below
+                and self._inline_for(lane.group)
+            ):
+                self.stats.inline_batches += 1
+                lane.running += 1
+                t0 = self._clock()
+                outcome = self._call(lane.group, jobs)
+                self._finish(_Call(lane, jobs, rows), outcome, self._clock() - t0, pump=False)
+                continue
+            self._start(lane, jobs, rows)
 
-    async def _linger(
-        self, loop: asyncio.AbstractEventLoop, head: _Job, policy: BatchPolicy
-    ) -> None:
-        """Wait for more rows only when arrivals are frequent enough to bring some in time."""
-        remaining = policy.max_wait_ms / 1000.0 - (self._clock() - head.enqueued)
-        gap = self._gap_ewma
+    def _scheduled_pump(self, lane: _Lane) -> None:
+        lane.scheduled = False
+        self._pump(lane)
+
+    def _linger_wait(self, lane: _Lane, head: _Job) -> float:
+        """How long to wait for more rows: only when arrivals are frequent enough, and
+        while waiting pays. A closed-loop client (the next request only after this one
+        returns) arrives at short gaps but never within a wait: after
+        ``_FRUITLESS_LINGERS`` lingers in a row that gained nothing, the lane stops
+        lingering, probing once every ``_PROBE_EVERY`` dispatches."""
+        if lane.fruitless >= _FRUITLESS_LINGERS and lane.dispatches % _PROBE_EVERY:
+            return 0.0
+        remaining = lane.policy.max_wait_ms / 1000.0 - (self._clock() - head.enqueued)
+        gap = lane.gap_ewma
         if remaining <= 0 or gap * 2 > remaining:
-            return
-        self._fill_target = policy.max_batch_size
-        self._fill = loop.create_future()
-        handle = loop.call_later(min(remaining, gap * 4), _resolve, self._fill)
-        try:
-            await self._fill
-        finally:
-            handle.cancel()
-            self._fill = None
+            return 0.0
+        return min(remaining, gap * 4)
 
-    def _take(self, limit: int) -> list[_Job]:
-        jobs = [self._queue.popleft()]
-        rows = jobs[0].rows
-        while self._queue and rows + self._queue[0].rows <= limit:
-            job = self._queue.popleft()
-            jobs.append(job)
-            rows += job.rows
-        self.queued_rows -= rows
-        return jobs
+    def _end_linger(self, lane: _Lane) -> None:
+        if lane.linger is not None:
+            lane.linger.cancel()
+            lane.linger = None
+        lane.fruitless = lane.fruitless + 1 if lane.queued_rows <= lane.linger_from else 0
+        lane.lingered = True
+        self._pump(lane)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
-        inline = all(self._run_ewma.get(j.group, math.inf) < self._inline_below for j in jobs)
-        if inline:
-            self.stats.inline_batches += 1
-            results = self._run_jobs(jobs)
-        else:
-            results = await loop.run_in_executor(self._executor, self._run_jobs, jobs)
-        for job, result in zip(jobs, results, strict=True):
+    def _take(self, lane: _Lane, limit: int) -> tuple[list[_Job], int]:
+        jobs: list[_Job] = []
+        rows = taken = 0
+        while lane.queue and (not jobs or rows + lane.queue[0].rows <= limit):
+            job = lane.queue.popleft()
+            taken += job.rows
             if job.future.done():  # the caller went away
                 continue
-            if isinstance(result, BaseException):
-                job.future.set_exception(result)
-            else:
-                job.future.set_result(result)
+            jobs.append(job)
+            rows += job.rows
+        lane.queued_rows -= taken
+        self.queued_rows -= taken
+        return jobs, rows
 
-    def _run_jobs(self, jobs: list[_Job]) -> list[Feeds | BaseException]:
-        groups: dict[Hashable, list[int]] = {}
-        for i, job in enumerate(jobs):
-            groups.setdefault(job.group, []).append(i)
-        results: list[Any] = [None] * len(jobs)
-        for group, idx in groups.items():
-            rows = sum(jobs[i].rows for i in idx)
-            t0 = self._clock()
+    def _start(self, lane: _Lane, jobs: list[_Job], rows: int) -> None:
+        loop = self._loop
+        assert loop is not None
+        call = _Call(lane, jobs, rows)
+        lane.running += 1
+        lane.calls.add(call)
+        group = lane.group
+        clock = self._clock
+
+        def work() -> None:
+            t0 = clock()
+            outcome = self._call(group, jobs)
+            elapsed = clock() - t0
             try:
+                loop.call_soon_threadsafe(self._finish, call, outcome, elapsed)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        timeout = lane.limits.timeout_s
+        if timeout is not None:
+            call.timer = loop.call_later(timeout, self._expire, call)
+        self._workers.submit(work)
+
+    def _call(self, group: Hashable, jobs: list[_Job]) -> list[Feeds] | Exception:
+        try:
+            buckets = _length_buckets(jobs)
+            if len(buckets) == 1:
+                return self._run_group(group, [j.feeds for j in jobs])
+            # Very different sequence lengths run as separate calls (see length_bucket).
+            results: list[Any] = [None] * len(jobs)
+            for idx in buckets:
                 outs = self._run_group(group, [jobs[i].feeds for i in idx])
-            except Exception as exc:  # one group's failure fails only its own requests
-                logger.warning("batch of %d rows for %s failed: %s", rows, group, exc)
-                for i in idx:
-                    results[i] = exc
-                continue
-            elapsed = self._clock() - t0
-            prev = self._run_ewma.get(group)
-            self._run_ewma[group] = elapsed if prev is None else 0.9 * prev + 0.1 * elapsed
-            self._rows_per_s = 0.9 * self._rows_per_s + 0.1 * (rows / max(elapsed, 1e-6))
+                for i, out in zip(idx, outs, strict=True):
+                    results[i] = out
+            return results
+        except Exception as exc:  # one group's failure fails only its own requests
+            return exc
+
+    def _finish(
+        self, call: _Call, outcome: list[Feeds] | Exception, elapsed: float, *, pump: bool = True
+    ) -> None:
+        lane = call.lane
+        lane.running -= 1
+        lane.calls.discard(call)
+        if call.timer is not None:
+            call.timer.cancel()
+        if call.expired:
+            lane.hung -= 1
+            logger.warning("%s returned after %.1f s, past its timeout", _name(lane.group), elapsed)
+        if isinstance(outcome, Exception):
+            logger.warning("batch of %d rows for %s failed: %s", call.rows, lane.group, outcome)
+            _fail(call.jobs, outcome)
+        else:
+            lane.run_ewma = (
+                elapsed if math.isinf(lane.run_ewma) else 0.9 * lane.run_ewma + 0.1 * elapsed
+            )
+            self._rows_per_s = 0.9 * self._rows_per_s + 0.1 * (call.rows / max(elapsed, 1e-6))
             self.stats.batches += 1
-            self.stats.rows += rows
-            self.stats.batch_rows[rows] += 1
+            self.stats.rows += call.rows
+            self.stats.batch_rows[call.rows] += 1
             if self._on_batch is not None:
-                self._on_batch(group, rows, elapsed)
-            for i, out in zip(idx, outs, strict=True):
-                results[i] = out
-        return results
+                self._on_batch(lane.group, call.rows, elapsed)
+            for job, out in zip(call.jobs, outcome, strict=True):
+                if not job.future.done():
+                    job.future.set_result(out)
+        if pump:
+            self._pump(lane)
+
+    def _expire(self, call: _Call) -> None:
+        """A call ran past its timeout: fail its requests and the lane's queue."""
+        lane = call.lane
+        call.timer = None
+        call.expired = True
+        lane.hung += 1
+        self.stats.timeouts += 1
+        err = self._timeout_error(lane)
+        logger.error("%s", err.message)
+        _fail(call.jobs, err)
+        _fail(lane.queue, err)
+        self.queued_rows -= lane.queued_rows
+        lane.queue.clear()
+        lane.queued_rows = 0
+        self._workers.replace()
+        if self._on_timeout is not None:
+            self._on_timeout(lane.group)
+
+    def _timeout_error(self, lane: _Lane) -> ModelTimeoutError:
+        timeout = lane.limits.timeout_s
+        model, version = _split(lane.group)
+        return ModelTimeoutError(
+            f"{_name(lane.group)} did not answer within {timeout:g} s; it is unhealthy until "
+            "its stuck call returns",
+            retry_after=max(1.0, timeout or 1.0),
+            model=model,
+            version=version,
+        )
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _fail(jobs: Any, exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)
+
+
+def _split(group: Hashable) -> tuple[Any, Any]:
+    if isinstance(group, tuple) and len(group) == 2:
+        return group[0], group[1]
+    return group, None
+
+
+def _name(group: Hashable) -> str:
+    model, version = _split(group)
+    return f"model {model}" if version is None else f"model {model} version {version}"
+
+
+def length_bucket(feeds: Feeds) -> int:
+    """The sequence-length bucket of a request's token tensors; 0 for other feeds.
+
+    Requests of one model whose sequences differ by more than 2x run as separate backend
+    calls (buckets of up to 16, 32, 64, ... tokens), so a short text is not padded to a
+    long one's length: a transformer's cost grows with rows x padded length.
+    """
+    for a in feeds.values():
+        if a.ndim == 2 and a.dtype.kind in "iu":
+            return max(0, math.ceil(math.log2(max(a.shape[1], 1))) - 4)
+    return 0
+
+
+def _length_buckets(jobs: list[_Job]) -> list[list[int]]:
+    """Indices of ``jobs`` grouped by length bucket, in order of first appearance."""
+    buckets: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        buckets.setdefault(length_bucket(job.feeds), []).append(i)
+    return list(buckets.values())
 
 
 def concat_feeds(feeds: list[Feeds]) -> tuple[Feeds, list[int]]:
-    """Stack several requests' feeds along the batch axis; returns (batch, row counts)."""
+    """Stack several requests' feeds along the batch axis; returns (batch, row counts).
+
+    Equal shapes are concatenated as they are. 2-D integer token tensors (input_ids,
+    attention_mask, token_type_ids: ``[rows, sequence]``) of different lengths are
+    right-padded with 0 to the batch's longest, which is the pad id, mask and type id of
+    BERT-style tokenizers, so padded positions are masked out.
+    """
     if len(feeds) == 1:
         only = feeds[0]
         return only, [len(next(iter(only.values())))]
     names = feeds[0].keys()
     sizes = [len(f[next(iter(names))]) for f in feeds]
-    return {n: np.concatenate([f[n] for f in feeds], axis=0) for n in names}, sizes
+    return {n: _stack([f[n] for f in feeds]) for n in names}, sizes
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    tail = arrays[0].shape[1:]
+    if all(a.shape[1:] == tail for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    if not all(a.ndim == 2 and a.dtype.kind in "iu" for a in arrays):
+        raise ValueError(
+            f"cannot batch tensors of shapes {sorted({a.shape for a in arrays})}: only 2-D "
+            "integer token tensors are padded"
+        )
+    longest = max(a.shape[1] for a in arrays)
+    out = np.zeros((sum(len(a) for a in arrays), longest), dtype=arrays[0].dtype)
+    row = 0
+    for a in arrays:
+        out[row : row + len(a), : a.shape[1]] = a
+        row += len(a)
+    return out
 
 
 def split_outputs(outputs: Feeds, sizes: list[int]) -> list[Feeds]:

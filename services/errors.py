@@ -12,7 +12,8 @@ Hierarchy::
     ├── ConflictError (409)              a version that already exists
     ├── UnavailableError (503)           try again later (``retry_after=`` seconds)
     │   ├── OverloadedError (503)        the batcher's queue is full
-    │   └── ModelLoadError (503)         a model that cannot be loaded now
+    │   ├── ModelLoadError (503)         a model that cannot be loaded now
+    │   └── ModelTimeoutError (503)      a model's backend call ran past its timeout
     ├── ArtifactIntegrityError (500)     artifact bytes do not match their sha256
     └── StoreError (500)                 the artifact store failed
 
@@ -114,6 +115,10 @@ class OverloadedError(UnavailableError):
 
 class ModelLoadError(UnavailableError):
     """A model could not be loaded (bad artifact, missing file, store down)."""
+
+
+class ModelTimeoutError(UnavailableError):
+    """A model's backend call ran past its timeout; the model is unhealthy until it returns."""
 
 
 class ArtifactIntegrityError(ServekitError):

@@ -277,4 +277,4 @@ class LocalRunner:
         return await self.pool.infer(mv, feeds, rows)
 
     def describe(self) -> dict[tuple[str, str], dict[str, Any]]:
-        return {k: lm.describe() for k, lm in self.pool.loaded().items()}
+        return self.pool.describe()

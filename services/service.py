@@ -29,11 +29,12 @@ from services import bentoml_fixes
 from services.admin import AdminRoutes
 from services.batching import Feeds, concat_feeds, split_outputs
 from services.catalog import ModelCatalog
+from services.experiments import FeedbackStore
 from services.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.metrics import CallbackCollector, ServingMetrics
+from services.multimodel import PoolCollector
 from services.pool import ModelPool
 from services.predictor import LocalRunner, Predictor
-from services.experiments import FeedbackStore
 from services.registry import ModelRegistry, ModelVersion
 from services.rollout import RolloutStore
 from services.runtime import RedisRuntime
@@ -69,15 +70,6 @@ def _pool_collector(pool: ModelPool) -> CallbackCollector:
                 "counter",
                 [({}, b.stats.shed)],
             ),
-            (
-                "servekit_resident_bytes",
-                "Bytes held by each loaded model version.",
-                "gauge",
-                [
-                    ({"model": k[0], "version": k[1]}, float(lm.backend.nbytes))
-                    for k, lm in pool.loaded().items()
-                ],
-            ),
         ]
 
     return CallbackCollector(collect)
@@ -92,6 +84,7 @@ def build_colocated(
     pool = ModelPool(registry, settings, catalog=catalog, on_batch=metrics.observe_batch)
     pool.preload(settings.serving.models)
     metrics.add_collector(_pool_collector(pool))
+    metrics.add_collector(PoolCollector(pool))
     predictor = Predictor(
         catalog,
         LocalRunner(pool),
