@@ -419,11 +419,15 @@ class AdaptiveBatcher:
         clock = self._clock
 
         def work() -> None:
-            t0 = clock()
+            t0, cpu0 = clock(), time.thread_time()
             outcome = self._call(group, jobs)
             elapsed = clock() - t0
+            # The inline decision uses this thread's CPU time: its wall time also counts
+            # waiting for the GIL while the event loop is busy, which would keep a tiny
+            # model off the inline path exactly when the loop is saturated.
+            cost = time.thread_time() - cpu0
             try:
-                loop.call_soon_threadsafe(self._finish, call, outcome, elapsed)
+                loop.call_soon_threadsafe(self._finish, call, outcome, elapsed, cost)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
@@ -448,7 +452,13 @@ class AdaptiveBatcher:
             return exc
 
     def _finish(
-        self, call: _Call, outcome: list[Feeds] | Exception, elapsed: float, *, pump: bool = True
+        self,
+        call: _Call,
+        outcome: list[Feeds] | Exception,
+        elapsed: float,
+        cost: float | None = None,
+        *,
+        pump: bool = True,
     ) -> None:
         lane = call.lane
         lane.running -= 1
@@ -462,8 +472,9 @@ class AdaptiveBatcher:
             logger.warning("batch of %d rows for %s failed: %s", call.rows, lane.group, outcome)
             _fail(call.jobs, outcome)
         else:
+            spent = elapsed if cost is None else cost
             lane.run_ewma = (
-                elapsed if math.isinf(lane.run_ewma) else 0.9 * lane.run_ewma + 0.1 * elapsed
+                spent if math.isinf(lane.run_ewma) else 0.9 * lane.run_ewma + 0.1 * spent
             )
             self._rows_per_s = 0.9 * self._rows_per_s + 0.1 * (call.rows / max(elapsed, 1e-6))
             self.stats.batches += 1

@@ -5,8 +5,16 @@
 future, context and span stay alive for ``traffic.timeout`` seconds: the heap grows with
 the request rate, and gen-2 GC pauses of 85-210 ms land on p99 (shared/MEASURED.md).
 ``apply()`` replaces its ``__call__`` with the same logic plus ``handle.cancel()`` once the
-response has started or the app has finished. Idempotent; applied when ``services.service``
-is imported, before BentoML builds the ASGI app.
+response has started or the app has finished.
+
+BentoML also sets ``PROMETHEUS_MULTIPROC_DIR`` for its own multi-process metrics, which turns
+every prometheus_client value created afterwards into an mmap'd file with a pid check on
+each update. servekit turns BentoML's metrics off and serves its own per-process registry
+on ``/metrics``, so ``apply()`` makes new values plain in-process ones (measured: the pid
+check alone was ~2 % of the gateway's CPU at concurrency 32).
+
+Idempotent; applied when ``services.service`` is imported, before BentoML builds the ASGI
+app.
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ async def _timeout_call(self: Any, scope: dict[str, Any], receive: Any, send: An
 def apply() -> None:
     """Patch BentoML's TimeoutMiddleware to cancel its per-request timer."""
     global _APPLIED
+    from prometheus_client import values
+
+    values.ValueClass = values.MutexValue
     if _APPLIED:
         return
     from bentoml._internal.server.http import traffic

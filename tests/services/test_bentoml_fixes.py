@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
 from services import bentoml_fixes
@@ -57,3 +59,25 @@ async def test_timeout_still_answers_504() -> None:
 
     out = await asyncio.wait_for(_sent(TimeoutMiddleware(slow, timeout=0.05)), 2)
     assert out[0]["status"] == 504
+
+
+def test_servekit_metrics_use_in_process_values(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from prometheus_client import values
+
+    from services.metrics import ServingMetrics
+
+    # As inside a BentoML worker: multi-process (mmap) values are the default there.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.get_value_class())
+    assert values.ValueClass is not values.MutexValue  # mmap-backed, as in a worker
+    bentoml_fixes.apply()
+    metrics = ServingMetrics()
+    metrics.observe_request("fraud", "1", "predict", 0.001, 1)
+    child = metrics.latency.labels("fraud", "1", "predict")
+    assert isinstance(child._sum, values.MutexValue)  # type: ignore[attr-defined]
+    assert (
+        b'servekit_request_latency_seconds_count{model="fraud",route="predict",version="1"} 1.0'
+        in metrics.render()
+    )
