@@ -1,0 +1,298 @@
+"""Canary promotion (DESIGN-DECISIONS.md, decision 8): ramp live traffic, gate, promote.
+
+Sends ``candidate`` a growing share of live traffic (default
+``SERVEKIT_ROLLOUT_CANARY_STEPS``: 5, 25, 50, 100 %), sticky per user. During each step it
+looks at the experiment's per-variant counters (``FeedbackStore``) every ``poll_s``:
+
+- candidate error rate over ``max_error_rate``: roll back at once;
+- once outcomes arrived, the business metric (share of positive outcomes) with the mSPRT:
+  when the candidate is significantly worse, stop early and roll back (the test's
+  p-value is valid however often it is peeked at);
+- at the step's end, the candidate's p99 latency against the primary's (and too little
+  candidate traffic to judge fails the step).
+
+A breach rolls the candidate back (the reason is written to the rollout history) and
+fails the run with ``CanaryGateError``; after the last step the candidate is promoted.
+Each step publishes a markdown artifact.
+
+Run once: ``python -m flows.canary MODEL CANDIDATE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.gates import (
+    REDIS_RETRIES,
+    CanaryCheck,
+    CanaryGateError,
+    Thresholds,
+    artifact_key,
+    canary_check,
+    format_ms,
+    format_percent,
+    promote_rollout,
+    resolve_redis_url,
+    rollback_rollout,
+)
+from services.errors import InvalidInputError
+from services.experiments import FeedbackStore, VariantStats
+from services.rollout import RolloutStore
+from services.settings import get_settings
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryReport:
+    """What the canary did: every step's final look, and whether it promoted."""
+
+    model: str
+    candidate: str
+    experiment_id: str
+    steps: list[CanaryCheck]
+    promoted: bool
+
+
+def _variant_row(name: str, v: VariantStats | None) -> str:
+    if v is None:
+        return f"| {name} | - | 0 | - | - | - | - | - |"
+    rate = v.conversions / v.outcomes if v.outcomes else math.nan
+    return (
+        f"| {name} | {v.version or '-'} | {v.predictions} | {format_percent(v.error_rate)} "
+        f"| {format_ms(v.latency.p50_ms)} | {format_ms(v.latency.p99_ms)} | {v.outcomes} "
+        f"| {format_percent(rate)} |"
+    )
+
+
+def canary_markdown(
+    model: str, candidate: str, step: int, check: CanaryCheck, *, action: str
+) -> str:
+    """One canary step as a markdown table, with the verdict and what was done."""
+    verdict = "PASSED" if check.passed else "FAILED"
+    lines = [
+        f"# Canary of {model} version {candidate}, step {step}: {check.percent:g} %: {verdict}",
+        "",
+        "| variant | version | predictions | error rate | p50 ms | p99 ms | outcomes "
+        "| positive rate |",
+        "|---|---|---|---|---|---|---|---|",
+        _variant_row("primary", check.primary),
+        _variant_row("candidate", check.candidate),
+        "",
+        f"Candidate predictions in this step: {check.step_predictions}.",
+    ]
+    s = check.sequential
+    if s is None:
+        lines.append("mSPRT: waiting for outcomes.")
+    else:
+        lines.append(
+            f"mSPRT: {s.decision}, p={s.p_value:.3g}, diff {s.diff:+.4f} "
+            f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}]."
+        )
+    lines.append("")
+    lines += [f"- FAILED: {f}" for f in check.failures] or ["- every gate passed"]
+    lines += ["", f"Action: {action}"]
+    return "\n".join(lines)
+
+
+@task(**REDIS_RETRIES)
+async def set_canary_step(model: str, candidate: str, percent: float, redis_url: str) -> str:
+    """Send ``percent`` of traffic to the candidate; returns the experiment id."""
+    async with aioredis.Redis.from_url(redis_url) as client:
+        store = RolloutStore(client)
+        current = await store.get(model)
+        reason = f"canary step: {percent:g} %"
+        if current.mode == "canary" and current.candidate == candidate:
+            state = await store.set_percent(model, percent, reason=reason, actor="flow:canary")
+        else:
+            state = await store.start_canary(
+                model, candidate, percent, reason=reason, actor="flow:canary"
+            )
+    assert state.experiment_id is not None  # a canary always has one
+    get_run_logger().info(
+        "%s: %g %% of traffic to version %s (experiment %s)",
+        model,
+        percent,
+        candidate,
+        state.experiment_id,
+    )
+    return state.experiment_id
+
+
+@task(**REDIS_RETRIES)
+async def observe_canary_step(
+    model: str,
+    experiment_id: str,
+    percent: float,
+    duration_s: float,
+    thresholds: Thresholds,
+    *,
+    min_predictions: int,
+    min_outcomes: int,
+    stop_at_predictions: int | None,
+    previous_p_value: float,
+    higher_is_better: bool,
+    poll_s: float,
+    redis_url: str,
+) -> CanaryCheck:
+    """Watch one step; returns at the first breach or with the step's final look."""
+    logger = get_run_logger()
+    deadline = time.monotonic() + duration_s
+    p_value = previous_p_value
+    async with aioredis.Redis.from_url(redis_url) as client:
+        feedback = FeedbackStore(client)
+        start = await feedback.variant_stats(model, experiment_id)
+        start_count = start["candidate"].predictions if "candidate" in start else 0
+        while True:
+            variants = await feedback.variant_stats(model, experiment_id)
+            got = variants["candidate"].predictions if "candidate" in variants else 0
+            step_predictions = got - start_count
+            final = time.monotonic() >= deadline or (
+                stop_at_predictions is not None and step_predictions >= stop_at_predictions
+            )
+            check = canary_check(
+                variants,
+                thresholds,
+                percent=percent,
+                step_predictions=step_predictions,
+                min_predictions=min_predictions,
+                min_outcomes=min_outcomes,
+                previous_p_value=p_value,
+                higher_is_better=higher_is_better,
+                final=final,
+            )
+            p_value = check.p_value
+            if final or not check.passed:
+                logger.info(
+                    "%s canary %g %%: %s after %d candidate predictions%s",
+                    model,
+                    percent,
+                    "passed" if check.passed else "FAILED",
+                    step_predictions,
+                    "" if check.passed else ": " + "; ".join(check.failures),
+                )
+                return check
+            await asyncio.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+
+
+@task(cache_policy=NO_CACHE)
+async def publish_canary_artifact(
+    model: str, candidate: str, step: int, check: CanaryCheck, action: str
+) -> None:
+    """One step's table as a markdown artifact."""
+    await acreate_markdown_artifact(
+        canary_markdown(model, candidate, step, check, action=action),
+        key=artifact_key("canary", model),
+        description=f"Canary of {model} version {candidate}, step {step} ({check.percent:g} %)",
+    )
+
+
+def _steps(steps: list[float] | None) -> list[float]:
+    chosen = list(get_settings().rollout.canary_steps if steps is None else steps)
+    if not chosen or any(not 0 < p <= 100 for p in chosen):
+        raise InvalidInputError("canary steps must be percents in (0, 100]", field="steps")
+    if any(b <= a for a, b in zip(chosen, chosen[1:], strict=False)):
+        raise InvalidInputError("canary steps must increase", field="steps")
+    return chosen
+
+
+@flow(name="canary-promotion")
+async def canary_promotion(
+    model: str,
+    candidate: str,
+    steps: list[float] | None = None,
+    step_duration_s: float | None = None,
+    *,
+    min_predictions: int = 100,
+    min_outcomes: int = 100,
+    stop_at_predictions: int | None = None,
+    poll_s: float = 60.0,
+    higher_is_better: bool = True,
+    latency_slack_ms: float = 1.0,
+    max_error_rate: float | None = None,
+    max_p99_latency_ratio: float | None = None,
+    promote: bool = True,
+    redis_url: str | None = None,
+) -> CanaryReport:
+    """Ramp ``candidate`` through the canary steps, gating each; promote at the end.
+
+    Args:
+        model: the model.
+        candidate: the version to ramp up.
+        steps: candidate traffic percent of each step, increasing (default: settings).
+        step_duration_s: time at each step (default: settings).
+        min_predictions: candidate predictions needed to judge errors and latency.
+        min_outcomes: outcomes per variant before the mSPRT is run.
+        stop_at_predictions: end a step as soon as it saw this many candidate predictions.
+        poll_s: how often to look at the counters during a step.
+        higher_is_better: whether a positive outcome is good (conversions) or bad.
+        latency_slack_ms: absolute allowance on top of the p99 latency ratio.
+        max_error_rate, max_p99_latency_ratio: override the settings.
+        promote: promote after the last step (False: leave it at the last step).
+        redis_url: the Redis holding rollout state and counters (default: settings).
+
+    Returns:
+        The report: every step's final look, and whether the candidate was promoted.
+
+    Raises:
+        CanaryGateError: a step failed; the candidate was rolled back.
+    """
+    settings = get_settings().rollout
+    url = resolve_redis_url(redis_url)
+    plan = _steps(steps)
+    duration = settings.step_duration_s if step_duration_s is None else step_duration_s
+    thresholds = Thresholds.from_settings(
+        settings,
+        latency_slack_ms=latency_slack_ms,
+        max_error_rate=max_error_rate,
+        max_p99_latency_ratio=max_p99_latency_ratio,
+    )
+    checks: list[CanaryCheck] = []
+    experiment_id = ""
+    p_value = 1.0
+    for number, percent in enumerate(plan, start=1):
+        experiment_id = await set_canary_step(model, candidate, percent, url)
+        check = await observe_canary_step(
+            model,
+            experiment_id,
+            percent,
+            duration,
+            thresholds,
+            min_predictions=min_predictions,
+            min_outcomes=min_outcomes,
+            stop_at_predictions=stop_at_predictions,
+            previous_p_value=p_value,
+            higher_is_better=higher_is_better,
+            poll_s=poll_s,
+            redis_url=url,
+        )
+        checks.append(check)
+        p_value = check.p_value
+        if not check.passed:
+            reason = f"canary step {number} ({percent:g} %) failed: " + "; ".join(check.failures)
+            await publish_canary_artifact(model, candidate, number, check, f"rolled back: {reason}")
+            await rollback_rollout(model, reason, url, "flow:canary")
+            raise CanaryGateError(reason, model=model, candidate=candidate, failures=check.failures)
+        last = number == len(plan)
+        action = (
+            ("promoting" if promote else "held at the last step")
+            if last
+            else f"next step: {plan[number]:g} %"
+        )
+        await publish_canary_artifact(model, candidate, number, check, action)
+    if promote:
+        await promote_rollout(
+            model, f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %", url, "flow:canary"
+        )
+    return CanaryReport(model, candidate, experiment_id, checks, promote)
+
+
+if __name__ == "__main__":
+    asyncio.run(canary_promotion(sys.argv[1], sys.argv[2]))

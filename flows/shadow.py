@@ -1,0 +1,250 @@
+"""Shadow validation (DESIGN-DECISIONS.md, decision 8): mirror traffic, compare, gate.
+
+Puts ``candidate`` in shadow mode, lets the gateways mirror live traffic to it for the
+window (default ``SERVEKIT_ROLLOUT_SHADOW_WINDOW_S``: one day), then compares the logged
+pairs (``servekit:shadow:{model}``) with the primary's answers: latency p50/p99, error
+rate and agreement (labels for classifiers, relative error for regressors). A markdown
+artifact holds the table. On a failed gate the candidate is rolled back and the run fails
+with ``ShadowGateError``; on a pass the model stays in shadow mode for the next stage.
+
+Run once: ``python -m flows.shadow MODEL CANDIDATE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import redis.asyncio as aioredis
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.gates import (
+    REDIS_RETRIES,
+    ShadowGateError,
+    ShadowGateResult,
+    Thresholds,
+    artifact_key,
+    compare_shadow,
+    format_ms,
+    format_percent,
+    resolve_redis_url,
+    rollback_rollout,
+    shadow_gate,
+)
+from services.prediction_log import PredictionLog, ShadowPair
+from services.rollout import RolloutStore
+from services.settings import get_settings
+
+
+def shadow_markdown(result: ShadowGateResult, *, action: str) -> str:
+    """The shadow comparison as a markdown table, with the verdict and what was done."""
+    c, t = result.comparison, result.thresholds
+    verdict = "PASSED" if result.passed else "FAILED"
+    pl, cl = c.primary_latency, c.candidate_latency
+    lines = [
+        f"# Shadow validation of {result.model} version {result.candidate}: {verdict}",
+        "",
+        f"{c.pairs} mirrored requests ({c.rows} rows); comparison: {c.kind} on "
+        f"`{c.output}`; identical outputs: {'yes' if c.identical else 'no'}.",
+        "",
+        "| metric | primary | candidate | delta | gate |",
+        "|---|---|---|---|---|",
+        f"| latency p50 (ms) | {format_ms(pl.p50_ms)} | {format_ms(cl.p50_ms)} "
+        f"| {format_ms(c.p50_delta_ms)} | |",
+        f"| latency p99 (ms) | {format_ms(pl.p99_ms)} | {format_ms(cl.p99_ms)} "
+        f"| {format_ms(c.p99_delta_ms)} "
+        f"| <= x{t.max_p99_latency_ratio:g} + {t.latency_slack_ms:g} ms |",
+        f"| error rate | - | {format_percent(c.error_rate)} | | <= {t.max_error_rate:.2%} |",
+        f"| agreement | | {format_percent(c.agreement)} | | >= {t.min_agreement:.2%} |",
+        f"| mean relative error | | {c.mean_relative_error:.4g} | | |",
+        f"| pairs | | {c.pairs} | | >= {result.min_pairs} |",
+        "",
+    ]
+    lines += [f"- FAILED: {f}" for f in result.failures] or ["- every gate passed"]
+    lines += ["", f"Action: {action}"]
+    return "\n".join(lines)
+
+
+_READ_CHUNK = 1000
+
+
+@task(**REDIS_RETRIES)
+async def begin_shadow(model: str, candidate: str, redis_url: str) -> str:
+    """Put ``candidate`` in shadow mode; returns the pair stream's id to read after."""
+    async with aioredis.Redis.from_url(redis_url) as client:
+        since = await PredictionLog(client).last_id(model, shadow=True)
+        state = await RolloutStore(client).start_shadow(
+            model, candidate, reason="shadow validation started", actor="flow:shadow"
+        )
+    get_run_logger().info(
+        "shadowing %s version %s (primary %s); pairs after %s",
+        model,
+        candidate,
+        state.primary,
+        since,
+    )
+    return since
+
+
+@task(**REDIS_RETRIES)
+async def wait_for_pairs(
+    model: str,
+    candidate: str,
+    since_id: str,
+    window_s: float,
+    stop_at_pairs: int | None,
+    poll_s: float,
+    redis_url: str,
+) -> int:
+    """Wait out the window (or until ``stop_at_pairs`` pairs arrived); returns pairs seen."""
+    logger = get_run_logger()
+    deadline = time.monotonic() + window_s
+    seen, cursor = 0, since_id
+    async with aioredis.Redis.from_url(redis_url) as client:
+        log = PredictionLog(client)
+        while True:
+            while True:
+                batch = await log.read_shadow(model, cursor, _READ_CHUNK)
+                if not batch:
+                    break
+                cursor = batch[-1][0]
+                seen += sum(pair.candidate_version == candidate for _, pair in batch)
+            if stop_at_pairs is not None and seen >= stop_at_pairs:
+                logger.info("%d shadow pairs in: stopping the window early", seen)
+                return seen
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.info("shadow window of %g s over with %d pairs", window_s, seen)
+                return seen
+            await asyncio.sleep(min(poll_s, left))
+
+
+@task(**REDIS_RETRIES)
+async def read_pairs(
+    model: str, candidate: str, since_id: str, limit: int | None, redis_url: str
+) -> list[ShadowPair]:
+    """The candidate's pairs logged after ``since_id`` (the first ``limit`` when given)."""
+    pairs: list[ShadowPair] = []
+    cursor = since_id
+    async with aioredis.Redis.from_url(redis_url) as client:
+        log = PredictionLog(client)
+        while limit is None or len(pairs) < limit:
+            batch = await log.read_shadow(model, cursor, _READ_CHUNK)
+            if not batch:
+                break
+            cursor = batch[-1][0]
+            pairs += [pair for _, pair in batch if pair.candidate_version == candidate]
+    return pairs if limit is None else pairs[:limit]
+
+
+@task(cache_policy=NO_CACHE)
+def judge_shadow(
+    model: str,
+    candidate: str,
+    pairs: list[ShadowPair],
+    thresholds: Thresholds,
+    min_pairs: int,
+    label_output: str | None,
+) -> ShadowGateResult:
+    """Compare the pairs and apply the shadow gate."""
+    comparison = compare_shadow(
+        pairs, label_output=label_output, regression_rtol=thresholds.regression_rtol
+    )
+    result = shadow_gate(model, candidate, comparison, thresholds, min_pairs=min_pairs)
+    logger = get_run_logger()
+    logger.info(
+        "shadow %s v%s: %d pairs, error rate %.2f%%, agreement %.2f%%, identical=%s",
+        model,
+        candidate,
+        comparison.pairs,
+        100 * comparison.error_rate,
+        100 * comparison.agreement,
+        comparison.identical,
+    )
+    for failure in result.failures:
+        logger.warning("shadow gate: %s", failure)
+    return result
+
+
+@task(cache_policy=NO_CACHE)
+async def publish_shadow_artifact(result: ShadowGateResult, action: str) -> None:
+    """The comparison table as a markdown artifact."""
+    await acreate_markdown_artifact(
+        shadow_markdown(result, action=action),
+        key=artifact_key("shadow", result.model),
+        description=f"Shadow validation of {result.model} version {result.candidate}",
+    )
+
+
+@flow(name="shadow-validation")
+async def shadow_validation(
+    model: str,
+    candidate: str,
+    window_s: float | None = None,
+    *,
+    min_pairs: int = 100,
+    stop_at_pairs: int | None = None,
+    poll_s: float = 30.0,
+    label_output: str | None = None,
+    regression_rtol: float = 1e-3,
+    latency_slack_ms: float = 1.0,
+    max_error_rate: float | None = None,
+    max_p99_latency_ratio: float | None = None,
+    min_agreement: float | None = None,
+    rollback_on_failure: bool = True,
+    redis_url: str | None = None,
+) -> ShadowGateResult:
+    """Shadow ``candidate`` for the window, compare it with the primary, gate.
+
+    Args:
+        model: the model.
+        candidate: the version to validate.
+        window_s: how long to shadow (default: the rollout settings' shadow window).
+        min_pairs: fewer mirrored requests than this fails the gate (not enough data).
+        stop_at_pairs: end the window as soon as this many pairs arrived.
+        poll_s: how often to look at the pair stream while waiting.
+        label_output: the classifier output to compare (default: ``label`` or the first
+            integer output; without one, the first output as a regression).
+        regression_rtol: relative error under which regression outputs agree.
+        latency_slack_ms: absolute allowance on top of the p99 latency ratio.
+        max_error_rate, max_p99_latency_ratio, min_agreement: override the settings.
+        rollback_on_failure: roll the candidate back when the gate fails.
+        redis_url: the Redis holding rollout state and streams (default: settings).
+
+    Returns:
+        The gate's result (the comparison, thresholds and verdict).
+
+    Raises:
+        ShadowGateError: the gate failed (the candidate was rolled back).
+    """
+    settings = get_settings().rollout
+    url = resolve_redis_url(redis_url)
+    thresholds = Thresholds.from_settings(
+        settings,
+        latency_slack_ms=latency_slack_ms,
+        regression_rtol=regression_rtol,
+        max_error_rate=max_error_rate,
+        max_p99_latency_ratio=max_p99_latency_ratio,
+        min_agreement=min_agreement,
+    )
+    window = settings.shadow_window_s if window_s is None else window_s
+    since = await begin_shadow(model, candidate, url)
+    await wait_for_pairs(model, candidate, since, window, stop_at_pairs, poll_s, url)
+    pairs = await read_pairs(model, candidate, since, stop_at_pairs, url)
+    result = judge_shadow(model, candidate, pairs, thresholds, min_pairs, label_output)
+    if result.passed:
+        await publish_shadow_artifact(result, "kept in shadow mode for the next stage")
+        return result
+    reason = "shadow gate failed: " + "; ".join(result.failures)
+    action = f"rolled back ({reason})" if rollback_on_failure else "left in shadow mode"
+    await publish_shadow_artifact(result, action)
+    if rollback_on_failure:
+        await rollback_rollout(model, reason, url, "flow:shadow")
+    raise ShadowGateError(reason, model=model, candidate=candidate, failures=result.failures)
+
+
+if __name__ == "__main__":
+    asyncio.run(shadow_validation(sys.argv[1], sys.argv[2]))

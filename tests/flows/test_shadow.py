@@ -1,0 +1,108 @@
+"""The shadow validation flow on the real fraud model, real Redis and Prefect's harness."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+
+from flows.gates import ShadowGateError, Thresholds, compare_shadow, shadow_gate
+from flows.shadow import shadow_validation
+from services.prediction_log import ShadowPair
+from tests.flows.conftest import MODEL
+
+FAST: dict[str, Any] = {
+    "window_s": 20.0,
+    "min_pairs": 100,
+    "stop_at_pairs": 150,
+    "poll_s": 0.05,
+    "latency_slack_ms": 5.0,
+}
+
+
+async def _artifact(key: str) -> str:
+    """The newest artifact under ``key``."""
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert artifacts, f"no artifact {key}"
+    return str(artifacts[0].data)
+
+
+async def test_identical_candidate_passes_and_stays_in_shadow(
+    rig_factory: Any, redis_url: str
+) -> None:
+    rig = await rig_factory()
+    result = await rig.run_with_traffic(shadow_validation(MODEL, "2", redis_url=redis_url, **FAST))
+    assert result.passed, result.failures
+    c = result.comparison
+    assert c.pairs == 150 and c.identical and c.agreement == 1.0 and c.error_rate == 0.0
+    assert c.kind == "label" and c.output == "label"
+    state = await rig.store.get(MODEL)
+    assert (state.mode, state.primary, state.candidate) == ("shadow", "1", "2")
+    assert rig.router.shadow_completed >= 150 and rig.router.shadow_errors == 0
+    assert "PASSED" in await _artifact("shadow-fraud")
+
+
+async def test_flipped_labels_fail_the_gate_and_roll_back(rig_factory: Any, redis_url: str) -> None:
+    rig = await rig_factory(bad_version="2", flip=True)
+    with pytest.raises(ShadowGateError) as info:
+        await rig.run_with_traffic(shadow_validation(MODEL, "2", redis_url=redis_url, **FAST))
+    assert any("agreement" in f for f in info.value.failures)
+    state = await rig.store.get(MODEL)
+    assert (state.mode, state.primary, state.candidate) == ("off", "1", None)
+    (last,) = await rig.store.history(MODEL, 1)
+    assert last.action == "rollback" and "agreement" in last.reason
+    assert rig.stats.errors == 0  # callers never saw the candidate
+    text = await _artifact("shadow-fraud")
+    assert "FAILED" in text and "rolled back" in text
+
+
+async def test_too_few_pairs_fail_the_gate(rig_factory: Any, redis_url: str) -> None:
+    rig = await rig_factory()  # no traffic at all during a short window
+    with pytest.raises(ShadowGateError, match="only 0 shadow pairs"):
+        await shadow_validation(
+            MODEL, "2", redis_url=redis_url, window_s=0.2, poll_s=0.05, min_pairs=10
+        )
+    assert (await rig.store.get(MODEL)).candidate is None
+
+
+def _pair(primary: Any, candidate: Any, *, error: str = "", ms: float = 1.0) -> ShadowPair:
+    return ShadowPair(
+        request_id="r",
+        model="m",
+        primary_version="1",
+        candidate_version="2",
+        primary_output=primary,
+        candidate_output=None if error else candidate,
+        primary_latency_ms=1.0,
+        candidate_latency_ms=None if error else ms,
+        candidate_error=error,
+    )
+
+
+def test_compare_regression_outputs_with_relative_tolerance() -> None:
+    pairs = [
+        _pair({"y": [[100.0], [2.0]]}, {"y": [[100.05], [2.5]]}),
+        _pair({"y": [[1.0]]}, None, error="timeout after 2 s"),
+    ]
+    c = compare_shadow(pairs, regression_rtol=1e-3)
+    assert c.kind == "regression" and c.output == "y"
+    assert (c.pairs, c.rows, c.candidate_errors) == (2, 2, 1)
+    assert c.agreement == 0.5 and not c.identical
+    assert math.isclose(c.mean_relative_error, (0.0005 + 0.25) / 2)
+
+
+def test_shadow_gate_names_each_failure() -> None:
+    slow = [_pair({"label": [1]}, {"label": [0]}, ms=50.0) for _ in range(10)]
+    result = shadow_gate("m", "2", compare_shadow(slow), Thresholds(), min_pairs=20)
+    text = " | ".join(result.failures)
+    assert not result.passed
+    assert "only 10 shadow pairs" in text and "agreement 0.00%" in text and "p99" in text
