@@ -34,7 +34,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from flows.parity import ParityError, ParityResult, Task, compare
-from services.errors import ModelLoadError
+from services.errors import InvalidInputError, ModelLoadError
 from services.registry import ModelRegistry, ModelVersion, Stage
 from services.schema import ModelSchema
 from services.settings import ConvertSettings, get_settings
@@ -565,6 +565,25 @@ def convert_flow(
     publish_report(report)
     log.info("converted %s in %.1f s", name, report.seconds)
     return report
+
+
+@flow(name="convert")
+def convert(model: str = "text-embed", stage: str = "staging") -> dict[str, Any]:
+    """The deployable conversion (prefect.yaml): convert a known model into the configured
+    registry as a new version, with JSON parameters only. Supported: ``text-embed``."""
+    from services.stores import open_store
+    from services.text_model import TEXT_MODEL, build_text_model
+
+    if model != TEXT_MODEL:
+        raise InvalidInputError(
+            f"no native loader for {model!r}; deployable conversions: {TEXT_MODEL}", field="model"
+        )
+    if stage not in ("staging", "production"):
+        raise InvalidInputError("stage must be 'staging' or 'production'", field="stage")
+    settings = get_settings()
+    registry = ModelRegistry(open_store(settings.serving))
+    mv = build_text_model(registry, settings.convert, stage=stage)  # type: ignore[arg-type]
+    return {"model": model, "version": mv.version if mv else None, "store": registry.store.url}
 
 
 def main(argv: list[str] | None = None) -> int:

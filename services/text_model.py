@@ -22,7 +22,7 @@ import numpy as np
 from services.schema import ModelSchema, TensorSpec
 
 if TYPE_CHECKING:
-    from services.registry import ModelRegistry, ModelVersion
+    from services.registry import ModelRegistry, ModelVersion, Stage
     from services.settings import ConvertSettings
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,17 @@ def ensure_text_model(
     """
     if TEXT_MODEL in registry.list_models():
         return None
+    return build_text_model(registry, settings, stage="production", progress=progress)
+
+
+def build_text_model(
+    registry: ModelRegistry,
+    settings: ConvertSettings | None = None,
+    *,
+    stage: Stage = "staging",
+    progress: Callable[[str], None] | None = None,
+) -> ModelVersion | None:
+    """Convert ``text-embed`` through the conversion flow and register a new version."""
     from flows.convert import TorchModel, convert_flow
 
     native = TorchModel(
@@ -147,6 +158,6 @@ def ensure_text_model(
         "mean pooled and L2-normalized in the graph.",
     )
     report = convert_flow(
-        TEXT_MODEL, native, registry, settings=settings, stage="production", progress=progress
+        TEXT_MODEL, native, registry, settings=settings, stage=stage, progress=progress
     )
     return report.registered

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.convert import STEPS, SklearnModel, TorchModel, convert_flow
 from flows.parity import ParityError, compare
@@ -24,12 +22,6 @@ from services.trt import unavailable_reason
 torch = pytest.importorskip("torch", reason="the convert extra (torch) is not installed")
 
 FAST = ConvertSettings(latency_seconds=0.05, latency_batches=[1, 8, 32], ort_threads=1)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    with prefect_test_harness():
-        yield
 
 
 @pytest.fixture
@@ -299,3 +291,12 @@ def test_ensure_text_model_builds_once(tmp_path: Path) -> None:
     assert mv.parity is not None and mv.parity["formats"]["fp32"]["min_cosine"] >= 0.9999
     assert registry.store.get(f"{TEXT_MODEL}/{mv.version}/tokenizer.json")
     assert ensure_text_model(registry, FAST) is None  # present: nothing rebuilt
+
+
+def test_deployable_convert_flow_refuses_unknown_models() -> None:
+    from flows.convert import convert
+    from services.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError) as err:
+        convert(model="nope")
+    assert err.value.field == "model"

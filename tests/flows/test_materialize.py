@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 import redis.asyncio as aioredis
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.materialize import (
     EmptySourceError,
@@ -24,12 +22,6 @@ from services.features import FeatureRegistry, FeatureStore
 from services.settings import FeatureSettings
 
 AS_OF = datetime(2027, 1, 31, 2, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    with prefect_test_harness():
-        yield
 
 
 def transactions() -> pd.DataFrame:
