@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -16,10 +17,11 @@ import numpy as np
 from services.assembly import VectorAssembler
 from services.batching import Feeds
 from services.catalog import ModelCatalog
-from services.errors import InvalidInputError, PayloadTooLargeError
+from services.errors import InvalidInputError, PayloadTooLargeError, ServekitError
 from services.metrics import ServingMetrics
 from services.oip import decode_request, encode_response, model_metadata
 from services.registry import ModelVersion
+from services.routing import RouteDecision
 from services.schema import decode_predictions
 from services.settings import Settings
 from services.text import TextEncoder
@@ -27,9 +29,20 @@ from services.text import TextEncoder
 if TYPE_CHECKING:
     from services.cache import PredictionCache
     from services.features import FeatureStore
+    from services.routing import TrafficRouter
 
 _PREDICT_KEYS = frozenset({"model", "version", "inputs", "user_id", "request_id"})
 _PLATFORM = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+
+
+@dataclass
+class _Answer:
+    """A prediction's parts that routing needs: what to answer, and what to shadow/log."""
+
+    predictions: list[dict[str, Any]]
+    feeds: Feeds
+    outputs: Feeds
+    inputs: np.ndarray | None
 
 
 class Runner(Protocol):
@@ -50,6 +63,7 @@ class Predictor:
         metrics: where request metrics go.
         cache: the Redis prediction cache (``None``: off).
         features: the feature store (``None``: feature fields take their defaults).
+        router: rollout routing, shadowing and prediction logging (``None``: off).
     """
 
     def __init__(
@@ -61,6 +75,7 @@ class Predictor:
         *,
         cache: PredictionCache | None = None,
         features: FeatureStore | None = None,
+        router: TrafficRouter | None = None,
     ) -> None:
         self.catalog = catalog
         self.runner = runner
@@ -70,6 +85,7 @@ class Predictor:
         self._encoders: dict[tuple[str, str], VectorAssembler | TextEncoder] = {}
         self.cache = cache
         self.features = features
+        self.router = router
         self.ready = False
 
     async def resolve(self, model: Any, version: Any = None) -> ModelVersion:
@@ -128,25 +144,53 @@ class Predictor:
                 raise InvalidInputError(
                     f"'{key}' must be a string of 1 to 256 characters", field=key
                 )
-        mv = await self.resolve(body.get("model"), body.get("version"))
-        encoder = self._encoder(mv)
-        if isinstance(encoder, TextEncoder):
-            predictions = await self._predict_text(mv, encoder, inputs)
+        request_id: str = body.get("request_id") or uuid.uuid4().hex
+        user_id: str | None = body.get("user_id")
+        model, explicit = body.get("model"), body.get("version")
+        if self.router is not None and explicit is None and isinstance(model, str):
+            decision = self.router.decide(model, user_id, request_id)
         else:
-            predictions = await self._predict_tabular(mv, encoder, inputs, body.get("user_id"))
-        self.metrics.observe_request(
-            mv.name, mv.version, "predict", time.perf_counter() - t0, len(inputs)
-        )
+            decision = RouteDecision(explicit, "primary", "user" if user_id else "request")
+        mv = await self.resolve(model, decision.version)
+        encoder = self._encoder(mv)
+        try:
+            if isinstance(encoder, TextEncoder):
+                answer = await self._predict_text(mv, encoder, inputs)
+            else:
+                answer = await self._predict_tabular(mv, encoder, inputs, user_id)
+        except ServekitError:
+            if self.router is not None:
+                ms = (time.perf_counter() - t0) * 1000
+                self.router.record(decision, mv, request_id, ms, True, None, None)
+            raise
+        elapsed = time.perf_counter() - t0
+        self.metrics.observe_request(mv.name, mv.version, "predict", elapsed, len(inputs))
+        if self.router is not None:
+            self.router.record(
+                decision, mv, request_id, elapsed * 1000, False, answer.inputs, answer.predictions
+            )
+            if decision.shadow_version:
+                self.router.shadow(
+                    mv,
+                    decision.shadow_version,
+                    answer.feeds,
+                    len(inputs),
+                    request_id,
+                    answer.outputs,
+                    elapsed * 1000,
+                )
         return {
             "model": mv.name,
             "version": mv.version,
-            "predictions": predictions,
-            "request_id": body.get("request_id") or uuid.uuid4().hex,
+            "predictions": answer.predictions,
+            "request_id": request_id,
+            "variant": decision.variant,
+            "assignment": decision.unit,
         }
 
     async def _predict_tabular(
         self, mv: ModelVersion, assembler: VectorAssembler, records: list[Any], user_id: str | None
-    ) -> list[dict[str, Any]]:
+    ) -> _Answer:
         """Assemble the vectors (request + features), answer from the cache or the runner."""
         schema = mv.model_schema
         x, flags = await assembler.assemble(records, user_id=user_id)
@@ -169,11 +213,11 @@ class Predictor:
             pred["cached"] = bool(hit)
             if not flag.ok:
                 pred["features"] = flag.public()
-        return predictions
+        return _Answer(predictions, {input_name: x}, {output_name: y}, x)
 
     async def _predict_text(
         self, mv: ModelVersion, encoder: TextEncoder, records: list[Any]
-    ) -> list[dict[str, Any]]:
+    ) -> _Answer:
         """Tokenize, answer each text from the cache or the runner (one batch for misses)."""
         texts = encoder.texts(records)
 
@@ -199,10 +243,14 @@ class Predictor:
             embeddings, cached = await self.cache.get_or_compute(
                 mv.name, cache_version, key_rows, compute
             )
-        return [
+        predictions = [
             {"embedding": row.tolist(), "cached": bool(hit)}
             for row, hit in zip(embeddings, cached, strict=True)
         ]
+        # For a shadow candidate: the token feeds and the primary's pooled embeddings.
+        feeds = encoder.encode(texts) if self.router is not None else {}
+        output = mv.model_schema.outputs[0].name
+        return _Answer(predictions, feeds, {output: embeddings}, None)
 
     async def infer_v2(
         self, model: str, version: str | None, body: bytes, header_length: str | None

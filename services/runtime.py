@@ -60,6 +60,10 @@ class RedisRuntime:
         # may wait on a busy Redis: they get their own, patient client.
         self._worker_client = aioredis.Redis.from_url(self.url, socket_timeout=10)
         self.control_client = self._worker_client
+        # Prediction log and feedback writes happen off the request path.
+        self.background_client = aioredis.Redis.from_url(self.url, socket_timeout=0.5)
+        # The rollout follower's pub/sub connection waits for notices: no socket timeout.
+        self.pubsub_client = aioredis.Redis.from_url(self.url)
         self.views = FeatureRegistry.from_settings(settings.features)
         self.cache = (
             PredictionCache(self.client, settings.cache, registry=metrics_registry)
@@ -135,5 +139,10 @@ class RedisRuntime:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.client.aclose()
-        await self._worker_client.aclose()
+        for client in (
+            self.client,
+            self._worker_client,
+            self.background_client,
+            self.pubsub_client,
+        ):
+            await client.aclose()

@@ -24,6 +24,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+from redis.exceptions import RedisError
 
 from services import bentoml_fixes
 from services.admin import AdminRoutes
@@ -34,9 +35,11 @@ from services.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.metrics import CallbackCollector, ServingMetrics
 from services.multimodel import PoolCollector
 from services.pool import ModelPool
+from services.prediction_log import PredictionLog
 from services.predictor import LocalRunner, Predictor
 from services.registry import ModelRegistry, ModelVersion
-from services.rollout import RolloutStore
+from services.rollout import RolloutFollower, RolloutStore
+from services.routing import TrafficRouter
 from services.runtime import RedisRuntime
 from services.settings import Settings, get_settings
 from services.stores import open_store
@@ -75,6 +78,17 @@ def _pool_collector(pool: ModelPool) -> CallbackCollector:
     return CallbackCollector(collect)
 
 
+def _spawn(coro: Any) -> None:
+    import asyncio
+
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[Any] = set()
+
+
 def build_colocated(
     settings: Settings, runtime: RedisRuntime, metrics: ServingMetrics
 ) -> tuple[Predictor, ModelPool]:
@@ -96,8 +110,55 @@ def build_colocated(
     return predictor, pool
 
 
+def _router_collector(
+    router: TrafficRouter, log: PredictionLog, follower: RolloutFollower
+) -> CallbackCollector:
+    def collect() -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        shadow = [
+            ({"result": name}, float(getattr(router, f"shadow_{name}")))
+            for name in ("sent", "dropped", "completed", "errors", "timeouts")
+        ]
+        entries = [
+            ({"result": name}, float(getattr(log, name)))
+            for name in ("appended", "written", "dropped")
+        ]
+        rollouts = [
+            ({"model": m, "mode": s.mode}, float(s.percent)) for m, s in follower.states.items()
+        ]
+        return [
+            ("servekit_shadow_requests", "Shadow requests by result.", "counter", shadow),
+            (
+                "servekit_shadow_queue_depth",
+                "Shadow jobs waiting.",
+                "gauge",
+                [({}, router.shadow_queued)],
+            ),
+            (
+                "servekit_prediction_log_entries",
+                "Prediction-stream entries by result.",
+                "counter",
+                entries,
+            ),
+            (
+                "servekit_prediction_log_buffered",
+                "Entries waiting to be written.",
+                "gauge",
+                [({}, log.buffered)],
+            ),
+            (
+                "servekit_feedback_write_failures",
+                "Feedback records that failed or were dropped.",
+                "counter",
+                [({}, float(router.feedback_errors + router.feedback_dropped))],
+            ),
+            ("servekit_rollout_percent", "Candidate share per model and mode.", "gauge", rollouts),
+        ]
+
+    return CallbackCollector(collect)
+
+
 class _GatewayBase:
-    """What both gateway shapes share: Redis runtime, extra routes, binding the app."""
+    """What both gateway shapes share: Redis runtime, routing, extra routes, the app."""
 
     def _runtime(self) -> tuple[RedisRuntime, ServingMetrics]:
         metrics = ServingMetrics()
@@ -108,14 +169,37 @@ class _GatewayBase:
             return json_response({"accepted": True, "id": entry}, 202)
 
         app.add_route("POST", "/events", events)
-        AdminRoutes(
-            RolloutStore(runtime.control_client, history_maxlen=SETTINGS.rollout.history_maxlen),
-            FeedbackStore(runtime.client, ttl_seconds=SETTINGS.rollout.feedback_ttl_s),
-            SETTINGS.serving.admin_token,
-        ).register(app)
         app.readiness.append(runtime.health)
         app.on_first_request.append(runtime.start)
         return runtime, metrics
+
+    def _routing(
+        self, runtime: RedisRuntime, catalog: ModelCatalog, runner: Any, metrics: ServingMetrics
+    ) -> TrafficRouter:
+        """Rollout routing: the follower (pub/sub), the prediction log, feedback, admin."""
+        rollout = SETTINGS.rollout
+        feedback = FeedbackStore(runtime.background_client, ttl_seconds=rollout.feedback_ttl_s)
+        log = PredictionLog(runtime.background_client, maxlen=SETTINGS.redis.stream_maxlen)
+        follower = RolloutFollower(
+            runtime.pubsub_client, refresh_seconds=rollout.follower_refresh_s
+        )
+        router = TrafficRouter(follower, runner, log, feedback, catalog.resolve)
+        AdminRoutes(
+            RolloutStore(runtime.control_client, history_maxlen=rollout.history_maxlen),
+            feedback,
+            SETTINGS.serving.admin_token,
+        ).register(app)
+        metrics.add_collector(_router_collector(router, log, follower))
+
+        async def start() -> None:
+            try:
+                await follower.start()
+            except (RedisError, OSError) as exc:  # Redis down at start: route to primaries
+                logger.warning("rollout follower not started (%s); serving primaries", exc)
+            await router.start()
+
+        app.on_first_request.append(lambda: _spawn(start()))
+        return router
 
     def _bind(self, predictor: Predictor, metrics: ServingMetrics) -> None:
         app.bind(
@@ -209,13 +293,15 @@ if SETTINGS.serving.shape == "split":
             catalog = ModelCatalog(registry)
             for name in SETTINGS.serving.models:
                 catalog.pin(registry.get(name))
+            runner = RemoteRunner(self.runner)
             self.predictor = Predictor(
                 catalog,
-                RemoteRunner(self.runner),
+                runner,
                 SETTINGS,
                 metrics,
                 cache=self.redis.cache,
                 features=self.redis.features,
+                router=self._routing(self.redis, catalog, runner, metrics),
             )
             self._bind(self.predictor, metrics)
 
@@ -229,4 +315,7 @@ else:
         def __init__(self) -> None:
             self.redis, metrics = self._runtime()
             self.predictor, self.pool = build_colocated(SETTINGS, self.redis, metrics)
+            self.predictor.router = self._routing(
+                self.redis, self.predictor.catalog, self.predictor.runner, metrics
+            )
             self._bind(self.predictor, metrics)

@@ -1,0 +1,177 @@
+"""Rollouts through the gateway over real HTTP: sticky canary assignment, shadow mode,
+feedback attribution, and no failed request while promoting or rolling back under load."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+import redis
+
+from services.registry import ModelRegistry
+from services.stores import LocalStore
+from tests.conftest import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "rollout-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
+
+
+@pytest.fixture(scope="module")
+def two_versions(fraud_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("two_versions") / "store"
+    shutil.copytree(fraud_store, root)
+    registry = ModelRegistry(LocalStore(root))
+    v1 = registry.get("fraud", "1")
+    registry.register("fraud", registry.load_artifact(v1), schema=v1.model_schema)  # version 2
+    return root
+
+
+@pytest.fixture(scope="module")
+def rollout_gateway(two_versions: Path, redis_url: str) -> Iterator[ServerProcess]:
+    redis.Redis.from_url(redis_url).delete("servekit:rollout:fraud", "servekit:shadow:fraud")
+    server = ServerProcess(
+        {
+            "SERVEKIT_MODEL_STORE": str(two_versions),
+            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_ADMIN_TOKEN": TOKEN,
+            "SERVEKIT_CACHE_ENABLED": "false",
+        }
+    )
+    yield server
+    server.stop()
+
+
+def admin(server: ServerProcess, **body: object) -> dict[str, object]:
+    resp = httpx.post(f"{server.url}/admin/rollout", json={"model": "fraud", **body}, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def wait_for_mode(server: ServerProcess, user: str, version: str, timeout: float = 5.0) -> None:
+    """Wait (on a condition, not a fixed sleep) until the gateway's follower applied it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = httpx.post(
+            f"{server.url}/predict", json={"model": "fraud", "inputs": [GOOD], "user_id": user}
+        ).json()
+        if body["version"] == version:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"gateway did not follow the rollout within {timeout}s")
+
+
+def test_canary_is_sticky_per_user_and_splits(rollout_gateway: ServerProcess) -> None:
+    url = rollout_gateway.url
+    admin(rollout_gateway, action="set-primary", version="1")
+    state = admin(rollout_gateway, action="canary", candidate="2", percent=50)["state"]
+    salt = state["salt"]  # type: ignore[index]
+    from services.assignment import bucket
+
+    user_on_candidate = next(f"u{i}" for i in range(1000) if bucket(salt, f"u{i}") < 5000)
+    wait_for_mode(rollout_gateway, user_on_candidate, "2")
+    seen: dict[str, set[str]] = {}
+    for i in range(200):
+        user = f"user-{i % 50}"
+        body = httpx.post(
+            f"{url}/predict", json={"model": "fraud", "inputs": [GOOD], "user_id": user}
+        ).json()
+        assert body["assignment"] == "user"
+        assert body["variant"] == ("candidate" if body["version"] == "2" else "primary")
+        seen.setdefault(user, set()).add(body["version"])
+    assert all(len(v) == 1 for v in seen.values())  # sticky
+    on_candidate = sum(v == {"2"} for v in seen.values())
+    assert 10 <= on_candidate <= 40  # 50 % of 50 users, loosely
+    anon = httpx.post(f"{url}/predict", json={"model": "fraud", "inputs": [GOOD]}).json()
+    assert anon["assignment"] == "request"
+    admin(rollout_gateway, action="rollback", reason="test over")
+
+
+def test_feedback_is_attributed_to_the_serving_variant(rollout_gateway: ServerProcess) -> None:
+    body = httpx.post(
+        f"{rollout_gateway.url}/predict",
+        json={"model": "fraud", "inputs": [GOOD], "request_id": "fb-1"},
+    ).json()
+    deadline = time.monotonic() + 5
+    while True:  # the prediction is recorded in the background: wait for it
+        resp = httpx.post(
+            f"{rollout_gateway.url}/feedback", json={"request_id": "fb-1", "outcome": True}
+        )
+        if resp.status_code != 404 or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["variant"] == body["variant"] and resp.json()["version"] == body["version"]
+    again = httpx.post(
+        f"{rollout_gateway.url}/feedback", json={"request_id": "fb-1", "outcome": True}
+    )
+    assert again.status_code == 409
+
+
+def test_shadow_answers_with_primary_and_logs_pairs(
+    rollout_gateway: ServerProcess, redis_url: str
+) -> None:
+    admin(rollout_gateway, action="shadow", candidate="2")
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        body = httpx.post(
+            f"{rollout_gateway.url}/predict",
+            json={"model": "fraud", "inputs": [GOOD], "user_id": "s1"},
+        ).json()
+        assert body["version"] == "1" and body["variant"] == "primary"
+        if r.xlen("servekit:shadow:fraud") >= 5:
+            break
+        time.sleep(0.02)
+    pairs = r.xrange("servekit:shadow:fraud", count=5)
+    assert len(pairs) == 5
+    admin(rollout_gateway, action="rollback", reason="shadow test over")
+
+
+def test_no_request_fails_during_promote_and_rollback(rollout_gateway: ServerProcess) -> None:
+    url = rollout_gateway.url
+
+    async def load(stop: asyncio.Event) -> list[int]:
+        statuses: list[int] = []
+        async with aiohttp.ClientSession() as s:
+
+            async def client(k: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    payload = {"model": "fraud", "inputs": [GOOD], "user_id": f"load-{k}-{i % 20}"}
+                    async with s.post(f"{url}/predict", json=payload) as resp:
+                        await resp.read()
+                        statuses.append(resp.status)
+                    i += 1
+
+            await asyncio.gather(*(client(k) for k in range(8)))
+        return statuses
+
+    async def scenario() -> list[int]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(load(stop))
+        async with httpx.AsyncClient(base_url=url, headers=AUTH) as c:
+            for action in (
+                {"action": "canary", "candidate": "2", "percent": 50},
+                {"action": "promote"},
+                {"action": "canary", "candidate": "1", "percent": 25},
+                {"action": "rollback"},
+            ):
+                await asyncio.sleep(0.3)
+                r = await c.post("/admin/rollout", json={"model": "fraud", **action})
+                assert r.status_code == 200, r.text
+        await asyncio.sleep(0.3)
+        stop.set()
+        return await task
+
+    statuses = asyncio.run(scenario())
+    assert len(statuses) > 100
+    assert set(statuses) == {200}
