@@ -51,6 +51,8 @@ RunGroup = Callable[[Hashable, list[Feeds]], list[Feeds]]
 
 _FRUITLESS_LINGERS = 8
 _PROBE_EVERY = 64
+# Linger only while the runner is busy at least this share of the time (it is the bottleneck).
+_BUSY_TO_LINGER = 0.5
 
 
 @dataclass(slots=True)
@@ -110,6 +112,9 @@ class _Lane:
         "fruitless",
         "dispatches",
         "scheduled",
+        "util",
+        "last_start",
+        "last_interval",
     )
 
     def __init__(self, group: Hashable, policy: BatchPolicy, limits: LaneLimits) -> None:
@@ -130,6 +135,9 @@ class _Lane:
         self.fruitless = 0  # lingers in a row that gained no rows
         self.dispatches = 0
         self.scheduled = False  # a pump is due on the next loop turn
+        self.util = 0.0  # smoothed share of wall time the runner spends in this lane's calls
+        self.last_start = -math.inf
+        self.last_interval = math.inf  # time between the last two call starts
 
 
 class _Call:
@@ -356,6 +364,8 @@ class AdaptiveBatcher:
             jobs, rows = self._take(lane, limit)
             if not jobs:
                 continue
+            now = self._clock()
+            lane.last_interval, lane.last_start = now - lane.last_start, now
             if (
                 not lane.running
                 and lane.run_ewma < self._inline_below
@@ -379,6 +389,11 @@ class AdaptiveBatcher:
         returns) arrives at short gaps but never within a wait: after
         ``_FRUITLESS_LINGERS`` lingers in a row that gained nothing, the lane stops
         lingering, probing once every ``_PROBE_EVERY`` dispatches."""
+        if lane.util < _BUSY_TO_LINGER:
+            # The runner keeps up (a small model): batches form by themselves while a call
+            # runs, and waiting would only add latency - the closed-loop spiral where each
+            # wait lengthens the arrival gaps that justify the next wait.
+            return 0.0
         if lane.fruitless >= _FRUITLESS_LINGERS and lane.dispatches % _PROBE_EVERY:
             return 0.0
         remaining = lane.policy.max_wait_ms / 1000.0 - (self._clock() - head.enqueued)
@@ -473,6 +488,8 @@ class AdaptiveBatcher:
             _fail(call.jobs, outcome)
         else:
             spent = elapsed if cost is None else cost
+            duty = min(1.0, elapsed / max(lane.last_interval, elapsed, 1e-9))
+            lane.util = 0.8 * lane.util + 0.2 * duty
             lane.run_ewma = (
                 spent if math.isinf(lane.run_ewma) else 0.9 * lane.run_ewma + 0.1 * spent
             )

@@ -28,6 +28,8 @@ Redis layout of ``FeedbackStore`` (keys as in ``services.keys``: bytes, ``:`` es
 
 from __future__ import annotations
 
+import collections
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +43,11 @@ from scipy import stats
 from services.errors import ConflictError, InvalidInputError, NotFoundError
 from services.keys import NAMESPACE, escape
 from services.rollout import check_model_name
+
+logger = logging.getLogger(__name__)
+
+# (request_id, model, variant, version, experiment_id, latency_ms, error)
+PredictionRecordIn = tuple[str, str, str, str, "str | None", float, bool]
 
 Decision = Literal["continue", "candidate_better", "candidate_worse"]
 Alternative = Literal["two-sided", "larger", "smaller"]
@@ -469,6 +476,74 @@ class FeedbackStore:
         self._counter_ttl = counter_ttl_seconds
         self._clock = clock
         self._outcome = redis.register_script(_OUTCOME_SCRIPT)
+
+    async def record_predictions(self, items: Sequence[PredictionRecordIn]) -> int:
+        """Record many predictions in one round trip, counters summed per variant.
+
+        Returns how many were recorded (invalid items are skipped and logged).
+        """
+        sums: dict[bytes, dict[str, Any]] = {}
+        valid = 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, model, variant, version, experiment_id, latency_ms, error in items:
+                try:
+                    _check_request_id(request_id)
+                    check_model_name(model)
+                    if variant not in VARIANTS:
+                        raise InvalidInputError(
+                            f"variant must be one of {VARIANTS}", field="variant"
+                        )
+                except InvalidInputError as exc:
+                    logger.warning("skipping a prediction record: %s", exc.message)
+                    continue
+                valid += 1
+                experiment = experiment_id or BASELINE
+                counters = counters_key(model, experiment, variant)
+                key = feedback_key(request_id)
+                pipe.hset(
+                    key,
+                    mapping={
+                        "model": model,
+                        "experiment": experiment,
+                        "variant": variant,
+                        "version": version,
+                        "counters": counters,
+                    },
+                )
+                pipe.expire(key, self._ttl)
+                s = sums.setdefault(
+                    counters,
+                    {
+                        "model": model,
+                        "experiment": experiment,
+                        "latency": latency_key(model, experiment, variant),
+                        "n": 0,
+                        "errors": 0,
+                        "ms": 0.0,
+                        "buckets": collections.Counter(),
+                    },
+                )
+                s["n"] += 1
+                s["errors"] += int(error)
+                s["ms"] += float(latency_ms)
+                s["version"] = version
+                s["buckets"][str(latency_bucket(latency_ms))] += 1
+            now = self._clock()
+            for counters, s in sums.items():
+                pipe.hincrby(counters, "predictions", s["n"])
+                if s["errors"]:
+                    pipe.hincrby(counters, "errors", s["errors"])
+                pipe.hincrbyfloat(counters, "latency_sum_ms", s["ms"])
+                pipe.hset(counters, "version", s["version"])
+                for bucket_name, count in s["buckets"].items():
+                    pipe.hincrby(s["latency"], bucket_name, count)
+                experiments = experiments_key(s["model"])
+                pipe.zadd(experiments, {s["experiment"]: now}, nx=True)
+                for key in (counters, s["latency"], experiments):
+                    pipe.expire(key, self._counter_ttl)
+            if valid:
+                await pipe.execute()
+        return valid
 
     async def record_prediction(
         self,

@@ -140,9 +140,9 @@ class Predictor:
             )
         for key in ("user_id", "request_id"):
             value = body.get(key)
-            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 256):
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
                 raise InvalidInputError(
-                    f"'{key}' must be a string of 1 to 256 characters", field=key
+                    f"'{key}' must be a string of 1 to 200 characters", field=key
                 )
         request_id: str = body.get("request_id") or uuid.uuid4().hex
         user_id: str | None = body.get("user_id")

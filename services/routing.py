@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from services.assignment import Unit, Variant, assign
 from services.errors import ServekitError
+from services.experiments import PredictionRecordIn
 from services.prediction_log import PredictionEvent, PredictionLog, ShadowPair
 
 if TYPE_CHECKING:
@@ -122,6 +123,9 @@ class TrafficRouter:
         self._queue: asyncio.Queue[_ShadowJob] = asyncio.Queue(maxsize=shadow_queue)
         self._workers: list[asyncio.Task[None]] = []
         self._feedback_tasks: set[asyncio.Task[None]] = set()
+        self._feedback_buffer: list[PredictionRecordIn] = []
+        self._feedback_due = False
+        self._feedback_interval_s = 0.02
         self.shadow_sent = 0
         """Shadow jobs queued."""
         self.shadow_dropped = 0
@@ -151,6 +155,7 @@ class TrafficRouter:
         """Wait until every queued shadow job and feedback write is done."""
         async with asyncio.timeout(timeout):
             await self._queue.join()
+            self._flush_feedback()
             while self._feedback_tasks:
                 await asyncio.gather(*list(self._feedback_tasks), return_exceptions=True)
 
@@ -160,6 +165,7 @@ class TrafficRouter:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+        self._flush_feedback()
         if self._feedback_tasks:
             await asyncio.gather(*list(self._feedback_tasks), return_exceptions=True)
         await self._log.close()
@@ -265,27 +271,11 @@ class TrafficRouter:
         )
         if self._feedback is None:
             return
-        if len(self._feedback_tasks) >= self._feedback_limit:
+        if len(self._feedback_buffer) >= self._feedback_limit:
             self.feedback_dropped += 1
             return
-        task = asyncio.create_task(
-            self._record_feedback(decision, mv, request_id, latency_ms, error)
-        )
-        self._feedback_tasks.add(task)
-        task.add_done_callback(self._feedback_tasks.discard)
-
-    # -- background ----------------------------------------------------------------------
-    async def _record_feedback(
-        self,
-        decision: RouteDecision,
-        mv: ModelVersion,
-        request_id: str,
-        latency_ms: float,
-        error: bool,
-    ) -> None:
-        assert self._feedback is not None
-        try:
-            await self._feedback.record_prediction(
+        self._feedback_buffer.append(
+            (
                 request_id,
                 mv.name,
                 decision.variant,
@@ -294,13 +284,35 @@ class TrafficRouter:
                 latency_ms,
                 error,
             )
-        except (RedisError, OSError, ServekitError) as exc:
-            self.feedback_errors += 1
-            if self.feedback_errors == 1 or self.feedback_errors % 1000 == 0:
-                logger.warning(
-                    "feedback write failed (%d so far, fail-open): %s", self.feedback_errors, exc
-                )
+        )
+        if not self._feedback_due:
+            # One pipelined write for all predictions of the next few milliseconds.
+            self._feedback_due = True
+            asyncio.get_running_loop().call_later(self._feedback_interval_s, self._flush_feedback)
 
+    def _flush_feedback(self) -> None:
+        self._feedback_due = False
+        if not self._feedback_buffer:
+            return
+        batch, self._feedback_buffer = self._feedback_buffer, []
+        task = asyncio.get_running_loop().create_task(self._write_feedback(batch))
+        self._feedback_tasks.add(task)
+        task.add_done_callback(self._feedback_tasks.discard)
+
+    async def _write_feedback(self, batch: list[PredictionRecordIn]) -> None:
+        assert self._feedback is not None
+        try:
+            await self._feedback.record_predictions(batch)
+        except (RedisError, OSError, ServekitError) as exc:
+            self.feedback_errors += len(batch)
+            logger.warning(
+                "feedback write of %d predictions failed (%d so far, fail-open): %s",
+                len(batch),
+                self.feedback_errors,
+                exc,
+            )
+
+    # -- background ----------------------------------------------------------------------
     async def _shadow_worker(self) -> None:
         while True:
             job = await self._queue.get()

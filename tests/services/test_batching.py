@@ -138,22 +138,52 @@ async def test_batching_off_runs_each_request_alone() -> None:
     await batcher.close()
 
 
+class BusyRecorder(Recorder):
+    """A runner whose every call takes ``cost`` seconds of the (fake) clock."""
+
+    def __init__(self, now: list[float], cost: float) -> None:
+        super().__init__()
+        self.now, self.cost = now, cost
+
+    def __call__(self, group: Hashable, feeds: list[Feeds]) -> list[Feeds]:
+        self.now[0] += self.cost
+        return super().__call__(group, feeds)
+
+
 async def test_lingers_only_when_arrivals_are_frequent() -> None:
-    """Under a steady stream, the dispatcher waits (up to max_wait) to fill a batch."""
-    run = Recorder()
+    """Under a steady stream on a busy runner, the dispatcher waits (up to max_wait) to
+    fill a batch."""
     now = [0.0]
+    run = BusyRecorder(now, cost=0.002)
     batcher = make(run, max_wait_ms=50, clock=lambda: now[0])
-    # Teach it a 1 ms arrival gap.
-    for i in range(5):
+    # Teach it a 1 ms arrival gap and a runner busy 2 ms of every 3.
+    for i in range(10):
         now[0] += 0.001
         await batcher.submit("m", feeds(i), 1)
-    assert run.calls == [("m", 1)] * 5  # each awaited alone: nothing to batch with
+    assert run.calls == [("m", 1)] * 10  # each awaited alone: nothing to batch with
     now[0] += 0.001
     first = asyncio.ensure_future(batcher.submit("m", feeds(10), 1))
     await asyncio.sleep(0)  # the dispatcher now lingers for more rows
     more = [asyncio.ensure_future(batcher.submit("m", feeds(11 + i), 1)) for i in range(3)]
     await asyncio.gather(first, *more)
-    assert run.calls[5] == ("m", 4)
+    assert run.calls[10] == ("m", 4)
+    await batcher.close()
+
+
+async def test_never_lingers_when_the_runner_keeps_up() -> None:
+    """A tiny model (calls take no time): frequent arrivals alone never cause a wait."""
+    run = Recorder()
+    now = [0.0]
+    batcher = make(run, max_wait_ms=50, clock=lambda: now[0])
+    for i in range(5):
+        now[0] += 0.001
+        await batcher.submit("m", feeds(i), 1)
+    now[0] += 0.001
+    first = asyncio.ensure_future(batcher.submit("m", feeds(10), 1))
+    await asyncio.sleep(0)
+    more = [asyncio.ensure_future(batcher.submit("m", feeds(11 + i), 1)) for i in range(3)]
+    await asyncio.gather(first, *more)
+    assert run.calls[5] == ("m", 1)  # dispatched at once, not held for the others
     await batcher.close()
 
 

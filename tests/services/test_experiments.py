@@ -292,3 +292,31 @@ async def test_report_picks_the_newest_experiment(aredis: aioredis.Redis) -> Non
     assert old.variants["primary"].predictions == old.variants["candidate"].predictions == 1
     with pytest.raises(NotFoundError):
         await store.report("fraud", "exp-none")
+
+
+async def test_batched_records_count_like_single_ones(aredis: aioredis.Redis) -> None:
+    one = FeedbackStore(aredis, clock=FakeClock())
+    items = [
+        (
+            f"r{i}",
+            "fraud",
+            "candidate" if i % 3 == 0 else "primary",
+            "2" if i % 3 == 0 else "1",
+            "exp",
+            5.0 + i,
+            i == 4,
+        )
+        for i in range(12)
+    ]
+    for rid, model, variant, version, exp, ms, err in items:
+        await one.record_prediction(rid, model, variant, version, exp, ms, err)
+    single = await one.variant_stats("fraud", "exp")
+    await aredis.flushdb()
+    assert (
+        await one.record_predictions([*items, ("", "fraud", "primary", "1", "exp", 1.0, False)])
+        == 12
+    )
+    batched = await one.variant_stats("fraud", "exp")
+    assert batched == single
+    attribution = await one.record_outcome("r3", 1)
+    assert (attribution.variant, attribution.version) == ("candidate", "2")
