@@ -487,7 +487,8 @@ class FeedbackStore:
         async with self._redis.pipeline(transaction=False) as pipe:
             for request_id, model, variant, version, experiment_id, latency_ms, error in items:
                 try:
-                    _check_request_id(request_id)
+                    if request_id:  # "": counted, but not kept for outcome attribution
+                        _check_request_id(request_id)
                     check_model_name(model)
                     if variant not in VARIANTS:
                         raise InvalidInputError(
@@ -499,18 +500,19 @@ class FeedbackStore:
                 valid += 1
                 experiment = experiment_id or BASELINE
                 counters = counters_key(model, experiment, variant)
-                key = feedback_key(request_id)
-                pipe.hset(
-                    key,
-                    mapping={
-                        "model": model,
-                        "experiment": experiment,
-                        "variant": variant,
-                        "version": version,
-                        "counters": counters,
-                    },
-                )
-                pipe.expire(key, self._ttl)
+                if request_id:
+                    key = feedback_key(request_id)
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "model": model,
+                            "experiment": experiment,
+                            "variant": variant,
+                            "version": version,
+                            "counters": counters,
+                        },
+                    )
+                    pipe.expire(key, self._ttl)
                 s = sums.setdefault(
                     counters,
                     {

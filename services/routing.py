@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class RouteDecision:
         unit: ``"user"`` when assigned by user id, ``"request"`` otherwise.
         experiment_id: the canary or A/B experiment the request counts under, if any.
         shadow_version: in shadow mode, the candidate to mirror the request to.
+        active: a rollout is running (shadow, canary or A/B): every request is logged and
+            kept for outcome attribution.
     """
 
     version: str | None
@@ -66,6 +69,7 @@ class RouteDecision:
     unit: Unit
     experiment_id: str | None = None
     shadow_version: str | None = None
+    active: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,9 @@ class TrafficRouter:
         shadow_timeout_s: longest a candidate may take on one mirrored request.
         shadow_concurrency: shadow jobs run at once.
         feedback_limit: most feedback writes in flight; past it they are dropped.
+        log_sample: share of requests logged to the prediction stream, and kept for
+            outcome attribution, while no rollout runs (all of them during a rollout).
+            Per-variant counters always count every request.
         clock: seconds since the epoch, stamped on logged entries.
     """
 
@@ -107,6 +114,7 @@ class TrafficRouter:
         shadow_timeout_s: float = 2.0,
         shadow_concurrency: int = 4,
         feedback_limit: int = 1024,
+        log_sample: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if shadow_queue < 1 or shadow_concurrency < 1 or shadow_timeout_s <= 0:
@@ -126,6 +134,8 @@ class TrafficRouter:
         self._feedback_buffer: list[PredictionRecordIn] = []
         self._feedback_due = False
         self._feedback_interval_s = 0.02
+        self._log_sample = log_sample
+        self._rng = random.Random()
         self.shadow_sent = 0
         """Shadow jobs queued."""
         self.shadow_dropped = 0
@@ -193,6 +203,7 @@ class TrafficRouter:
             unit=assignment.unit,
             experiment_id=state.experiment_id if state.mode in ("canary", "ab") else None,
             shadow_version=state.candidate if state.mode == "shadow" else None,
+            active=state.mode != "off",
         )
 
     def shadow(
@@ -254,6 +265,40 @@ class TrafficRouter:
             inputs: the feature rows (array or nested lists), or None.
             output: the answer, JSON-encodable (numpy arrays included), or None.
         """
+        sampled = decision.active or self._rng.random() < self._log_sample
+        if sampled:
+            self._log_event(decision, mv, request_id, latency_ms, error, inputs, output)
+        if self._feedback is None:
+            return
+        if len(self._feedback_buffer) >= self._feedback_limit:
+            self.feedback_dropped += 1
+            return
+        self._feedback_buffer.append(
+            (
+                request_id if sampled else "",
+                mv.name,
+                decision.variant,
+                mv.version,
+                decision.experiment_id,
+                latency_ms,
+                error,
+            )
+        )
+        if not self._feedback_due:
+            # One pipelined write for all predictions of the next few milliseconds.
+            self._feedback_due = True
+            asyncio.get_running_loop().call_later(self._feedback_interval_s, self._flush_feedback)
+
+    def _log_event(
+        self,
+        decision: RouteDecision,
+        mv: ModelVersion,
+        request_id: str,
+        latency_ms: float,
+        error: bool,
+        inputs: Any,
+        output: Any,
+    ) -> None:
         self._log.append(
             PredictionEvent(
                 model=mv.name,
@@ -269,26 +314,6 @@ class TrafficRouter:
                 ts=self._clock(),
             )
         )
-        if self._feedback is None:
-            return
-        if len(self._feedback_buffer) >= self._feedback_limit:
-            self.feedback_dropped += 1
-            return
-        self._feedback_buffer.append(
-            (
-                request_id,
-                mv.name,
-                decision.variant,
-                mv.version,
-                decision.experiment_id,
-                latency_ms,
-                error,
-            )
-        )
-        if not self._feedback_due:
-            # One pipelined write for all predictions of the next few milliseconds.
-            self._feedback_due = True
-            asyncio.get_running_loop().call_later(self._feedback_interval_s, self._flush_feedback)
 
     def _flush_feedback(self) -> None:
         self._feedback_due = False

@@ -68,6 +68,12 @@ def _pool_collector(pool: ModelPool) -> CallbackCollector:
                 [({}, b.queued_rows)],
             ),
             (
+                "servekit_inline_batches",
+                "Backend calls run inline on the event loop (tiny pinned models).",
+                "counter",
+                [({}, b.stats.inline_batches)],
+            ),
+            (
                 "servekit_shed_requests",
                 "Requests refused with 503 (queue full).",
                 "counter",
@@ -183,7 +189,14 @@ class _GatewayBase:
         follower = RolloutFollower(
             runtime.pubsub_client, refresh_seconds=rollout.follower_refresh_s
         )
-        router = TrafficRouter(follower, runner, log, feedback, catalog.resolve)
+        router = TrafficRouter(
+            follower,
+            runner,
+            log,
+            feedback,
+            catalog.resolve,
+            log_sample=rollout.prediction_log_sample,
+        )
         AdminRoutes(
             RolloutStore(runtime.control_client, history_maxlen=rollout.history_maxlen),
             feedback,

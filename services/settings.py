@@ -266,6 +266,13 @@ class RolloutSettings(BaseSettings):
         7 * 86_400, ge=60, description="How long a prediction waits for its outcome."
     )
     history_maxlen: int = Field(1000, ge=10, description="Changes kept per model's history.")
+    prediction_log_sample: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of requests written to the prediction stream (drift reports) and "
+        "kept for outcome attribution while no rollout runs; during a rollout, all of them.",
+    )
     follower_refresh_s: float = Field(
         30.0, gt=0, description="Full re-read of rollout state behind the pub/sub notices."
     )

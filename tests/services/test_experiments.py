@@ -313,10 +313,16 @@ async def test_batched_records_count_like_single_ones(aredis: aioredis.Redis) ->
     single = await one.variant_stats("fraud", "exp")
     await aredis.flushdb()
     assert (
-        await one.record_predictions([*items, ("", "fraud", "primary", "1", "exp", 1.0, False)])
+        await one.record_predictions(
+            [*items, ("x" * 300, "fraud", "primary", "1", "exp", 1.0, False)]
+        )
         == 12
     )
     batched = await one.variant_stats("fraud", "exp")
     assert batched == single
+    # An empty request id is counted, but not kept for attribution.
+    assert await one.record_predictions([("", "fraud", "primary", "1", "exp", 1.0, False)]) == 1
+    after = await one.variant_stats("fraud", "exp")
+    assert after["primary"].predictions == single["primary"].predictions + 1
     attribution = await one.record_outcome("r3", 1)
     assert (attribution.variant, attribution.version) == ("candidate", "2")

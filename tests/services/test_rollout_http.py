@@ -96,6 +96,12 @@ def test_canary_is_sticky_per_user_and_splits(rollout_gateway: ServerProcess) ->
 
 
 def test_feedback_is_attributed_to_the_serving_variant(rollout_gateway: ServerProcess) -> None:
+    # During a rollout every prediction is kept for attribution (outside one, a sample).
+    state = admin(rollout_gateway, action="canary", candidate="2", percent=50)["state"]
+    from services.assignment import bucket
+
+    user = next(f"fb{i}" for i in range(1000) if bucket(state["salt"], f"fb{i}") < 5000)  # type: ignore[index]
+    wait_for_mode(rollout_gateway, user, "2")
     body = httpx.post(
         f"{rollout_gateway.url}/predict",
         json={"model": "fraud", "inputs": [GOOD], "request_id": "fb-1"},
@@ -114,6 +120,7 @@ def test_feedback_is_attributed_to_the_serving_variant(rollout_gateway: ServerPr
         f"{rollout_gateway.url}/feedback", json={"request_id": "fb-1", "outcome": True}
     )
     assert again.status_code == 409
+    admin(rollout_gateway, action="rollback", reason="feedback test over")
 
 
 def test_shadow_answers_with_primary_and_logs_pairs(
