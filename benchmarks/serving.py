@@ -44,13 +44,22 @@ from services.registry import ModelRegistry  # noqa: E402
 from services.stores import LocalStore  # noqa: E402
 from services.synthetic import TransactionGenerator  # noqa: E402
 
+LEAN = {
+    "SERVEKIT_CACHE_ENABLED": "false",
+    "SERVEKIT_FEATURES_ENABLED": "false",
+    "SERVEKIT_ROLLOUT_ENABLED": "false",
+}
 SHAPES = {
-    "colocated, batching": {},
-    "colocated, no batching": {"SERVEKIT_BATCH_ENABLED": "false"},
-    "split (depends), batching": {"SERVEKIT_SHAPE": "split"},
-    # The same model served warm from the shared multi-model pool (not pinned: its own
-    # lane, run in a worker thread) - the long-tail shape against the dedicated runner.
-    "multi-model pool, batching": {
+    # Everything on: feature-store read, prediction cache, rollout routing and logging.
+    "colocated, full path": {},
+    # The serving path alone (no Redis on the request path): what issue 2 specified.
+    "colocated, lean": LEAN,
+    "colocated, lean, no batching": {**LEAN, "SERVEKIT_BATCH_ENABLED": "false"},
+    "split (depends), lean": {**LEAN, "SERVEKIT_SHAPE": "split"},
+    # The same model warm in the shared multi-model pool (not pinned: its own lane, run in
+    # a worker thread): the long-tail shape against the dedicated runner above.
+    "multi-model pool, lean": {
+        **LEAN,
         "SERVEKIT_MODELS": "[]",
         "SERVEKIT_MULTIMODEL_MEMORY_BUDGET_BYTES": str(1 << 30),
     },

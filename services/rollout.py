@@ -47,6 +47,17 @@ CHANNEL = "servekit:rollout"
 MODELS_KEY = NAMESPACE + b":rollouts"
 
 
+def channel_for(redis: aioredis.Redis) -> str:
+    """The notice channel of the database ``redis`` uses.
+
+    Pub/sub channels are server-wide, not per database: deployments sharing one Redis in
+    different databases would otherwise steer each other's gateways. Database 0 keeps the
+    plain ``servekit:rollout``.
+    """
+    db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
+    return CHANNEL if db == 0 else f"{CHANNEL}:db{db}"
+
+
 def state_key(model: str) -> bytes:
     """Redis key of ``model``'s rollout state."""
     return b":".join((NAMESPACE, b"rollout", escape(model)))
@@ -274,7 +285,15 @@ class RolloutStore:
             entry += ["revision", str(new.revision), "state", state_json]
             written = await self._cas(
                 keys=[state_key(model), history_key(model), MODELS_KEY],
-                args=[revision, state_json, model, self._history_maxlen, CHANNEL, notice, *entry],
+                args=[
+                    revision,
+                    state_json,
+                    model,
+                    self._history_maxlen,
+                    channel_for(self._redis),
+                    notice,
+                    *entry,
+                ],
             )
             if written:
                 logger.info(
@@ -523,7 +542,7 @@ class RolloutFollower:
         if self._tasks:
             return
         self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(CHANNEL)
+        await self._pubsub.subscribe(channel_for(self._redis))
         # Wait for the confirmation so no notice published after the full read is missed.
         while True:
             message = await self._pubsub.get_message(timeout=None)
@@ -554,10 +573,19 @@ class RolloutFollower:
         await self.stop()
 
     async def refresh(self) -> None:
-        """Read every model's state from Redis and keep the newer of each."""
-        # States are never deleted through the store, so a model missing from this read
-        # is one created since it began: keep what the notices brought.
-        for state in (await self._store.all()).values():
+        """Read every model's state from Redis; Redis is authoritative.
+
+        A state whose revision went backwards (Redis restarted without persistence, or was
+        flushed, and the state was written anew) replaces the remembered one; a model no
+        longer in Redis is forgotten, so its requests go to its default version again.
+        """
+        snapshot = await self._store.all()
+        for model in [m for m in self._states if m not in snapshot]:
+            del self._states[model]
+        for state in snapshot.values():
+            known = self._states.get(state.model)
+            if known is not None and state.revision < known.revision:
+                del self._states[state.model]
             await self._apply(state)
 
     async def wait_for(

@@ -111,7 +111,7 @@ def build_colocated(
         settings,
         metrics,
         cache=runtime.cache,
-        features=runtime.features,
+        features=runtime.features if settings.features.enabled else None,
     )
     return predictor, pool
 
@@ -313,8 +313,10 @@ if SETTINGS.serving.shape == "split":
                 SETTINGS,
                 metrics,
                 cache=self.redis.cache,
-                features=self.redis.features,
-                router=self._routing(self.redis, catalog, runner, metrics),
+                features=self.redis.features if SETTINGS.features.enabled else None,
+                router=self._routing(self.redis, catalog, runner, metrics)
+                if SETTINGS.rollout.enabled
+                else None,
             )
             self._bind(self.predictor, metrics)
 
@@ -328,7 +330,8 @@ else:
         def __init__(self) -> None:
             self.redis, metrics = self._runtime()
             self.predictor, self.pool = build_colocated(SETTINGS, self.redis, metrics)
-            self.predictor.router = self._routing(
-                self.redis, self.predictor.catalog, self.predictor.runner, metrics
-            )
+            if SETTINGS.rollout.enabled:
+                self.predictor.router = self._routing(
+                    self.redis, self.predictor.catalog, self.predictor.runner, metrics
+                )
             self._bind(self.predictor, metrics)

@@ -214,6 +214,9 @@ class FeatureSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SERVEKIT_FEATURES_", extra="ignore")
 
+    enabled: bool = Field(
+        True, description="Off: feature fields take their defaults (flagged 'unavailable')."
+    )
     views: list[dict[str, Any]] | None = Field(
         None,
         description="Feature views as JSON (see services.features.FeatureView); "
@@ -241,6 +244,11 @@ class RolloutSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SERVEKIT_ROLLOUT_", extra="ignore")
 
+    enabled: bool = Field(
+        True,
+        description="Off: no rollout routing, shadowing, prediction stream or outcome "
+        "attribution (a dedicated server that never takes part in rollouts).",
+    )
     shadow_window_s: float = Field(86_400, gt=0, description="How long a shadow run lasts.")
     canary_steps: list[float] = Field(
         default_factory=lambda: [5.0, 25.0, 50.0, 100.0],

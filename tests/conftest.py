@@ -40,6 +40,22 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def serving_redis_url(redis_url: str) -> str:
+    """The database the test gateways (`bentoml serve`) use: two after ``--redis-url``'s.
+
+    A gateway follows rollout state over pub/sub for its whole life; unit tests that write
+    and flush rollout states in the shared database must not steer it.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(redis_url)
+    db = int(parts.path.strip("/") or 0)
+    url = urlunsplit(parts._replace(path=f"/{(db + 2) % 16}"))
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A sync client on a flushed database."""
@@ -121,12 +137,12 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def gateway(fraud_store: Path, redis_url: str) -> Iterator[ServerProcess]:
+def gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
     """The colocated gateway serving the demo fraud model over real HTTP."""
     server = ServerProcess(
         {
             "SERVEKIT_MODEL_STORE": str(fraud_store),
-            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_MAX_RECORDS": "64",
             "SERVEKIT_MAX_BODY_BYTES": "65536",
         }

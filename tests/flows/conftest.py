@@ -41,6 +41,21 @@ from services.synthetic import TransactionGenerator
 MODEL = "fraud"
 
 
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The flows' own database (the next one after ``--redis-url``'s): rollouts they run,
+    promote and roll back must not reach the gateways other test modules keep serving."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import redis as sync_redis
+
+    parts = urlsplit(request.config.getoption("--redis-url"))
+    db = int(parts.path.strip("/") or 0)
+    url = urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
+    sync_redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    return url
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness() -> Iterator[None]:
     """Every flow in this folder runs against a temporary local Prefect API."""

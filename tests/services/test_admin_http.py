@@ -15,11 +15,11 @@ GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "o
 
 
 @pytest.fixture(scope="module")
-def admin_gateway(fraud_store: Path, redis_url: str) -> Iterator[ServerProcess]:
+def admin_gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
     server = ServerProcess(
         {
             "SERVEKIT_MODEL_STORE": str(fraud_store),
-            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_ADMIN_TOKEN": TOKEN,
         }
     )
@@ -52,7 +52,7 @@ def test_admin_refuses_missing_or_wrong_token(
     assert resp.json()["type"] == "UnauthorizedError"
 
 
-def test_admin_changes_rollout_state(admin_gateway: ServerProcess, redis_client: object) -> None:
+def test_admin_changes_rollout_state(admin_gateway: ServerProcess) -> None:
     url = f"{admin_gateway.url}/admin/rollout"
     r = httpx.post(
         url, json={"model": "fraud", "action": "set-primary", "version": "1"}, headers=auth()

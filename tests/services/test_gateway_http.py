@@ -73,7 +73,7 @@ def test_predict(client: httpx.Client, fraud_store: Path) -> None:
 
 
 def test_predict_with_materialized_features_and_cache(
-    client: httpx.Client, fraud_store: Path, redis_client: Any, redis_url: str
+    client: httpx.Client, fraud_store: Path, serving_redis_url: str
 ) -> None:
     import asyncio
 
@@ -83,7 +83,7 @@ def test_predict_with_materialized_features_and_cache(
     from services.settings import FeatureSettings
 
     async def load() -> None:
-        r = aioredis.Redis.from_url(redis_url)
+        r = aioredis.Redis.from_url(serving_redis_url)
         store = FeatureStore(r, FeatureRegistry.from_settings(FeatureSettings()), FeatureSettings())
         now = time.time()
         await store.load_batch_view(

@@ -37,12 +37,12 @@ def tail_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tail_gateway(tail_store: Path, redis_url: str) -> Iterator[ServerProcess]:
+def tail_gateway(tail_store: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
     server = ServerProcess(
         {
             "SERVEKIT_MODELS": "[]",
             "SERVEKIT_MODEL_STORE": str(tail_store),
-            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_MULTIMODEL_MEMORY_BUDGET_BYTES": str(BUDGET),
         }
     )

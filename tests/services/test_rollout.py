@@ -15,6 +15,7 @@ from services.rollout import (
     RolloutFollower,
     RolloutState,
     RolloutStore,
+    channel_for,
     history_key,
     state_key,
 )
@@ -205,7 +206,7 @@ async def test_history_is_capped(aredis: aioredis.Redis) -> None:
 
 async def test_every_change_is_published(store: RolloutStore, aredis: aioredis.Redis) -> None:
     pubsub = aredis.pubsub()
-    await pubsub.subscribe(CHANNEL)
+    await pubsub.subscribe(channel_for(aredis))
     try:
         await store.set_primary("fraud", "v1")
         message = None
@@ -280,3 +281,18 @@ async def test_follower_catches_up_after_losing_its_connection(
             await follower.wait_for(lambda states: states["fraud"].mode == "canary", timeout=5.0)
     finally:
         await follower_client.aclose()
+
+
+async def test_notice_channel_is_per_database(redis_url: str) -> None:
+    """Pub/sub is server-wide: two databases must not share a notice channel."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(redis_url)
+    db0 = aioredis.Redis.from_url(urlunsplit(parts._replace(path="/0")))
+    db5 = aioredis.Redis.from_url(urlunsplit(parts._replace(path="/5")))
+    try:
+        assert channel_for(db0) == CHANNEL
+        assert channel_for(db5) == f"{CHANNEL}:db5"
+    finally:
+        await db0.aclose()
+        await db5.aclose()

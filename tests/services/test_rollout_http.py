@@ -36,18 +36,26 @@ def two_versions(fraud_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def rollout_gateway(two_versions: Path, redis_url: str) -> Iterator[ServerProcess]:
-    redis.Redis.from_url(redis_url).delete("servekit:rollout:fraud", "servekit:shadow:fraud")
+def rollout_gateway(two_versions: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
+    redis.Redis.from_url(serving_redis_url).delete(
+        "servekit:rollout:fraud", "servekit:shadow:fraud"
+    )
     server = ServerProcess(
         {
             "SERVEKIT_MODEL_STORE": str(two_versions),
-            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_ADMIN_TOKEN": TOKEN,
             "SERVEKIT_CACHE_ENABLED": "false",
         }
     )
     yield server
     server.stop()
+    # Leave no rollout of "fraud" behind for the gateways other modules start later.
+    from services.rollout import MODELS_KEY, history_key, state_key
+
+    r = redis.Redis.from_url(serving_redis_url)
+    r.delete(state_key("fraud"), history_key("fraud"))
+    r.srem(MODELS_KEY, "fraud")
 
 
 def admin(server: ServerProcess, **body: object) -> dict[str, object]:
@@ -124,10 +132,10 @@ def test_feedback_is_attributed_to_the_serving_variant(rollout_gateway: ServerPr
 
 
 def test_shadow_answers_with_primary_and_logs_pairs(
-    rollout_gateway: ServerProcess, redis_url: str
+    rollout_gateway: ServerProcess, serving_redis_url: str
 ) -> None:
     admin(rollout_gateway, action="shadow", candidate="2")
-    r = redis.Redis.from_url(redis_url)
+    r = redis.Redis.from_url(serving_redis_url)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         body = httpx.post(

@@ -20,12 +20,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def split_gateway(fraud_store: Path, redis_url: str) -> Iterator[ServerProcess]:
+def split_gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
     server = ServerProcess(
         {
             "SERVEKIT_SHAPE": "split",
             "SERVEKIT_MODEL_STORE": str(fraud_store),
-            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_REDIS_URL": serving_redis_url,
         }
     )
     yield server
@@ -60,11 +60,11 @@ def test_split_under_concurrency_batches_and_answers_all(split_gateway: ServerPr
     assert set(asyncio.run(run())) == {200}
 
 
-def test_full_queue_answers_503_with_retry_after(fraud_store: Path, redis_url: str) -> None:
+def test_full_queue_answers_503_with_retry_after(fraud_store: Path, serving_redis_url: str) -> None:
     server = ServerProcess(
         {
             "SERVEKIT_MODEL_STORE": str(fraud_store),
-            "SERVEKIT_REDIS_URL": redis_url,
+            "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_BATCH_QUEUE_LIMIT": "2",
             "SERVEKIT_CACHE_ENABLED": "false",
         }
