@@ -49,6 +49,12 @@ def rollout_gateway(two_versions: Path, serving_redis_url: str) -> Iterator[Serv
         }
     )
     yield server
+    # Other gateways of this session follow these notices: hand "fraud" back to version 1.
+    httpx.post(
+        f"{server.url}/admin/rollout",
+        json={"model": "fraud", "action": "set-primary", "version": "1"},
+        headers=AUTH,
+    )
     server.stop()
     # Leave no rollout of "fraud" behind for the gateways other modules start later.
     from services.rollout import MODELS_KEY, history_key, state_key
