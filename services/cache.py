@@ -311,6 +311,17 @@ class PredictionCache:
         """
         rows = _as_rows(rows)
         digests = [row_digest(r) for r in rows]
+        m = self._model(model)
+        if (
+            self._settings.enabled
+            and m.state is not CacheState.ON
+            and not any(self._is_probe(d) for d in digests)
+        ):
+            # Off for this model and no probe among the rows: straight to the model, with
+            # none of the single-flight bookkeeping (the cache is not worth its cost here).
+            self.metrics.bypasses.labels(model, "off").inc(len(rows))
+            out = np.asarray(await compute(rows)).astype(np.float32, copy=False)
+            return out, np.zeros(len(rows), dtype=bool)
         keys = [prediction_key_from_digest(model, version, d) for d in digests]
         row_of: dict[bytes, np.ndarray] = {}
         digest_of: dict[bytes, bytes] = {}
