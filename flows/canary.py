@@ -45,7 +45,8 @@ from flows.gates import (
     rollback_rollout,
 )
 from services.errors import InvalidInputError
-from services.experiments import FeedbackStore, VariantStats
+from services.experiments import VariantStats
+from services.feedback import FeedbackStore
 from services.rollout import RolloutStore
 from services.settings import get_settings
 

@@ -22,7 +22,7 @@ from services.errors import InvalidInputError, NotFoundError, UnauthorizedError
 from services.http import HTTPResponse, json_response, parse_json
 
 if TYPE_CHECKING:
-    from services.experiments import FeedbackStore
+    from services.feedback import FeedbackStore
     from services.http import GatewayApp
     from services.rollout import RolloutStore
 

@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from services.errors import ServekitError
-from services.experiments import ExperimentReport, FeedbackStore
+from services.experiments import ExperimentReport
+from services.feedback import FeedbackStore
 from services.rollout import RolloutEvent, RolloutState, RolloutStore
 from services.settings import get_settings
 

@@ -29,14 +29,14 @@ from redis.exceptions import RedisError
 
 from services.assignment import Unit, Variant, assign
 from services.errors import ServekitError
-from services.experiments import PredictionRecordIn
+from services.feedback import PredictionRecordIn
 from services.prediction_log import PredictionEvent, PredictionLog, ShadowPair
 
 if TYPE_CHECKING:
     from services.batching import Feeds
-    from services.experiments import FeedbackStore
+    from services.feedback import FeedbackStore
+    from services.follower import RolloutFollower
     from services.registry import ModelVersion
-    from services.rollout import RolloutFollower
 
 logger = logging.getLogger(__name__)
 

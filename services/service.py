@@ -30,7 +30,8 @@ from services import bentoml_fixes
 from services.admin import AdminRoutes
 from services.batching import Feeds, concat_feeds, split_outputs
 from services.catalog import ModelCatalog
-from services.experiments import FeedbackStore
+from services.feedback import FeedbackStore
+from services.follower import RolloutFollower
 from services.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.metrics import CallbackCollector, ServingMetrics
 from services.multimodel import PoolCollector
@@ -38,7 +39,7 @@ from services.pool import ModelPool
 from services.prediction_log import PredictionLog
 from services.predictor import LocalRunner, Predictor
 from services.registry import ModelRegistry, ModelVersion
-from services.rollout import RolloutFollower, RolloutStore
+from services.rollout import RolloutStore
 from services.routing import TrafficRouter
 from services.runtime import RedisRuntime
 from services.settings import Settings, get_settings

@@ -27,11 +27,12 @@ from prefect.testing.utilities import prefect_test_harness
 
 from services.batching import Feeds
 from services.catalog import ModelCatalog
-from services.experiments import FeedbackStore
+from services.feedback import FeedbackStore
+from services.follower import RolloutFollower
 from services.pool import ModelPool
 from services.prediction_log import PredictionLog
 from services.registry import ModelRegistry, ModelVersion
-from services.rollout import RolloutFollower, RolloutStore
+from services.rollout import RolloutStore
 from services.routing import TrafficRouter
 from services.schema import RecordEncoder
 from services.settings import BatchSettings, Settings

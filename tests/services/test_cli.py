@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.experiments import FeedbackStore
+from services.feedback import FeedbackStore
 from services.rollout import RolloutStore
 from services.settings import get_settings
 

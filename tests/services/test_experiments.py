@@ -10,23 +10,25 @@ import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
 from services.experiments import (
-    FeedbackStore,
     PredictionRecord,
     VariantStats,
     analyze,
     bucket_bounds_ms,
-    counters_key,
-    experiments_key,
-    feedback_key,
     histogram_quantile,
     latency_bucket,
-    latency_key,
     msprt_two_proportions,
     srm_check,
     summarize_histogram,
     summarize_latencies,
     summarize_variants,
     two_proportion_ztest,
+)
+from services.feedback import (
+    FeedbackStore,
+    counters_key,
+    experiments_key,
+    feedback_key,
+    latency_key,
 )
 
 # ---------------------------------------------------------------- sample-ratio mismatch

@@ -9,10 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
+from services.follower import RolloutFollower
 from services.rollout import (
     CHANNEL,
     MODELS_KEY,
-    RolloutFollower,
     RolloutState,
     RolloutStore,
     channel_for,

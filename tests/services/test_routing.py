@@ -16,10 +16,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.batching import Feeds
-from services.experiments import FeedbackStore
+from services.feedback import FeedbackStore
+from services.follower import RolloutFollower
 from services.prediction_log import PredictionEvent, PredictionLog, ShadowPair, predictions_key
 from services.registry import ModelVersion
-from services.rollout import RolloutFollower, RolloutStore
+from services.rollout import RolloutStore
 from services.routing import RouteDecision, TrafficRouter
 from services.schema import ModelSchema, TensorSpec
 
