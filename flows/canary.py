@@ -41,12 +41,12 @@ from flows.gates import (
     format_ms,
     format_percent,
     promote_rollout,
-    resolve_redis_url,
     rollback_rollout,
 )
 from services.errors import InvalidInputError
 from services.experiments import VariantStats
 from services.feedback import FeedbackStore
+from services.redis_embedded import resolve_redis_url
 from services.rollout import RolloutStore
 from services.settings import get_settings
 

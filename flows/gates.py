@@ -39,7 +39,7 @@ from services.experiments import (
 )
 from services.prediction_log import ShadowPair
 from services.rollout import RolloutStore
-from services.settings import RolloutSettings, get_settings
+from services.settings import RolloutSettings
 
 
 class RolloutGateError(ServekitError):
@@ -58,18 +58,6 @@ class ShadowGateError(RolloutGateError):
 
 class CanaryGateError(RolloutGateError):
     """A canary step crossed a threshold; the candidate was rolled back."""
-
-
-def resolve_redis_url(redis_url: str | None) -> str:
-    """The given URL, else ``SERVEKIT_REDIS_URL``, else the embedded server's (started)."""
-    if redis_url:
-        return redis_url
-    settings = get_settings().redis
-    if settings.url:
-        return settings.url
-    from services.redis_embedded import EmbeddedRedis
-
-    return EmbeddedRedis(settings.embedded_dir).start()
 
 
 def artifact_key(prefix: str, model: str) -> str:

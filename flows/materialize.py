@@ -22,6 +22,7 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from services.errors import ServekitError
 from services.features import FeatureRegistry, FeatureStore, LoadResult
+from services.redis_embedded import resolve_redis_url
 from services.settings import get_settings
 
 if TYPE_CHECKING:
@@ -140,18 +141,6 @@ async def publish_summary(results: list[LoadResult], as_of: datetime, seconds: f
     await acreate_markdown_artifact(
         "\n".join(lines), key="feature-materialization", description="Batch feature load"
     )
-
-
-def resolve_redis_url(redis_url: str | None) -> str:
-    """The given URL, else ``SERVEKIT_REDIS_URL``, else the embedded server's (started)."""
-    if redis_url:
-        return redis_url
-    settings = get_settings().redis
-    if settings.url:
-        return settings.url
-    from services.redis_embedded import EmbeddedRedis
-
-    return EmbeddedRedis(settings.embedded_dir).start()
 
 
 @flow(name="materialize-features")

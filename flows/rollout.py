@@ -21,8 +21,9 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.canary import CanaryReport, canary_promotion
-from flows.gates import ShadowGateResult, artifact_key, promote_rollout, resolve_redis_url
+from flows.gates import ShadowGateResult, artifact_key, promote_rollout
 from flows.shadow import shadow_validation
+from services.redis_embedded import resolve_redis_url
 
 Path = Literal["canary", "blue-green"]
 

@@ -30,11 +30,11 @@ from flows.gates import (
     compare_shadow,
     format_ms,
     format_percent,
-    resolve_redis_url,
     rollback_rollout,
     shadow_gate,
 )
 from services.prediction_log import PredictionLog, ShadowPair
+from services.redis_embedded import resolve_redis_url
 from services.rollout import RolloutStore
 from services.settings import get_settings
 

@@ -92,6 +92,19 @@ class EmbeddedRedis:
         self.socket.unlink(missing_ok=True)
 
 
+def resolve_redis_url(redis_url: str | None = None) -> str:
+    """``redis_url`` if given, else ``SERVEKIT_REDIS_URL``, else the embedded server's
+    (started if needed). Flows and the gateway find Redis the same way."""
+    from services.settings import get_settings
+
+    if redis_url:
+        return redis_url
+    settings = get_settings().redis
+    if settings.url:
+        return settings.url
+    return EmbeddedRedis(settings.embedded_dir).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``start`` (prints the URL) or ``stop``."""
     from services.settings import get_settings
