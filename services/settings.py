@@ -46,7 +46,10 @@ class RedisSettings(BaseSettings):
     url: str | None = Field(None, description="redis://host:port/db or unix:///path.sock")
     embedded_dir: Path = Field(Path(".servekit/redis"), description="Embedded server's dir.")
     socket_timeout_ms: float = Field(
-        50.0, gt=0, description="Socket timeout on the serving path; slow calls fail open."
+        100.0,
+        gt=0,
+        description="Socket timeout on the serving path; slow calls fail open (see the "
+        "cache's timeout_ms for why it is not a few ms).",
     )
     stream_maxlen: int = Field(100_000, ge=100, description="Cap of the prediction stream.")
 
@@ -183,11 +186,12 @@ class CacheSettings(BaseSettings):
         default_factory=dict, description='TTL overrides in seconds, JSON: {"fraud": 600}'
     )
     timeout_ms: float = Field(
-        25.0,
+        100.0,
         gt=0,
         description="Per-call budget; a slower call is skipped (fail open). It is measured on "
-        "the event loop, so it must cover the loop's own queueing at saturation (p99 ~10-30 ms "
-        "at concurrency 32 here), or a busy gateway trips the breaker on a healthy Redis.",
+        "the event loop, so it must cover the loop's own queueing at saturation (request p99 "
+        "20-30 ms at concurrency 32 here): with 25 ms a saturated gateway tripped the breaker "
+        "on a healthy Redis and ran uncached.",
     )
     min_hit_rate: float = Field(
         0.05, ge=0, le=1, description="Below it (over `window` lookups) a model's cache turns off."
