@@ -56,8 +56,9 @@ SHAPES = {
     "colocated, lean": LEAN,
     "colocated, lean, no batching": {**LEAN, "SERVEKIT_BATCH_ENABLED": "false"},
     "split (depends), lean": {**LEAN, "SERVEKIT_SHAPE": "split"},
-    # The same model warm in the shared multi-model pool (not pinned: its own lane, run in
-    # a worker thread): the long-tail shape against the dedicated runner above.
+    # The same model warm in the shared multi-model pool (not pinned, under a memory
+    # budget: its own lane, inline under the watchdog): the long-tail shape against the
+    # dedicated runner above.
     "multi-model pool, lean": {
         **LEAN,
         "SERVEKIT_MODELS": "[]",

@@ -293,8 +293,9 @@ def optimize_onnx(data: bytes) -> bytes:
 
 
 @task(cache_policy=NONE)
-def build_variant(data: bytes, variant: str) -> bytes:
-    """An fp16 (inputs/outputs kept fp32) or dynamic int8 (per-channel) variant."""
+def build_variant(data: bytes, variant: str, *, reduce_range: bool = True) -> bytes:
+    """An fp16 (inputs/outputs kept fp32) or dynamic int8 (per-channel) variant; int8 with
+    7-bit weights when ``reduce_range`` (see ``ConvertSettings.int8_reduce_range``)."""
     import onnx
 
     if variant == "fp16":
@@ -308,7 +309,13 @@ def build_variant(data: bytes, variant: str) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(data)
-            quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                src,
+                dst,
+                per_channel=True,
+                reduce_range=reduce_range,
+                weight_type=QuantType.QInt8,
+            )
             return dst.read_bytes()
     raise ValueError(f"unknown variant {variant!r}")
 
@@ -513,7 +520,7 @@ def convert_flow(
     artifacts = {"fp32": optimize_onnx(raw)}
     done("optimize")
     for variant in s.variants:
-        artifacts[variant] = build_variant(raw, variant)
+        artifacts[variant] = build_variant(raw, variant, reduce_range=s.int8_reduce_range)
     done("variants")
     engine = build_tensorrt(raw, native, s)
     if isinstance(engine, bytes):

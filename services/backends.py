@@ -1,11 +1,14 @@
 """Inference backends: one loaded model version that runs a batch of tensors.
 
 ONNX Runtime on the CPU now; the CUDA and TensorRT execution providers are chosen by
-settings where present. A backend is synchronous: the batcher calls it from a thread.
+settings where present. A backend is synchronous: the batcher calls it from a worker
+thread, or inline on the event loop when it is tiny; one that can be stopped from another
+thread (``stoppable = True``) takes a ``StopSwitch`` as ``run``'s second argument.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Protocol
 
@@ -13,6 +16,7 @@ import numpy as np
 
 from services.errors import ModelLoadError
 from services.schema import NUMPY_TO_OIP, TensorSpec
+from services.watchdog import StopSwitch
 
 if TYPE_CHECKING:
     from services.registry import ModelVersion
@@ -48,7 +52,8 @@ class Backend(Protocol):
 
 
 class OnnxRuntimeBackend:
-    """An ONNX Runtime session.
+    """An ONNX Runtime session; stoppable: a ``StopSwitch`` sets ``RunOptions.terminate``,
+    which ends the call at its next graph node.
 
     Args:
         model_bytes: the ONNX model.
@@ -59,6 +64,8 @@ class OnnxRuntimeBackend:
             session holds between runs only what it held after loading (what the model
             pool measures), not a grown arena of past activations.
     """
+
+    stoppable = True
 
     def __init__(
         self, model_bytes: bytes, *, providers: list[str], threads: int = 1, mem_arena: bool = True
@@ -90,6 +97,7 @@ class OnnxRuntimeBackend:
             )
         except Exception as exc:  # ORT raises its own untyped errors for bad graphs
             raise ModelLoadError(f"ONNX Runtime cannot load the model: {exc}") from exc
+        self._ort = ort
         self.provider = self.session.get_providers()[0]
         self.inputs = [_spec(i) for i in self.session.get_inputs()]
         self.outputs = [_spec(o) for o in self.session.get_outputs()]
@@ -97,8 +105,16 @@ class OnnxRuntimeBackend:
         # The artifact's size until the model pool replaces it with the measured bytes.
         self.nbytes = len(model_bytes)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.session.run(self._output_names, feeds)
+    def run(
+        self, feeds: dict[str, np.ndarray], switch: StopSwitch | None = None
+    ) -> dict[str, np.ndarray]:
+        if switch is None:
+            results = self.session.run(self._output_names, feeds)
+        else:
+            options = self._ort.RunOptions()
+            options.log_severity_level = 4  # a stop is logged by the batcher, not as an error
+            switch.bind(functools.partial(setattr, options, "terminate", True))
+            results = self.session.run(self._output_names, feeds, options)
         return dict(zip(self._output_names, results, strict=True))
 
 

@@ -18,10 +18,16 @@ It follows the seed's policy (wait at most ``max_wait_ms``, batch at most
 - The queue is bounded in rows (overall and per lane); a full queue answers
   ``OverloadedError`` (503 with Retry-After) at once instead of a late timeout.
 
-Backend calls run on the worker threads, or inline on the event loop for groups that
-``inline_for`` trusts (the pool's pinned models) whose measured run time is below
-``inline_below_s`` (a thread hop costs more than a tiny model). Inline calls cannot be
-timed out, which is why on-demand models never run inline.
+Backend calls run on the worker threads, or inline on the event loop when the group's
+measured run time is below ``inline_below_s`` (a thread hop costs several times a tiny
+model's call) and the group is either trusted (``inline_for``: the pool's pinned models)
+or stoppable (``stoppable_for``: its backend takes a ``StopSwitch``, as ONNX Runtime's
+does). A stoppable inline call runs under the ``Watchdog``: past ``inline_deadline_s`` it is
+stopped and its requests re-run on a worker thread under the lane's timeout, and the group
+stays off the inline path for a backoff that doubles per stop. So the loop is held by one
+model for at most the deadline (plus a millisecond's tick), which is the isolation the
+worker threads give, at the cost of an inline call. Calls on worker threads of stoppable
+groups are stopped at their timeout too, which frees the thread.
 """
 
 from __future__ import annotations
@@ -41,18 +47,25 @@ import numpy as np
 
 from services.errors import ModelTimeoutError, OverloadedError
 from services.settings import BatchPolicy
+from services.watchdog import StopSwitch, Watchdog
 
 logger = logging.getLogger(__name__)
 
 Feeds = dict[str, np.ndarray]
 # Runs one group: the feeds of several requests of one (model, version) -> their outputs.
-RunGroup = Callable[[Hashable, list[Feeds]], list[Feeds]]
+# Stoppable groups are called with a third argument, the call's ``StopSwitch``.
+RunGroup = Callable[..., list[Feeds]]
 
 
 _FRUITLESS_LINGERS = 8
 _PROBE_EVERY = 64
 # Linger only while the runner is busy at least this share of the time (it is the bottleneck).
 _BUSY_TO_LINGER = 0.5
+# A group whose inline call was stopped stays off the inline path this long, doubling per
+# stop (capped); its count of stops is forgotten after ``_STRIKES_FORGOTTEN_S`` clean.
+_INLINE_BACKOFF_S = 1.0
+_INLINE_BACKOFF_MAX_S = 300.0
+_STRIKES_FORGOTTEN_S = 600.0
 
 
 @dataclass(slots=True)
@@ -87,6 +100,7 @@ class BatcherStats:
     rows: int = 0
     shed: int = 0
     inline_batches: int = 0
+    inline_stops: int = 0
     timeouts: int = 0
     batch_rows: collections.Counter[int] = field(default_factory=collections.Counter)
 
@@ -115,6 +129,10 @@ class _Lane:
         "util",
         "last_start",
         "last_interval",
+        "stoppable",
+        "inline_after",
+        "strikes",
+        "last_strike",
     )
 
     def __init__(self, group: Hashable, policy: BatchPolicy, limits: LaneLimits) -> None:
@@ -138,19 +156,26 @@ class _Lane:
         self.util = 0.0  # smoothed share of wall time the runner spends in this lane's calls
         self.last_start = -math.inf
         self.last_interval = math.inf  # time between the last two call starts
+        self.stoppable = False  # its backend calls take a StopSwitch
+        self.inline_after = -math.inf  # off the inline path until then (after a stop)
+        self.strikes = 0  # inline calls stopped at the deadline
+        self.last_strike = -math.inf
 
 
 class _Call:
     """One backend call in flight on a worker thread."""
 
-    __slots__ = ("lane", "jobs", "rows", "timer", "expired")
+    __slots__ = ("lane", "jobs", "rows", "timer", "expired", "switch")
 
-    def __init__(self, lane: _Lane, jobs: list[_Job], rows: int) -> None:
+    def __init__(
+        self, lane: _Lane, jobs: list[_Job], rows: int, switch: StopSwitch | None = None
+    ) -> None:
         self.lane = lane
         self.jobs = jobs
         self.rows = rows
         self.timer: asyncio.TimerHandle | None = None
         self.expired = False
+        self.switch = switch
 
 
 class _Workers:
@@ -215,12 +240,16 @@ class AdaptiveBatcher:
         queue_limit: most rows waiting overall; past it ``submit`` raises ``OverloadedError``.
         enabled: off: every request runs alone, as its own backend call.
         on_batch: called with (group, rows, seconds) after each backend call (for metrics).
-        inline_below_s: run a trusted group inline when its mean run time is below this.
+        inline_below_s: run a trusted or stoppable group inline when its mean run time
+            (thread CPU time) is below this.
         clock: monotonic seconds (injectable for tests).
         limits_for: the isolation limits of a group (default: ``LaneLimits()``).
-        inline_for: whether a group may run inline on the event loop (default: all).
+        inline_for: whether a group is trusted to run inline unwatched (default: all).
         on_timeout: called with the group when one of its calls passes its timeout.
         threads: worker threads shared by the lanes.
+        stoppable_for: whether a group's calls take a ``StopSwitch`` (default: none).
+        inline_deadline_s: longest a stoppable group's inline call may hold the event
+            loop before the watchdog stops it (0: stoppable groups never run inline).
     """
 
     def __init__(
@@ -237,11 +266,16 @@ class AdaptiveBatcher:
         inline_for: Callable[[Hashable], bool] | None = None,
         on_timeout: Callable[[Hashable], None] | None = None,
         threads: int = 4,
+        stoppable_for: Callable[[Hashable], bool] | None = None,
+        inline_deadline_s: float = 0.02,
     ) -> None:
         self._run_group = run_group
         self._policy_for = policy_for
         self._limits_for = limits_for or (lambda group: LaneLimits())
         self._inline_for = inline_for or (lambda group: True)
+        self._stoppable_for = stoppable_for or (lambda group: False)
+        self._inline_deadline = inline_deadline_s
+        self.watchdog = Watchdog()
         self._on_timeout = on_timeout
         self.queue_limit = queue_limit
         self.enabled = enabled
@@ -264,6 +298,7 @@ class AdaptiveBatcher:
         lane = self._lanes.get(group)
         if lane is None:
             lane = _Lane(group, self._policy_for(group), self._limits_for(group))
+            lane.stoppable = self._stoppable_for(group)
             self._lanes[group] = lane
         if lane.hung:
             raise self._timeout_error(lane)
@@ -343,6 +378,7 @@ class AdaptiveBatcher:
             lane.queued_rows = 0
         self.queued_rows = 0
         self._workers.shutdown()
+        self.watchdog.close()
 
     # -- dispatch --------------------------------------------------------------------
     def _pump(self, lane: _Lane) -> None:
@@ -366,18 +402,49 @@ class AdaptiveBatcher:
                 continue
             now = self._clock()
             lane.last_interval, lane.last_start = now - lane.last_start, now
-            if (
-                not lane.running
-                and lane.run_ewma < self._inline_below
-                and self._inline_for(lane.group)
-            ):
-                self.stats.inline_batches += 1
-                lane.running += 1
-                t0 = self._clock()
-                outcome = self._call(lane.group, jobs)
-                self._finish(_Call(lane, jobs, rows), outcome, self._clock() - t0, pump=False)
-                continue
+            if not lane.running and lane.run_ewma < self._inline_below and now >= lane.inline_after:
+                watched = lane.stoppable and self._inline_deadline > 0
+                if watched or self._inline_for(lane.group):
+                    self._run_inline(lane, jobs, rows, watched)
+                    continue
             self._start(lane, jobs, rows)
+
+    def _run_inline(self, lane: _Lane, jobs: list[_Job], rows: int, watched: bool) -> None:
+        """Run one batch on the event loop: under the watchdog when ``watched``."""
+        self.stats.inline_batches += 1
+        lane.running += 1
+        switch = StopSwitch() if lane.stoppable else None
+        t0 = self._clock()
+        if watched:
+            assert switch is not None
+            self.watchdog.arm(switch, self._inline_deadline)
+            outcome = self._call(lane, jobs, switch)
+            self.watchdog.disarm()
+        else:
+            outcome = self._call(lane, jobs, switch)
+        elapsed = self._clock() - t0
+        if switch is not None and switch.stopped and isinstance(outcome, Exception):
+            # Past the deadline: off the inline path for a while; its requests run again
+            # on a worker thread, under the lane's timeout.
+            lane.running -= 1
+            now = self._clock()
+            if now - lane.last_strike > _STRIKES_FORGOTTEN_S:
+                lane.strikes = 0
+            lane.strikes += 1
+            lane.last_strike = now
+            backoff = min(_INLINE_BACKOFF_S * 2 ** (lane.strikes - 1), _INLINE_BACKOFF_MAX_S)
+            lane.inline_after = now + backoff
+            self.stats.inline_stops += 1
+            logger.warning(
+                "%s held the event loop past %.1f ms: stopped, re-run on a worker thread; "
+                "off the inline path for %g s",
+                _name(lane.group),
+                self._inline_deadline * 1000,
+                backoff,
+            )
+            self._start(lane, jobs, rows)
+            return
+        self._finish(_Call(lane, jobs, rows), outcome, elapsed, pump=False)
 
     def _scheduled_pump(self, lane: _Lane) -> None:
         lane.scheduled = False
@@ -427,15 +494,14 @@ class AdaptiveBatcher:
     def _start(self, lane: _Lane, jobs: list[_Job], rows: int) -> None:
         loop = self._loop
         assert loop is not None
-        call = _Call(lane, jobs, rows)
+        call = _Call(lane, jobs, rows, StopSwitch() if lane.stoppable else None)
         lane.running += 1
         lane.calls.add(call)
-        group = lane.group
         clock = self._clock
 
         def work() -> None:
             t0, cpu0 = clock(), time.thread_time()
-            outcome = self._call(group, jobs)
+            outcome = self._call(lane, jobs, call.switch)
             elapsed = clock() - t0
             # The inline decision uses this thread's CPU time: its wall time also counts
             # waiting for the GIL while the event loop is busy, which would keep a tiny
@@ -451,15 +517,21 @@ class AdaptiveBatcher:
             call.timer = loop.call_later(timeout, self._expire, call)
         self._workers.submit(work)
 
-    def _call(self, group: Hashable, jobs: list[_Job]) -> list[Feeds] | Exception:
+    def _call(
+        self, lane: _Lane, jobs: list[_Job], switch: StopSwitch | None
+    ) -> list[Feeds] | Exception:
+        group = lane.group
+        run = self._run_group
         try:
             buckets = _length_buckets(jobs)
             if len(buckets) == 1:
-                return self._run_group(group, [j.feeds for j in jobs])
+                feeds = [j.feeds for j in jobs]
+                return run(group, feeds) if switch is None else run(group, feeds, switch)
             # Very different sequence lengths run as separate calls (see length_bucket).
             results: list[Any] = [None] * len(jobs)
             for idx in buckets:
-                outs = self._run_group(group, [jobs[i].feeds for i in idx])
+                part = [jobs[i].feeds for i in idx]
+                outs = run(group, part) if switch is None else run(group, part, switch)
                 for i, out in zip(idx, outs, strict=True):
                     results[i] = out
             return results
@@ -510,6 +582,8 @@ class AdaptiveBatcher:
         lane = call.lane
         call.timer = None
         call.expired = True
+        if call.switch is not None:
+            call.switch.stop()  # the backend ends the call; its thread comes back
         lane.hung += 1
         self.stats.timeouts += 1
         err = self._timeout_error(lane)

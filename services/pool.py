@@ -4,6 +4,9 @@ One pool serves both sizes of the design (decision 2):
 
 - dedicated server: its model is preloaded and pinned, never evicted, and (being trusted)
   may run inline on the event loop when it is tiny;
+- either: a tiny model whose backend can be stopped (ONNX Runtime) runs inline under the
+  batcher's watchdog, which stops a call that holds the loop past ``inline_deadline_ms``
+  and re-runs it on a worker thread (see ``services.batching``);
 - shared server: any registered model is loaded on first use (once, however many ask)
   from the registry, and unloaded least-recently-used first to stay under a memory
   budget, or after ``idle_timeout_s`` without use (decision 3: 1 h).
@@ -44,6 +47,7 @@ from services.errors import ModelLoadError, ServekitError
 from services.multimodel import LoadBackoff, MeasureGate, MemoryBudget, PoolStats, heap_bytes
 from services.registry import ModelRegistry, ModelVersion
 from services.settings import BatchPolicy, Settings
+from services.watchdog import StopSwitch
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +156,8 @@ class ModelPool:
             inline_for=self._is_pinned,
             on_timeout=self._on_timeout,
             threads=mm.threads,
+            stoppable_for=self._is_stoppable,
+            inline_deadline_s=mm.inline_deadline_ms / 1000.0,
         )
 
     # -- loading ---------------------------------------------------------------------
@@ -518,7 +524,9 @@ class ModelPool:
             if self._room and not lm.inflight:
                 self._notify_room()
 
-    def _run_group(self, key: Hashable, feeds: list[Feeds]) -> list[Feeds]:
+    def _run_group(
+        self, key: Hashable, feeds: list[Feeds], switch: StopSwitch | None = None
+    ) -> list[Feeds]:
         lm = self._loaded.get(key)  # type: ignore[call-overload]
         if lm is None:  # a bug if it happens: models in use are never evicted
             model, version = cast(Key, key)
@@ -529,7 +537,9 @@ class ModelPool:
                 retry_after=1,
             )
         batch, sizes = concat_feeds(feeds)
-        return split_outputs(lm.backend.run(batch), sizes)
+        if switch is None:
+            return split_outputs(lm.backend.run(batch), sizes)
+        return split_outputs(lm.backend.run(batch, switch), sizes)  # type: ignore[call-arg]
 
     def _limits_for(self, key: Hashable) -> LaneLimits:
         lim = self.mm.limits_for(key[0])  # type: ignore[index]
@@ -538,6 +548,10 @@ class ModelPool:
     def _is_pinned(self, key: Hashable) -> bool:
         lm = self._loaded.get(key)  # type: ignore[call-overload]
         return lm is not None and (lm.pinned or self.mm.inline_unpinned)
+
+    def _is_stoppable(self, key: Hashable) -> bool:
+        lm = self._loaded.get(key)  # type: ignore[call-overload]
+        return lm is not None and getattr(lm.backend, "stoppable", False) is True
 
     def _on_timeout(self, key: Hashable) -> None:
         self.stats.timeouts[key] += 1  # type: ignore[index]

@@ -70,9 +70,16 @@ def _pool_collector(pool: ModelPool) -> CallbackCollector:
             ),
             (
                 "servekit_inline_batches",
-                "Backend calls run inline on the event loop (tiny pinned models).",
+                "Backend calls run inline on the event loop (tiny models).",
                 "counter",
                 [({}, b.stats.inline_batches)],
+            ),
+            (
+                "servekit_inline_stops",
+                "Inline calls stopped by the watchdog past the inline deadline (re-run on a "
+                "worker thread).",
+                "counter",
+                [({}, b.stats.inline_stops)],
             ),
             (
                 "servekit_shed_requests",

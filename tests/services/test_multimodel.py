@@ -21,7 +21,13 @@ from services.registry import ModelRegistry, ModelVersion
 from services.settings import ModelLimits, MultiModelSettings, Settings
 from services.stores import LocalStore, S3Store
 from tests.conftest import free_port
-from tests.fixtures.onnx_models import expected, mlp_onnx, mlp_schema, register_mlp
+from tests.fixtures.onnx_models import (
+    expected,
+    mlp_onnx,
+    mlp_schema,
+    register_mlp,
+    register_spin,
+)
 
 
 class Clock:
@@ -109,6 +115,7 @@ async def test_a_hanging_model_does_not_stall_the_others(tmp_path: Path) -> None
                 return inner(feeds)
 
             backend.run = hang  # type: ignore[method-assign]
+            backend.stoppable = False  # a Python wait cannot be stopped: it keeps a thread
         return backend
 
     pool = ModelPool(registry, settings, backend_factory=factory)
@@ -151,6 +158,88 @@ async def test_a_hanging_model_does_not_stall_the_others(tmp_path: Path) -> None
     out = await pool.infer(slow, x(), 1)
     np.testing.assert_allclose(out["y"], expected(8, 32, x()["x"], seed=9), rtol=1e-4)
     assert pool.describe()[slow.key]["healthy"] is True
+    await pool.close()
+
+
+def spin_feeds(n: int, rows: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.ones((rows, 16), dtype=np.float32), "n": np.full((rows, 1), n, np.int64)}
+
+
+async def test_a_tiny_model_runs_inline_and_is_stopped_when_it_hangs(tmp_path: Path) -> None:
+    """A tiny ONNX Runtime model serves inline on the event loop (no thread hop). When a
+    call of it hangs, the watchdog stops it at the inline deadline, so the loop - and every
+    other model - is held for milliseconds, not for the model's timeout; the request re-runs
+    on a worker thread, is stopped there at its timeout (503 naming the model), and the
+    thread comes back, so the model is healthy again at once."""
+    registry = ModelRegistry(LocalStore(tmp_path))
+    spin = register_spin(registry, "spin")
+    fast = [register_mlp(registry, f"fast{i}", 8, 32, seed=i) for i in range(2)]
+    settings = Settings(
+        multimodel=MultiModelSettings(
+            inline_deadline_ms=5, per_model={"spin": ModelLimits(timeout_s=0.3)}
+        )
+    )
+    pool = ModelPool(registry, settings)
+    for mv in (spin, *fast):
+        await pool.get(mv)
+    for _ in range(50):  # learns that spin's calls are tiny
+        out = await pool.infer(spin, spin_feeds(1), 1)
+    np.testing.assert_allclose(out["y"], np.ones((1, 16)))
+    inline_before = pool.batcher.stats.inline_batches
+    await pool.infer(spin, spin_feeds(1), 1)
+    assert pool.batcher.stats.inline_batches == inline_before + 1, "tiny model not inline"
+
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:  # the event loop's responsiveness, seen from a task
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async def fast_traffic() -> list[float]:
+        latencies = []
+        for i in range(200):
+            t0 = time.perf_counter()
+            await pool.infer(fast[i % 2], x(), 1)
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.001)
+        return latencies
+
+    async def hang_once() -> BaseException | None:
+        await asyncio.sleep(0.02)
+        try:
+            await pool.infer(spin, spin_feeds(10**9), 1)  # minutes of work
+        except ModelTimeoutError as exc:
+            return exc
+        return None
+
+    tick = asyncio.create_task(ticker())
+    latencies, err = await asyncio.gather(fast_traffic(), hang_once())
+    done.set()
+    await tick
+
+    assert isinstance(err, ModelTimeoutError)
+    assert_503_naming(err, "spin")
+    assert pool.batcher.stats.inline_stops == 1
+    stall = max(gaps)
+    assert stall < 0.1, f"the event loop stalled {stall * 1000:.1f} ms (inline deadline 5 ms)"
+    p99 = float(np.percentile(latencies, 99))
+    assert p99 < 0.1, f"other models' p99 {p99 * 1000:.1f} ms while spin hung"
+
+    # The stopped call gave its thread back: spin is healthy and answers (on a worker
+    # thread while it is off the inline path).
+    for _ in range(100):
+        if not pool.batcher.hung(spin.key):
+            break
+        await asyncio.sleep(0.01)
+    assert not pool.batcher.hung(spin.key)
+    out = await pool.infer(spin, spin_feeds(3, rows=2), 2)
+    np.testing.assert_allclose(out["y"], np.ones((2, 16)))
+    assert pool.describe()[spin.key]["healthy"] is True
     await pool.close()
 
 

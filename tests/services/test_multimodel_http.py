@@ -105,3 +105,23 @@ def test_multimodel_bundle_builds(fraud_store: Path) -> None:
     envs = {e["name"]: e["value"] for e in json.loads(json.dumps(bento.info.to_dict()["envs"]))}
     assert envs["SERVEKIT_MODELS"] == "[]"
     bentoml.delete(tag)
+
+
+def metric(text: str, name: str) -> float:
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    ]
+    assert values, f"{name} not in /metrics"
+    return sum(values)
+
+
+def test_a_warm_tail_model_runs_inline_under_the_watchdog(tail_gateway: ServerProcess) -> None:
+    x = np.ones((1, D_IN), dtype=np.float32)
+    before = metric(httpx.get(f"{tail_gateway.url}/metrics").text, "servekit_inline_batches")
+    for _ in range(30):  # the first calls run on a worker thread and time the model
+        assert infer(tail_gateway.url, "tail-0", x).status_code == 200
+    text = httpx.get(f"{tail_gateway.url}/metrics").text
+    assert metric(text, "servekit_inline_batches") - before >= 10
+    assert metric(text, "servekit_inline_stops") == 0
