@@ -6,18 +6,24 @@ prediction-cache lookup and write (Redis; inputs are unique, so it never hits), 
 In one run, side by side: servekit colocated with adaptive batching, colocated with
 batching off, the split shape (gateway -> ModelRunner via bentoml.depends), and raw ONNX
 Runtime in-process at batch 1 and 32 (the compute floor). Closed-loop aiohttp clients at
-concurrency 1, 8, 32, 64 for a fixed duration each. Reports throughput, p50, p99, errors,
-server CPU per request and the mean batch the runner formed; writes
-benchmarks/results/serving.json and serving.png and prints the table.
+concurrency 1, 8, 32, 64. All servers run at once and take turns: each concurrency is
+measured in ``--rounds`` rounds, every side once per round in a rotating order, so the
+drift of this shared machine falls on every side alike. Reports throughput (median of the
+rounds), p50 and p99 (over all rounds), errors, server CPU per request, the mean batch the
+runner formed and each side's throughput against "colocated, lean" (median of the
+per-round ratios); writes benchmarks/results/serving.json and serving.png and prints the
+table.
 
-    python benchmarks/serving.py [--seconds 5] [--concurrency 1 8 32 64]
+    python benchmarks/serving.py [--seconds 5] [--rounds 5] [--concurrency 1 8 32 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +71,8 @@ SHAPES = {
         "SERVEKIT_MULTIMODEL_MEMORY_BUDGET_BYTES": str(1 << 30),
     },
 }
+# Throughput ratios are taken against this side (the dedicated runner, serving path alone).
+BASELINE = "colocated, lean"
 
 
 def ort_floor(registry: ModelRegistry, batch: int, seconds: float) -> LoadResult:
@@ -93,10 +101,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="per side and concurrency")
+    ap.add_argument("--rounds", type=int, default=5, help="turns the seconds are split into")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    ap.add_argument("--name", default="serving", help="results/NAME.json and NAME.png")
     args = ap.parse_args()
     console = Console()
 
@@ -108,40 +118,70 @@ def main() -> None:
     bodies = [orjson.dumps({"model": "fraud", "inputs": [r]}) for r in gen.records(80_000)]
 
     results: list[LoadResult] = []
-    steps = len(args.shapes) * len(args.concurrency) + 2
-    with Progress(console=console) as progress:
+    shapes = list(args.shapes)
+    steps = len(shapes) + len(shapes) * len(args.concurrency) * args.rounds + 2
+    per_round = args.seconds / args.rounds
+    with Progress(console=console) as progress, contextlib.ExitStack() as stack:
         task = progress.add_task("benchmark", total=steps)
         for batch in (1, 32):
             progress.update(task, description=f"ONNX Runtime floor, batch {batch}")
             results.append(ort_floor(registry, batch, min(args.seconds, 3.0)))
             progress.advance(task)
-        for shape in args.shapes:
+        servers: dict[str, Server] = {}
+        for i, shape in enumerate(shapes):
             progress.update(task, description=f"starting {shape}")
-            log = RESULTS / f"server-{shape.split()[0].strip(',')}-{len(results)}.log"
+            log = RESULTS / f"server-{shape.split()[0].strip(',')}-{i}.log"
             env = {
                 "SERVEKIT_MODEL_STORE": str(store),
                 "SERVEKIT_REDIS_URL": args.redis_url,
                 **SHAPES[shape],
             }
-            server = Server(env, log)
-            try:
-                for c in args.concurrency:
-                    progress.update(task, description=f"{shape}, concurrency {c}")
+            server = servers[shape] = Server(env, log)
+            stack.callback(log.unlink, missing_ok=True)
+            stack.callback(server.stop)
+            progress.advance(task)
+        for c in args.concurrency:
+            runs: dict[str, list[tuple[list[float], int, dict[str, int], float]]] = {
+                shape: [] for shape in shapes
+            }
+            usage = {shape: [0.0, 0.0, 0.0] for shape in shapes}  # cpu s, batches, rows
+            for r in range(args.rounds):
+                for shape in shapes[r % len(shapes) :] + shapes[: r % len(shapes)]:
+                    progress.update(task, description=f"{shape}, concurrency {c}, round {r + 1}")
+                    server = servers[shape]
                     cpu0, (b0, r0) = server.cpu_seconds(), scrape_batches(server.url)
-                    lat, ok, errors, secs = asyncio.run(
-                        closed_loop(f"{server.url}/predict", bodies, c, args.seconds)
+                    runs[shape].append(
+                        asyncio.run(closed_loop(f"{server.url}/predict", bodies, c, per_round))
                     )
                     cpu1, (b1, r1) = server.cpu_seconds(), scrape_batches(server.url)
-                    res = summarize(shape, c, lat, ok, errors, secs)
-                    res.server_cpu_ms_per_req = round((cpu1 - cpu0) * 1000 / max(ok, 1), 3)
-                    if b1 > b0:
-                        res.mean_batch_rows = round((r1 - r0) / (b1 - b0), 2)
-                    results.append(res)
+                    u = usage[shape]
+                    u[0], u[1], u[2] = u[0] + cpu1 - cpu0, u[1] + b1 - b0, u[2] + r1 - r0
                     progress.advance(task)
-            finally:
-                server.stop()
-                log.unlink(missing_ok=True)
+            rates = {shape: [ok / secs for _, ok, _, secs in runs[shape]] for shape in shapes}
+            for shape in shapes:
+                lat = [x for run in runs[shape] for x in run[0]]
+                ok = sum(run[1] for run in runs[shape])
+                errors: dict[str, int] = {}
+                for run in runs[shape]:
+                    for k, v in run[2].items():
+                        errors[k] = errors.get(k, 0) + v
+                res = summarize(shape, c, lat, ok, errors, args.seconds)
+                res.throughput = statistics.median(rates[shape])
+                cpu, batches, rows = usage[shape]
+                res.server_cpu_ms_per_req = round(cpu * 1000 / max(ok, 1), 3)
+                if batches > 0:
+                    res.mean_batch_rows = round(rows / batches, 2)
+                if BASELINE in rates:
+                    res.extra["vs_baseline"] = round(
+                        statistics.median(
+                            a / b for a, b in zip(rates[shape], rates[BASELINE], strict=True)
+                        ),
+                        3,
+                    )
+                results.append(res)
 
+    order = {shape: i for i, shape in enumerate(shapes)}
+    results.sort(key=lambda r: (order.get(r.label, -1), r.concurrency))
     table = Table(title="fraud model via /predict (1 record per request)")
     for col in (
         "side",
@@ -152,6 +192,7 @@ def main() -> None:
         "errors",
         "server CPU ms/req",
         "mean batch",
+        "req/s vs lean",
     ):
         table.add_column(col)
     for r in results:
@@ -165,30 +206,39 @@ def main() -> None:
             str(sum(r.errors.values())) if r.errors else "0",
             f"{r.server_cpu_ms_per_req:.3f}" if r.server_cpu_ms_per_req is not None else "-",
             f"{r.mean_batch_rows:.1f}" if r.mean_batch_rows is not None else "-",
+            f"{r.extra['vs_baseline']:.3f}" if "vs_baseline" in r.extra else "-",
         )
     console.print(table)
     path = write_results(
-        "serving",
-        {"machine": {"cpus": os.cpu_count()}, "seconds_per_step": args.seconds, "results": results},
+        args.name,
+        {
+            "machine": {"cpus": os.cpu_count()},
+            "seconds_per_step": args.seconds,
+            "rounds": args.rounds,
+            "baseline": BASELINE,
+            "results": results,
+        },
     )
-    plot(results, RESULTS / "serving.png")
-    console.print(f"wrote {path} and {RESULTS / 'serving.png'}")
+    plot(results, RESULTS / f"{args.name}.png")
+    console.print(f"wrote {path} and {RESULTS / f'{args.name}.png'}")
     print_markdown(results)
 
 
 def print_markdown(results: list[LoadResult]) -> None:
     """The README table."""
     print(
-        "\n| side | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req | mean batch |"
+        "\n| side | concurrency | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
+        f"| mean batch | req/s vs {BASELINE} |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         unit = r.extra.get("unit")
         print(
             f"| {r.label} | {'-' if unit else r.concurrency} | {r.throughput:,.0f}{' rows/s' if unit else ''} "
             f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} | {sum(r.errors.values())} "
             f"| {r.server_cpu_ms_per_req if r.server_cpu_ms_per_req is not None else '-'} "
-            f"| {r.mean_batch_rows if r.mean_batch_rows is not None else '-'} |"
+            f"| {r.mean_batch_rows if r.mean_batch_rows is not None else '-'} "
+            f"| {r.extra.get('vs_baseline', '-')} |"
         )
 
 
