@@ -210,3 +210,84 @@ def test_concat_and_split_round_trip() -> None:
     assert sizes == [2, 1]
     parts = split_outputs({"y": batch["x"]}, sizes)
     assert parts[0]["y"].ravel().tolist() == [1, 2] and parts[1]["y"].ravel().tolist() == [3]
+
+
+class Stoppable:
+    """A stoppable run_group whose next ``hangs`` calls block until stopped."""
+
+    def __init__(self) -> None:
+        self.hangs = 0
+        self.calls: list[str] = []
+
+    def __call__(self, group: Hashable, feeds: list[Feeds], switch: object) -> list[Feeds]:
+        from services.watchdog import StopSwitch
+
+        assert isinstance(switch, StopSwitch)
+        where = "inline" if threading.current_thread() is threading.main_thread() else "thread"
+        self.calls.append(where)
+        if self.hangs:
+            self.hangs -= 1
+            stopped = threading.Event()
+            switch.bind(stopped.set)
+            if stopped.wait(5):
+                raise RuntimeError("stopped")
+        batch, sizes = concat_feeds(feeds)
+        return split_outputs({"y": batch["x"] * 2}, sizes)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_stopped_inline_call_reruns_on_a_thread_and_backs_off() -> None:
+    run = Stoppable()
+    clock = FakeClock()
+    policy = BatchPolicy(max_batch_size=32, max_wait_ms=10)
+    batcher = AdaptiveBatcher(
+        run,
+        policy_for=lambda g: policy,
+        inline_below_s=0.01,
+        clock=clock,
+        inline_for=lambda g: False,  # not trusted: inline only because it can be stopped
+        stoppable_for=lambda g: True,
+        inline_deadline_s=0.02,
+    )
+    assert (await batcher.submit("m", feeds(1), 1))["y"].tolist() == [[2.0]]
+    await batcher.submit("m", feeds(1), 1)
+    assert run.calls == ["thread", "inline"]  # timed on a thread first, then inline
+
+    run.hangs = 1
+    out = await batcher.submit("m", feeds(3), 1)  # stopped inline, answered from a thread
+    assert out["y"].tolist() == [[6.0]]
+    assert run.calls[2:] == ["inline", "thread"] and batcher.stats.inline_stops == 1
+
+    await batcher.submit("m", feeds(1), 1)
+    assert run.calls[-1] == "thread"  # off the inline path during the backoff (1 s)
+    clock.now += 1.1
+    await batcher.submit("m", feeds(1), 1)
+    assert run.calls[-1] == "inline"
+
+    run.hangs = 1
+    await batcher.submit("m", feeds(1), 1)  # a second stop: the backoff doubles
+    assert batcher.stats.inline_stops == 2
+    clock.now += 1.1
+    await batcher.submit("m", feeds(1), 1)
+    assert run.calls[-1] == "thread"
+    clock.now += 1.0
+    await batcher.submit("m", feeds(1), 1)
+    assert run.calls[-1] == "inline"
+    await batcher.close()
+
+
+async def test_an_unstoppable_untrusted_group_never_runs_inline() -> None:
+    run = Recorder()
+    batcher = make(run, inline_for=lambda g: False)
+    batcher._inline_below = 1.0  # every call counts as tiny
+    for _ in range(5):
+        await batcher.submit("m", feeds(1), 1)
+    assert batcher.stats.inline_batches == 0
+    await batcher.close()
