@@ -10,6 +10,14 @@ call raises; the batcher re-runs its requests on a worker thread, under the mode
 ordinary timeout, so nothing is lost and the loop was held for at most the deadline plus
 one tick.
 
+A call is stopped when it has run past the deadline *and* spent at least half of it on
+the CPU of its thread, or when it has run past ``hard_factor`` times the deadline whatever
+it did. The CPU condition keeps a healthy call from being stopped because its thread was
+descheduled (a busy VM) or waited for the GIL between ``bind`` and the backend's release of
+it (other Python threads busy): measured here, both happen for a few milliseconds now and
+then. A call stuck without using the CPU (a lock, a device sync) is still stopped, at the
+hard limit.
+
 The watchdog polls (one tick a millisecond) rather than being woken per call: waking a
 thread per call is the very hop that inline execution saves. It parks itself after a second
 with no armed call, so an idle runner pays nothing.
@@ -31,16 +39,18 @@ class StopSwitch:
     ``stopped`` tells afterwards whether it was.
     """
 
-    __slots__ = ("_stop", "stopped", "bound_at")
+    __slots__ = ("_stop", "stopped", "bound_at", "bound_cpu")
 
     def __init__(self) -> None:
         self._stop: Callable[[], None] | None = None
         self.stopped = False
         self.bound_at: float | None = None  # time.monotonic() of the last bind
+        self.bound_cpu = 0.0  # the binding thread's CPU seconds then
 
     def bind(self, stop: Callable[[], None]) -> None:
         """Register how to stop the call; stops it at once if ``stop`` came first."""
         self._stop = stop
+        self.bound_cpu = time.thread_time()
         self.bound_at = time.monotonic()
         if self.stopped:
             stop()
@@ -63,13 +73,19 @@ class Watchdog:
     Args:
         tick_s: how often the thread looks at the armed call while calls are being armed.
         park_after_s: with no call armed for this long, the thread sleeps until the next.
+        hard_factor: a call is stopped past this many deadlines even if it used no CPU.
     """
 
-    def __init__(self, *, tick_s: float = 0.001, park_after_s: float = 1.0) -> None:
+    def __init__(
+        self, *, tick_s: float = 0.001, park_after_s: float = 1.0, hard_factor: float = 10.0
+    ) -> None:
         self._tick = tick_s
         self._park_after = park_after_s
+        self._hard = hard_factor
         self._clock = time.monotonic
-        self._slot: tuple[float, StopSwitch] | None = None
+        # (deadline seconds, switch, CPU clock of the calling thread or None)
+        self._slot: tuple[float, StopSwitch, int | None] | None = None
+        self._cpu_clocks: dict[int, int | None] = {}
         self._armed = 0  # calls armed so far: the thread sees activity by its change
         self._parked = False
         self._wake = threading.Event()
@@ -79,7 +95,11 @@ class Watchdog:
 
     def arm(self, switch: StopSwitch, deadline_s: float) -> None:
         """Watch ``switch``'s call: stop it if it runs longer than ``deadline_s``."""
-        self._slot = (deadline_s, switch)
+        ident = threading.get_ident()
+        cpu_clock = self._cpu_clocks.get(ident, -1)
+        if cpu_clock == -1:
+            cpu_clock = self._cpu_clocks[ident] = _cpu_clock(ident)
+        self._slot = (deadline_s, switch, cpu_clock)
         self._armed += 1  # before reading _parked: see _run
         if self._thread is None:
             self._start()
@@ -95,6 +115,15 @@ class Watchdog:
         self._closed = True
         self._wake.set()
 
+    def _overdue(self, slot: tuple[float, StopSwitch, int | None], now: float) -> bool:
+        deadline, switch, cpu_clock = slot
+        started = switch.bound_at
+        if started is None or now - started < deadline:
+            return False
+        if cpu_clock is None or now - started >= deadline * self._hard:
+            return True
+        return time.clock_gettime(cpu_clock) - switch.bound_cpu >= deadline / 2
+
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="servekit-watchdog", daemon=True)
         self._thread.start()
@@ -105,8 +134,7 @@ class Watchdog:
         while not self._closed:
             slot = self._slot
             now = self._clock()
-            started = None if slot is None else slot[1].bound_at
-            if slot is not None and started is not None and now - started >= slot[0]:
+            if slot is not None and self._overdue(slot, now):
                 if self._slot is slot:
                     self._slot = None
                     self.stops += 1
@@ -125,3 +153,11 @@ class Watchdog:
                 active = self._clock()
                 continue
             time.sleep(self._tick)
+
+
+def _cpu_clock(ident: int) -> int | None:
+    """The CPU-time clock of thread ``ident`` (None where the platform has none)."""
+    try:
+        return time.pthread_getcpuclockid(ident)
+    except (AttributeError, OSError):
+        return None

@@ -20,7 +20,9 @@ FAST: dict[str, Any] = {
     "min_pairs": 100,
     "stop_at_pairs": 150,
     "poll_s": 0.05,
-    "latency_slack_ms": 5.0,
+    # In-process latencies are a few ms with scheduler noise on 2 shared cores (5 ms failed
+    # an identical candidate once under load); slow candidates are tested with +40-50 ms.
+    "latency_slack_ms": 15.0,
 }
 
 

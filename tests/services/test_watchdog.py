@@ -17,6 +17,35 @@ def test_a_switch_stopped_before_binding_stops_at_bind() -> None:
     assert switch.stopped and hits == ["stop"]
 
 
+def test_a_call_burning_cpu_past_its_deadline_is_stopped_soon_after() -> None:
+    dog = Watchdog(tick_s=0.001)  # hard limit: 10 deadlines = 300 ms
+    switch = StopSwitch()
+    dog.arm(switch, 0.03)
+    t0 = time.monotonic()
+    switch.bind(lambda: None)
+    while not switch.stopped and time.monotonic() - t0 < 2:
+        sum(range(1000))  # a call spinning on this thread's CPU
+    waited = time.monotonic() - t0
+    assert switch.stopped
+    assert waited < 0.25, f"stopped after {waited * 1000:.0f} ms: not by the CPU rule"
+    dog.close()
+
+
+def test_a_call_off_the_cpu_is_stopped_only_at_the_hard_limit() -> None:
+    """Descheduled, or waiting for the GIL: not the model's fault, until 10 deadlines."""
+    dog = Watchdog(tick_s=0.001)
+    switch = StopSwitch()
+    stopped = threading.Event()
+    dog.arm(switch, 0.02)
+    t0 = time.monotonic()
+    switch.bind(stopped.set)
+    assert not stopped.wait(0.12), "stopped a call that used no CPU before the hard limit"
+    assert stopped.wait(2)
+    waited = time.monotonic() - t0
+    assert 0.2 <= waited < 1.0
+    dog.close()
+
+
 def test_a_call_past_its_deadline_is_stopped_soon_after() -> None:
     dog = Watchdog(tick_s=0.001)
     stopped = threading.Event()
