@@ -1,4 +1,4 @@
-"""PredictionCache against a real Redis: hits, TTL, isolation, auto-off, fail-open."""
+"""PredictionCache on a real Redis: hits, TTL, isolation, auto-off (hit rate, cost), fail-open."""
 
 from __future__ import annotations
 
@@ -248,6 +248,123 @@ async def test_turns_off_below_min_hit_rate_and_back_on(
 
 def _probe(row: np.ndarray, rate: float) -> bool:
     return int.from_bytes(keys.row_digest(row)[:4], "little") < int(rate * 2**32)
+
+
+# --- cost-aware switch-off: the cache must save more compute than Redis costs -----------
+
+
+class TimedModel(Model):
+    """A stand-in model that sleeps ``delay_s`` per row (0: near-free, returns at once)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s * len(rows))
+        return await super().__call__(rows)
+
+
+def repeating_traffic(n: int, repeat: float, seed: int = 3, batch: int = 4) -> list[np.ndarray]:
+    """``n`` rows in requests of ``batch``; about ``repeat`` of them repeat an earlier row.
+
+    Several rows a request share one lookup and one write, so a busy machine's slow Redis
+    round trips do not blur the gap between a near-free and a slow model.
+    """
+    rng = np.random.default_rng(seed)
+    pool = rows(n, seed=seed)
+    seen: list[np.ndarray] = []
+    out = []
+    for i in range(n):
+        if seen and rng.random() < repeat:
+            out.append(seen[int(rng.integers(len(seen)))])
+        else:
+            seen.append(pool[i])
+            out.append(pool[i])
+    return [np.stack(out[i : i + batch]) for i in range(0, n, batch)]
+
+
+def cost_settings(**overrides: object) -> CacheSettings:
+    # min_hit_rate 0.05 (the default): 30-50 % repeats never trip the hit-rate rule
+    base: dict[str, object] = {"window": 40, "min_hit_rate": 0.05}
+    base.update(overrides)
+    return settings(**base)
+
+
+async def test_near_free_model_is_turned_off_for_cost(
+    aredis: aioredis.Redis, registry: CollectorRegistry
+) -> None:
+    cache = PredictionCache(aredis, cost_settings(), registry=registry)
+    model = TimedModel()
+    for x in repeating_traffic(160, repeat=0.5):
+        await cache.get_or_compute(MODEL, "v1", x, model)
+        if cache.state(MODEL) is CacheState.OFF:
+            break
+    assert cache.state(MODEL) is CacheState.OFF
+    assert cache.off_reason(MODEL) == "cost"
+    assert (cache.hit_rate(MODEL) or 0.0) == 0.0  # a fresh probe window
+    assert sample(registry, "servekit_cache_enabled", model=MODEL) == 0
+    assert sample(registry, "servekit_cache_saving_us_per_row", model=MODEL) < 0
+
+
+async def test_slow_model_with_the_same_hits_stays_on(
+    aredis: aioredis.Redis, registry: CollectorRegistry
+) -> None:
+    cache = PredictionCache(aredis, cost_settings(), registry=registry)
+    model = TimedModel(delay_s=0.005)
+    hits = 0
+    for x in repeating_traffic(80, repeat=0.5):
+        _, cached = await cache.get_or_compute(MODEL, "v1", x, model)
+        hits += int(cached.sum())
+    assert hits >= 25
+    assert cache.state(MODEL) is CacheState.ON and cache.off_reason(MODEL) is None
+    assert sample(registry, "servekit_cache_saving_us_per_row", model=MODEL) > 0
+
+
+async def test_cost_unaware_keeps_the_near_free_model_on(
+    aredis: aioredis.Redis, registry: CollectorRegistry
+) -> None:
+    cache = PredictionCache(aredis, cost_settings(cost_aware=False), registry=registry)
+    model = TimedModel()
+    for x in repeating_traffic(160, repeat=0.5):
+        await cache.get_or_compute(MODEL, "v1", x, model)
+    assert cache.state(MODEL) is CacheState.ON and cache.off_reason(MODEL) is None
+    assert registry.get_sample_value("servekit_cache_saving_us_per_row", {"model": MODEL}) is None
+
+
+async def test_off_for_cost_comes_back_only_when_compute_is_worth_caching(
+    aredis: aioredis.Redis,
+) -> None:
+    s = cost_settings(
+        window=20, probe_window=10, probe_rate=1.0, reenable_hit_rate=0.3, min_off_s=0.0
+    )
+    cache = PredictionCache(aredis, s)
+    model = TimedModel()
+    for x in repeating_traffic(160, repeat=0.5):
+        await cache.get_or_compute(MODEL, "v1", x, model)
+        if cache.state(MODEL) is CacheState.OFF:
+            break
+    assert cache.off_reason(MODEL) == "cost"
+
+    # probes hit (rate far above reenable_hit_rate), but compute is still cheap: stays off
+    hot = rows(4, seed=5)  # every probe after the first four hits
+    for i in range(60):
+        _, cached = await cache.get_or_compute(MODEL, "v1", hot[i % 4 : i % 4 + 1], model)
+        assert cached.all() or i < 4
+    assert (cache.hit_rate(MODEL) or 0.0) >= 0.9
+    assert cache.state(MODEL) is CacheState.OFF and cache.off_reason(MODEL) == "cost"
+
+    # compute turns expensive: the misses it computes raise C until the cache pays again
+    model.delay_s = 0.005
+    fresh = rows(80, seed=6)
+    for i in range(0, 80, 4):
+        await cache.get_or_compute(MODEL, "v1", fresh[i : i + 4], model)  # misses, computed
+        await cache.get_or_compute(MODEL, "v1", fresh[i : i + 4], model)  # probe hits
+        if cache.state(MODEL) is CacheState.ON:
+            break
+    assert cache.state(MODEL) is CacheState.ON
+    assert cache.off_reason(MODEL) is None
 
 
 async def test_disabled_cache_never_calls_redis(aredis: aioredis.Redis, clock: FakeClock) -> None:
