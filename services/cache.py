@@ -5,7 +5,7 @@ the row's number of dimensions, each dimension as a little-endian uint32, then t
 float32 values (little-endian). Outputs are always float32, cached or not, so a cached
 answer is bit-identical to a computed one.
 
-Four safeguards keep Redis from ever costing a prediction:
+Three safeguards keep Redis from ever costing a prediction:
 
 - every call has a budget (``timeout_ms``); a slow or failing call is skipped and the
   prediction goes on uncached;
@@ -14,15 +14,7 @@ Four safeguards keep Redis from ever costing a prediction:
 - per model, when the hit rate over the last ``window`` lookups falls under
   ``min_hit_rate`` the cache turns itself off for that model; a fixed share of inputs
   (``probe_rate``, chosen by key hash so repeats of a probed input are probed again) is
-  still cached, and when their hit rate reaches ``reenable_hit_rate`` it turns back on;
-- per model (``cost_aware``), hits are not enough: the cache measures smoothed costs per
-  row of its lookup (L), its write (W) and the model's compute (C, measured whether the
-  cache is on or off) and, once the window is full, turns itself off the same way when
-  the expected saving per row at hit rate h, ``h*C - L - (1-h)*W``, is negative (a tiny
-  model whose inference is cheaper than a Redis round trip). While off, it turns back on
-  only when the probes pass the hit-rate rule and the saving with the current estimates
-  is not negative, so a model turned off for cost does not come back just because hits
-  exist. :meth:`PredictionCache.off_reason` says which rule turned a model off.
+  still cached, and when their hit rate reaches ``reenable_hit_rate`` it turns back on.
 """
 
 from __future__ import annotations
@@ -183,13 +175,6 @@ class CacheMetrics:
             ["model"],
             registry=registry,
         )
-        self.saving = Gauge(
-            "servekit_cache_saving_us_per_row",
-            "Expected saving of the cache in microseconds per row, h*C - L - (1-h)*W "
-            "(negative: it costs more than it saves); only with cost_aware.",
-            ["model"],
-            registry=registry,
-        )
         self.breaker = Gauge(
             "servekit_cache_breaker_state",
             "0 closed, 1 open, 2 half-open.",
@@ -229,47 +214,14 @@ class _Window:
         return self.hits / len(self._outcomes) if self._outcomes else None
 
 
-class _Cost:
-    """A smoothed cost in seconds per row: an EWMA whose span is ``span`` rows.
-
-    A call of ``rows`` rows weighs as much as ``rows`` one-row calls, so the estimate
-    follows about the last ``span`` rows whatever the batch sizes.
-    """
-
-    def __init__(self, span: int) -> None:
-        self._keep = 1.0 - 2.0 / (span + 1)
-        self.value: float | None = None
-
-    def add(self, seconds: float, rows: int) -> None:
-        if rows <= 0:
-            return
-        per_row = max(seconds, 0.0) / rows
-        if self.value is None:
-            self.value = per_row
-        else:
-            self.value += (1.0 - self._keep**rows) * (per_row - self.value)
-
-
 class _ModelCache:
-    """One model's on/off state, hit-rate windows and cost estimates."""
+    """One model's on/off state and hit-rate windows."""
 
     def __init__(self, window: int, probe_window: int) -> None:
         self.state = CacheState.ON
         self.off_since = 0.0
-        self.off_reason: str | None = None
         self.window = _Window(window)
         self.probes = _Window(probe_window)
-        self.lookup = _Cost(window)  # L: seconds per looked-up row
-        self.write = _Cost(window)  # W: seconds per written row
-        self.compute = _Cost(window)  # C: seconds per computed row
-
-    def saving(self, hit_rate: float) -> float | None:
-        """Expected seconds saved per row at ``hit_rate``; None until L and C are measured."""
-        lookup, compute = self.lookup.value, self.compute.value
-        if lookup is None or compute is None:
-            return None
-        write = self.write.value or 0.0
-        return hit_rate * compute - lookup - (1.0 - hit_rate) * write
 
 
 _FAILED = object()
@@ -310,11 +262,6 @@ class PredictionCache:
     def state(self, model: str) -> CacheState:
         """Whether ``model``'s cache is on."""
         return self._model(model).state
-
-    def off_reason(self, model: str) -> str | None:
-        """Why ``model``'s cache is off: "hit_rate" or "cost"; None while it is on."""
-        m = self._model(model)
-        return m.off_reason if m.state is CacheState.OFF else None
 
     def hit_rate(self, model: str) -> float | None:
         """Hit rate over the current window (the probes' while off); None before any lookup."""
@@ -373,11 +320,7 @@ class PredictionCache:
             # Off for this model and no probe among the rows: straight to the model, with
             # none of the single-flight bookkeeping (the cache is not worth its cost here).
             self.metrics.bypasses.labels(model, "off").inc(len(rows))
-            # Keep C current while off: the cost rule compares it with Redis's.
-            started = self._clock() if self._settings.cost_aware else 0.0
             out = np.asarray(await compute(rows)).astype(np.float32, copy=False)
-            if self._settings.cost_aware:
-                m.compute.add(self._clock() - started, len(rows))
             return out, np.zeros(len(rows), dtype=bool)
         keys = [prediction_key_from_digest(model, version, d) for d in digests]
         row_of: dict[bytes, np.ndarray] = {}
@@ -432,13 +375,9 @@ class PredictionCache:
     async def _mget(self, model: str, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        cost_aware = self._settings.cost_aware
-        started = self._clock() if cost_aware else 0.0
         values = await self._call(model, lambda: self._reads.submit(keys), len(keys))
         if values is _FAILED:
             return [None] * len(keys)
-        if cost_aware:
-            self._model(model).lookup.add(self._clock() - started, len(keys))
         hits = sum(v is not None for v in values)
         self.metrics.hits.labels(model).inc(hits)
         self.metrics.misses.labels(model).inc(len(keys) - hits)
@@ -449,11 +388,7 @@ class PredictionCache:
         ttl = self.ttl_for(model)
 
         entries = [(key, value, ttl) for key, value in items.items()]
-        cost_aware = self._settings.cost_aware
-        started = self._clock() if cost_aware else 0.0
-        result = await self._call(model, lambda: self._writes.submit(entries), len(items))
-        if cost_aware and result is not _FAILED:
-            self._model(model).write.add(self._clock() - started, len(items))
+        await self._call(model, lambda: self._writes.submit(entries), len(items))
 
     async def _mget_all(self, keys: list[bytes]) -> list[bytes | None]:
         values: list[bytes | None] = await self._redis.mget(keys)  # type: ignore[assignment]
@@ -497,11 +432,11 @@ class PredictionCache:
                 m.window.add(hit)
             rate = m.window.rate
             self.metrics.hit_rate.labels(model).set(rate or 0.0)
-            saving = self._saving(model, m, rate)
-            if len(m.window) < s.window or rate is None:
-                return
-            if rate < s.min_hit_rate:
-                self._turn_off(model, m, "hit_rate")
+            if len(m.window) >= s.window and rate is not None and rate < s.min_hit_rate:
+                m.state = CacheState.OFF
+                m.off_since = self._clock()
+                m.probes = _Window(s.probe_window)
+                self.metrics.state.labels(model).set(0)
                 logger.warning(
                     "prediction cache OFF for model %s: hit rate %.3f < %.3f over %d lookups",
                     model,
@@ -509,65 +444,26 @@ class PredictionCache:
                     s.min_hit_rate,
                     len(m.window),
                 )
-            elif saving is not None and saving < 0:
-                self._turn_off(model, m, "cost")
-                logger.warning(
-                    "prediction cache OFF for model %s: it costs more than it saves over %d "
-                    "lookups (hit rate h=%.3f, compute C=%.1f us/row, lookup L=%.1f us/row, "
-                    "write W=%.1f us/row: h*C - L - (1-h)*W = %.1f us/row)",
-                    model,
-                    len(m.window),
-                    rate,
-                    *_micros(m.compute.value, m.lookup.value, m.write.value, saving),
-                )
             return
         for hit in outcomes:
             m.probes.add(hit)
         rate = m.probes.rate
         self.metrics.hit_rate.labels(model).set(rate or 0.0)
-        saving = self._saving(model, m, rate)
         if (
             len(m.probes) >= s.probe_window
             and rate is not None
             and rate >= s.reenable_hit_rate
             and self._clock() - m.off_since >= s.min_off_s
         ):
-            if saving is not None and saving < 0:
-                logger.debug(
-                    "prediction cache stays OFF for model %s: probed hit rate %.3f but it "
-                    "would cost %.1f us/row more than it saves",
-                    model,
-                    rate,
-                    -saving * 1e6,
-                )
-                return
             m.state = CacheState.ON
-            m.off_reason = None
             m.window = _Window(s.window)
             self.metrics.state.labels(model).set(1)
             logger.warning(
-                "prediction cache ON for model %s: probed hit rate %.3f >= %.3f%s",
+                "prediction cache ON for model %s: probed hit rate %.3f >= %.3f",
                 model,
                 rate,
                 s.reenable_hit_rate,
-                "" if saving is None else f", expected saving {saving * 1e6:.1f} us/row",
             )
-
-    def _turn_off(self, model: str, m: _ModelCache, reason: str) -> None:
-        m.state = CacheState.OFF
-        m.off_reason = reason
-        m.off_since = self._clock()
-        m.probes = _Window(self._settings.probe_window)
-        self.metrics.state.labels(model).set(0)
-
-    def _saving(self, model: str, m: _ModelCache, rate: float | None) -> float | None:
-        """Expected saving per row at ``rate`` (exported); None unless cost-aware and known."""
-        if not self._settings.cost_aware or rate is None:
-            return None
-        saving = m.saving(rate)
-        if saving is not None:
-            self.metrics.saving.labels(model).set(saving * 1e6)
-        return saving
 
     async def _compute_missing(
         self, model: str, keys: list[bytes], row_of: dict[bytes, np.ndarray], compute: Compute
@@ -581,10 +477,7 @@ class PredictionCache:
             futures = {k: loop.create_future() for k in own}
             self._inflight.update(futures)
             try:
-                started = self._clock() if self._settings.cost_aware else 0.0
                 out = np.asarray(await compute(np.stack([row_of[k] for k in own])))
-                if self._settings.cost_aware:
-                    self._model(model).compute.add(self._clock() - started, len(own))
                 if len(out) != len(own):
                     raise ValueError(f"compute returned {len(out)} rows for {len(own)} inputs")
                 out = out.astype(np.float32, copy=False)
@@ -621,10 +514,6 @@ class PredictionCache:
                 results.update(again)
                 own = own + owned
         return results, own
-
-
-def _micros(*seconds: float | None) -> tuple[float, ...]:
-    return tuple((s or 0.0) * 1e6 for s in seconds)
 
 
 def _as_rows(rows: np.ndarray) -> np.ndarray:

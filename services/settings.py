@@ -216,14 +216,6 @@ class CacheSettings(BaseSettings):
     )
     probe_window: int = Field(200, ge=10, description="Probe lookups needed to turn back on.")
     min_off_s: float = Field(60.0, ge=0, description="Shortest time a cache stays off.")
-    cost_aware: bool = Field(
-        True,
-        description="Also turn a model's cache off when it costs more than it saves: with "
-        "smoothed per-row costs of the lookup (L), write (W) and model compute (C) and the "
-        "window's hit rate h, off when h*C - L - (1-h)*W < 0 (a tiny model whose inference "
-        "is cheaper than a Redis round trip), and back on only when the probes also show a "
-        "saving. Off: only the hit-rate rule applies.",
-    )
     breaker_failures: int = Field(
         5, ge=1, description="Consecutive failed calls that open the circuit breaker."
     )
