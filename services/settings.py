@@ -165,10 +165,10 @@ class MultiModelSettings(BaseSettings):
         le=1000,
         description="A tiny model whose backend can be stopped (ONNX Runtime) runs inline on "
         "the event loop (a worker-thread hop costs several times its call) under a watchdog: "
-        "a call holding the loop past this is stopped, re-run on a worker thread under the "
-        "model's timeout, and the model stays off the inline path for a backoff. Below ~10 ms a "
-        "descheduled VM or a garbage collection stops healthy calls now and then (harmless: "
-        "they re-run). 0: such models always run on worker threads.",
+        "a call that has run past this and spent half of it on the CPU (or past 10x this, "
+        "whatever it did) is stopped, re-run on a worker thread under the model's timeout, "
+        "and the model stays off the inline path for a backoff (1 s, doubling). 0: such "
+        "models always run on worker threads.",
     )
     inline_unpinned: bool = Field(
         False,
