@@ -36,22 +36,19 @@ import asyncio
 import collections
 import logging
 import math
-import queue
-import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from services.errors import ModelTimeoutError, OverloadedError
+from services.feeds import Feeds, length_bucket
 from services.settings import BatchPolicy
 from services.watchdog import StopSwitch, Watchdog
+from services.workers import WorkerThreads
 
 logger = logging.getLogger(__name__)
 
-Feeds = dict[str, np.ndarray]
 # Runs one group: the feeds of several requests of one (model, version) -> their outputs.
 # Stoppable groups are called with a third argument, the call's ``StopSwitch``.
 RunGroup = Callable[..., list[Feeds]]
@@ -178,58 +175,6 @@ class _Call:
         self.switch = switch
 
 
-class _Workers:
-    """Daemon threads that run backend calls; a thread stuck in a hung call is replaced.
-
-    A hung call cannot be interrupted; ``replace`` starts a spare thread so the pool keeps
-    its size, and the first thread to finish while spares exist retires.
-    """
-
-    def __init__(self, threads: int, name: str) -> None:
-        self._size = threads
-        self._name = name
-        self._tasks: queue.SimpleQueue[tuple[Callable[[], None]] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads = 0
-        self._spares = 0
-
-    def submit(self, fn: Callable[[], None]) -> None:
-        if self._threads < self._size:
-            with self._lock:
-                while self._threads < self._size:
-                    self._start()
-        self._tasks.put((fn,))
-
-    def replace(self) -> None:
-        with self._lock:
-            self._spares += 1
-            self._start()
-
-    def shutdown(self) -> None:
-        with self._lock:
-            for _ in range(self._threads):
-                self._tasks.put(None)
-
-    def _start(self) -> None:
-        self._threads += 1
-        threading.Thread(
-            target=self._work, name=f"{self._name}-{self._threads}", daemon=True
-        ).start()
-
-    def _work(self) -> None:
-        while True:
-            item = self._tasks.get()
-            if item is None:
-                return
-            item[0]()
-            if self._spares:
-                with self._lock:
-                    if self._spares:
-                        self._spares -= 1
-                        self._threads -= 1
-                        return
-
-
 class AdaptiveBatcher:
     """Queues requests per (model, version) lane and runs each lane's batches.
 
@@ -286,7 +231,7 @@ class AdaptiveBatcher:
         self.queued_rows = 0
         self.stats = BatcherStats()
         self._rows_per_s = 0.0
-        self._workers = _Workers(threads, "servekit-batch")
+        self._workers = WorkerThreads(threads, "servekit-batch")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -626,65 +571,9 @@ def _name(group: Hashable) -> str:
     return f"model {model}" if version is None else f"model {model} version {version}"
 
 
-def length_bucket(feeds: Feeds) -> int:
-    """The sequence-length bucket of a request's token tensors; 0 for other feeds.
-
-    Requests of one model whose sequences differ by more than 2x run as separate backend
-    calls (buckets of up to 16, 32, 64, ... tokens), so a short text is not padded to a
-    long one's length: a transformer's cost grows with rows x padded length.
-    """
-    for a in feeds.values():
-        if a.ndim == 2 and a.dtype.kind in "iu":
-            return max(0, math.ceil(math.log2(max(a.shape[1], 1))) - 4)
-    return 0
-
-
 def _length_buckets(jobs: list[_Job]) -> list[list[int]]:
     """Indices of ``jobs`` grouped by length bucket, in order of first appearance."""
     buckets: dict[int, list[int]] = {}
     for i, job in enumerate(jobs):
         buckets.setdefault(length_bucket(job.feeds), []).append(i)
     return list(buckets.values())
-
-
-def concat_feeds(feeds: list[Feeds]) -> tuple[Feeds, list[int]]:
-    """Stack several requests' feeds along the batch axis; returns (batch, row counts).
-
-    Equal shapes are concatenated as they are. 2-D integer token tensors (input_ids,
-    attention_mask, token_type_ids: ``[rows, sequence]``) of different lengths are
-    right-padded with 0 to the batch's longest, which is the pad id, mask and type id of
-    BERT-style tokenizers, so padded positions are masked out.
-    """
-    if len(feeds) == 1:
-        only = feeds[0]
-        return only, [len(next(iter(only.values())))]
-    names = feeds[0].keys()
-    sizes = [len(f[next(iter(names))]) for f in feeds]
-    return {n: _stack([f[n] for f in feeds]) for n in names}, sizes
-
-
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    tail = arrays[0].shape[1:]
-    if all(a.shape[1:] == tail for a in arrays):
-        return np.concatenate(arrays, axis=0)
-    if not all(a.ndim == 2 and a.dtype.kind in "iu" for a in arrays):
-        raise ValueError(
-            f"cannot batch tensors of shapes {sorted({a.shape for a in arrays})}: only 2-D "
-            "integer token tensors are padded"
-        )
-    longest = max(a.shape[1] for a in arrays)
-    out = np.zeros((sum(len(a) for a in arrays), longest), dtype=arrays[0].dtype)
-    row = 0
-    for a in arrays:
-        out[row : row + len(a), : a.shape[1]] = a
-        row += len(a)
-    return out
-
-
-def split_outputs(outputs: Feeds, sizes: list[int]) -> list[Feeds]:
-    """Scatter a batch's outputs back to its requests by their row counts."""
-    if len(sizes) == 1:
-        return [outputs]
-    bounds = np.cumsum(sizes)[:-1]
-    parts = {n: np.split(a, bounds, axis=0) for n, a in outputs.items()}
-    return [{n: parts[n][i] for n in outputs} for i in range(len(sizes))]

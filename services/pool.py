@@ -41,9 +41,10 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from services.backends import Backend, create_backend, warm_up
-from services.batching import AdaptiveBatcher, Feeds, LaneLimits, concat_feeds, split_outputs
+from services.batching import AdaptiveBatcher, LaneLimits
 from services.catalog import ModelCatalog
 from services.errors import ModelLoadError, ServekitError
+from services.feeds import Feeds, concat_feeds, split_outputs
 from services.multimodel import LoadBackoff, MeasureGate, MemoryBudget, PoolStats, heap_bytes
 from services.registry import ModelRegistry, ModelVersion
 from services.settings import BatchPolicy, Settings

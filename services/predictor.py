@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from services.assembly import VectorAssembler
-from services.batching import Feeds
 from services.catalog import ModelCatalog
 from services.errors import InvalidInputError, PayloadTooLargeError, ServekitError
+from services.feeds import Feeds
 from services.metrics import ServingMetrics
 from services.oip import decode_request, encode_response, model_metadata
 from services.registry import ModelVersion

@@ -33,8 +33,8 @@ from services.feedback import PredictionRecordIn
 from services.prediction_log import PredictionEvent, PredictionLog, ShadowPair
 
 if TYPE_CHECKING:
-    from services.batching import Feeds
     from services.feedback import FeedbackStore
+    from services.feeds import Feeds
     from services.follower import RolloutFollower
     from services.registry import ModelVersion
 

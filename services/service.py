@@ -28,9 +28,9 @@ from redis.exceptions import RedisError
 
 from services import bentoml_fixes
 from services.admin import AdminRoutes
-from services.batching import Feeds, concat_feeds, split_outputs
 from services.catalog import ModelCatalog
 from services.feedback import FeedbackStore
+from services.feeds import Feeds, concat_feeds, split_outputs
 from services.follower import RolloutFollower
 from services.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.metrics import CallbackCollector, ServingMetrics

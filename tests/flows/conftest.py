@@ -25,9 +25,9 @@ import pytest
 import redis.asyncio as aioredis
 from prefect.testing.utilities import prefect_test_harness
 
-from services.batching import Feeds
 from services.catalog import ModelCatalog
 from services.feedback import FeedbackStore
+from services.feeds import Feeds
 from services.follower import RolloutFollower
 from services.pool import ModelPool
 from services.prediction_log import PredictionLog

@@ -20,9 +20,11 @@ FAST: dict[str, Any] = {
     "min_pairs": 100,
     "stop_at_pairs": 150,
     "poll_s": 0.05,
-    # In-process latencies are a few ms with scheduler noise on 2 shared cores (5 ms failed
-    # an identical candidate once under load); slow candidates are tested with +40-50 ms.
-    "latency_slack_ms": 15.0,
+    # The latency gate is not under test here (a slow candidate is, in test_canary.py, and
+    # in the gate's unit tests). In-process latencies are a few ms, but the test process
+    # (Prefect's server in a thread, 2 shared cores) stalls its event loop for 15-26 ms now
+    # and then, measured on either side; the p99 of 150 pairs is their 2nd-largest.
+    "latency_slack_ms": 40.0,
 }
 
 

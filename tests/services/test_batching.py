@@ -10,8 +10,9 @@ from collections.abc import Hashable
 import numpy as np
 import pytest
 
-from services.batching import AdaptiveBatcher, Feeds, concat_feeds, split_outputs
+from services.batching import AdaptiveBatcher
 from services.errors import OverloadedError
+from services.feeds import Feeds, concat_feeds, split_outputs
 from services.settings import BatchPolicy
 
 

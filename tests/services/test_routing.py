@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.batching import Feeds
 from services.feedback import FeedbackStore
+from services.feeds import Feeds
 from services.follower import RolloutFollower
 from services.prediction_log import PredictionEvent, PredictionLog, ShadowPair, predictions_key
 from services.registry import ModelVersion

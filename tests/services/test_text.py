@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import urllib.request
+import uuid
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.batching import AdaptiveBatcher, concat_feeds, length_bucket, split_outputs
+from services.batching import AdaptiveBatcher
 from services.errors import InvalidInputError
+from services.feeds import concat_feeds, length_bucket, split_outputs
 from services.settings import BatchPolicy
 from services.text import TextEncoder, cosine, l2_normalize, mean_pool
 
@@ -258,8 +260,11 @@ def test_text_embed_over_http(text_store: tuple[Path, Any], redis_url: str) -> N
             "SERVEKIT_REDIS_URL": redis_url,
         }
     )
+    # Texts of this run only: cached embeddings of an earlier run live for the cache's TTL.
+    tag = uuid.uuid4().hex[:8]
+    short, long, new = f"{SHORT} {tag}", f"{LONG} {tag}", f"new text {tag}"
     try:
-        body = json.dumps({"model": TEXT_MODEL, "inputs": [{"text": SHORT}, {"text": LONG}]})
+        body = json.dumps({"model": TEXT_MODEL, "inputs": [{"text": short}, {"text": long}]})
         req = urllib.request.Request(
             f"{server.url}/predict",
             data=body.encode(),
@@ -269,7 +274,7 @@ def test_text_embed_over_http(text_store: tuple[Path, Any], redis_url: str) -> N
             answer = json.loads(resp.read())
         # The same texts again (plus a new one): answered from the prediction cache.
         body2 = json.dumps(
-            {"model": TEXT_MODEL, "inputs": [{"text": LONG}, {"text": "new text"}, {"text": SHORT}]}
+            {"model": TEXT_MODEL, "inputs": [{"text": long}, {"text": new}, {"text": short}]}
         )
         req2 = urllib.request.Request(
             f"{server.url}/predict",
