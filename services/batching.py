@@ -358,15 +358,15 @@ class AdaptiveBatcher:
         """Run one batch on the event loop: under the watchdog when ``watched``."""
         self.stats.inline_batches += 1
         lane.running += 1
-        switch = StopSwitch() if lane.stoppable else None
+        # Unwatched (trusted) inline calls have nobody to stop them: no switch to make.
+        switch = StopSwitch() if watched else None
         t0 = self._clock()
-        if watched:
-            assert switch is not None
+        if switch is not None:
             self.watchdog.arm(switch, self._inline_deadline)
             outcome = self._call(lane, jobs, switch)
             self.watchdog.disarm()
         else:
-            outcome = self._call(lane, jobs, switch)
+            outcome = self._call(lane, jobs, None)
         elapsed = self._clock() - t0
         if switch is not None and switch.stopped and isinstance(outcome, Exception):
             # Past the deadline: off the inline path for a while; its requests run again

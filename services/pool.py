@@ -4,12 +4,13 @@ One pool serves both sizes of the design (decision 2):
 
 - dedicated server: its model is preloaded and pinned, never evicted, and (being trusted)
   may run inline on the event loop when it is tiny;
-- either: a tiny model whose backend can be stopped (ONNX Runtime) runs inline under the
-  batcher's watchdog, which stops a call that holds the loop past ``inline_deadline_ms``
-  and re-runs it on a worker thread (see ``services.batching``);
 - shared server: any registered model is loaded on first use (once, however many ask)
   from the registry, and unloaded least-recently-used first to stay under a memory
   budget, or after ``idle_timeout_s`` without use (decision 3: 1 h).
+
+On either, a tiny model whose backend can be stopped (ONNX Runtime) runs inline under the
+batcher's watchdog, which stops a call that holds the loop past ``inline_deadline_ms`` and
+re-runs it on a worker thread (see ``services.batching``).
 
 Memory: a model's resident bytes are measured around the creation of its session (the
 allocator's in-use bytes, ``services.multimodel.heap_bytes``), with session creation and
