@@ -28,19 +28,19 @@ $(VENV)/.dev: $(VENV)/.serve
 	touch $@
 
 models: $(VENV)/.serve
-	$(PY) -m services.demo_models
+	$(PY) -m flows.recipes.demo_models
 
 redis: $(VENV)/.serve
-	@$(PY) -m services.redis_embedded start
+	@$(PY) -m services.state.redis_embedded start
 
 redis-stop:
-	@$(PY) -m services.redis_embedded stop
+	@$(PY) -m services.state.redis_embedded stop
 
 # venv, install, demo models, embedded Redis (unless SERVEKIT_REDIS_URL is set), the
 # daily feature materialization (once, now), serve.
 serve: models
 	@if [ -z "$$SERVEKIT_REDIS_URL" ]; then \
-	  export SERVEKIT_REDIS_URL=$$($(PY) -m services.redis_embedded start); \
+	  export SERVEKIT_REDIS_URL=$$($(PY) -m services.state.redis_embedded start); \
 	  echo "embedded Redis at $$SERVEKIT_REDIS_URL"; \
 	fi; \
 	mkdir -p .servekit; \
@@ -75,7 +75,7 @@ bench: $(VENV)/.dev models
 	$(PY) benchmarks/serving.py
 
 bento: $(VENV)/.serve models
-	$(PY) -c "from services.registry import ModelRegistry; from services.stores import LocalStore; print(ModelRegistry(LocalStore('model_store')).export_to_bentoml('fraud'))"
+	$(PY) -c "from services.registry.versions import ModelRegistry; from services.registry.stores import LocalStore; print(ModelRegistry(LocalStore('model_store')).export_to_bentoml('fraud'))"
 	$(VENV)/bin/bentoml build
 
 clean:

@@ -3,7 +3,7 @@
 Runs what the machine allows and says why it skips the rest:
 
 - ONNX Runtime CPU (always), the CUDA execution provider (needs onnxruntime-gpu),
-  a TensorRT fp16 engine built with ``services.trt`` (needs TensorRT + a CUDA GPU), and a
+  a TensorRT fp16 engine built with ``services.runner.trt`` (needs TensorRT + a CUDA GPU), and a
   PyTorch CUDA run of the same model (the comparison where TensorRT is absent);
 - parity of each against PyTorch CPU fp32 (cosine, max abs error, retrieval agreement);
 - latency (p50 ms) at batch 1, 8, 32 on ~64-token inputs; NVML utilization if present.
@@ -116,7 +116,7 @@ def main() -> int:
         log("SKIP everything: PyTorch is not installed (the reference model needs it)")
         return 1
     try:
-        from services import text_model
+        from flows.recipes import text_model
 
         if args.model_dir is not None:
             text_model.model_dir = lambda: args.model_dir  # type: ignore[assignment]
@@ -161,7 +161,7 @@ def main() -> int:
 
     import onnxruntime as ort
 
-    from services.backends import OnnxRuntimeBackend
+    from services.runner.backends import OnnxRuntimeBackend
 
     runners: dict[str, Any] = {}
     threads = min(8, os.cpu_count() or 1)
@@ -179,8 +179,8 @@ def main() -> int:
             "install onnxruntime-gpu instead of onnxruntime"
         )
 
-    from services import trt
     from services.errors import ModelLoadError
+    from services.runner import trt
 
     reason = trt.unavailable_reason()
     if reason is None:

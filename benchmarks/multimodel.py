@@ -39,11 +39,11 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.multimodel import heap_bytes  # noqa: E402
-from services.pool import ModelPool  # noqa: E402
-from services.registry import ModelRegistry, ModelVersion, copy_tree  # noqa: E402
+from services.registry.stores import ArtifactStore, LocalStore, S3Store  # noqa: E402
+from services.registry.versions import ModelRegistry, ModelVersion, copy_tree  # noqa: E402
+from services.runner.budget import heap_bytes  # noqa: E402
+from services.runner.pool import ModelPool  # noqa: E402
 from services.settings import MultiModelSettings, Settings  # noqa: E402
-from services.stores import ArtifactStore, LocalStore, S3Store  # noqa: E402
 from tests.fixtures.onnx_models import register_mlp  # noqa: E402
 
 D_IN = 16

@@ -35,14 +35,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, Server, closed_loop, scrape_batches, summarize, write_results  # noqa: E402
-from services.cache import PredictionCache  # noqa: E402
-from services.demo_models import ensure_demo_models  # noqa: E402
-from services.features import FeatureRegistry, FeatureStore  # noqa: E402
-from services.keys import feature_key  # noqa: E402
-from services.registry import ModelRegistry  # noqa: E402
+from flows.recipes.demo_models import ensure_demo_models  # noqa: E402
+from flows.recipes.synthetic import MERCHANT_CATEGORIES, TransactionGenerator  # noqa: E402
+from services.registry.stores import LocalStore  # noqa: E402
+from services.registry.versions import ModelRegistry  # noqa: E402
 from services.settings import CacheSettings, FeatureSettings  # noqa: E402
-from services.stores import LocalStore  # noqa: E402
-from services.synthetic import MERCHANT_CATEGORIES, TransactionGenerator  # noqa: E402
+from services.state.cache import PredictionCache  # noqa: E402
+from services.state.features import FeatureRegistry, FeatureStore  # noqa: E402
+from services.state.keys import feature_key  # noqa: E402
 
 WANTED = [
     "user_stats.avg_amount_30d",
@@ -184,7 +184,7 @@ def main() -> None:
     store = Path(tempfile.mkdtemp(prefix="servekit-bench-"))
     ensure_demo_models(ModelRegistry(LocalStore(store)))
     if args.text:
-        from services.text_model import ensure_text_model
+        from flows.recipes.text_model import ensure_text_model
 
         ensure_text_model(ModelRegistry(LocalStore(store)))
     shares = [("0 % duplicates, cache off", 0.0, False), ("0 % duplicates", 0.0, True),

@@ -45,10 +45,10 @@ from benchmarks.common import (
     summarize,
     write_results,
 )  # noqa: E402
-from services.demo_models import ensure_demo_models, vectors  # noqa: E402
-from services.registry import ModelRegistry  # noqa: E402
-from services.stores import LocalStore  # noqa: E402
-from services.synthetic import TransactionGenerator  # noqa: E402
+from flows.recipes.demo_models import ensure_demo_models, vectors  # noqa: E402
+from flows.recipes.synthetic import TransactionGenerator  # noqa: E402
+from services.registry.stores import LocalStore  # noqa: E402
+from services.registry.versions import ModelRegistry  # noqa: E402
 
 LEAN = {
     "SERVEKIT_CACHE_ENABLED": "false",

@@ -56,9 +56,9 @@ def texts_of_length(tokenizer: Any, target: int, n: int, seed: int) -> list[str]
 
 def ensure_store(store: Path | None) -> Path:
     """A registry holding text-embed (converted now, with the flow, if missing)."""
-    from services.registry import ModelRegistry
-    from services.stores import LocalStore
-    from services.text_model import ensure_text_model
+    from flows.recipes.text_model import ensure_text_model
+    from services.registry.stores import LocalStore
+    from services.registry.versions import ModelRegistry
 
     root = store or Path(tempfile.gettempdir()) / "servekit-bench-store"
     registry = ModelRegistry(LocalStore(root))
@@ -71,10 +71,10 @@ def ensure_store(store: Path | None) -> Path:
 
 def floor(store: Path, texts: list[str], threads: int, seconds: float) -> dict[int, float]:
     """In-process ONNX Runtime rows/s at batch 1, 8, 32 (the compute floor)."""
-    from services.backends import OnnxRuntimeBackend
-    from services.registry import ModelRegistry
-    from services.stores import LocalStore
-    from services.text import TextEncoder
+    from services.registry.stores import LocalStore
+    from services.registry.versions import ModelRegistry
+    from services.request.tokenizer import TextEncoder
+    from services.runner.backends import OnnxRuntimeBackend
 
     registry = ModelRegistry(LocalStore(store))
     mv = registry.get(MODEL)

@@ -44,11 +44,11 @@ from flows.gates import (
     rollback_rollout,
 )
 from services.errors import InvalidInputError
-from services.experiments import VariantStats
-from services.feedback import FeedbackStore
-from services.redis_embedded import resolve_redis_url
-from services.rollout import RolloutStore
+from services.rollout.feedback import FeedbackStore
+from services.rollout.state import RolloutStore
+from services.rollout.statistics import VariantStats
 from services.settings import get_settings
+from services.state.redis_embedded import resolve_redis_url
 
 
 @dataclass(frozen=True, slots=True)

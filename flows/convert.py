@@ -35,13 +35,13 @@ from prefect.cache_policies import NONE
 
 from flows.parity import ParityError, ParityResult, Task, compare
 from services.errors import InvalidInputError, ModelLoadError
-from services.registry import ModelRegistry, ModelVersion, Stage
-from services.schema import ModelSchema
+from services.registry.versions import ModelRegistry, ModelVersion, Stage
+from services.request.schema import ModelSchema
+from services.request.tokenizer import TOKENIZER_FILE
 from services.settings import ConvertSettings, get_settings
-from services.text import TOKENIZER_FILE
 
 if TYPE_CHECKING:
-    from services.trt import Profile
+    from services.runner.trt import Profile
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def build_variant(data: bytes, variant: str, *, reduce_range: bool = True) -> by
 def build_tensorrt(data: bytes, native: NativeModel, settings: ConvertSettings) -> bytes | str:
     """A TensorRT fp16 engine, or the reason it was not built (logged)."""
     log = get_run_logger()
-    from services import trt
+    from services.runner import trt
 
     reason = None if settings.tensorrt else "disabled (SERVEKIT_CONVERT_TENSORRT=false)"
     if reason is None and not isinstance(native, TorchModel):
@@ -351,13 +351,13 @@ def build_tensorrt(data: bytes, native: NativeModel, settings: ConvertSettings) 
 
 
 def _session(data: bytes, threads: int) -> Any:
-    from services.backends import OnnxRuntimeBackend
+    from services.runner.backends import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(data, providers=["CPUExecutionProvider"], threads=threads)
 
 
 def _engine(plan: bytes) -> Any:
-    from services.trt import TensorRTBackend
+    from services.runner.trt import TensorRTBackend
 
     return TensorRTBackend(plan)
 
@@ -578,8 +578,8 @@ def convert_flow(
 def convert(model: str = "text-embed", stage: str = "staging") -> dict[str, Any]:
     """The deployable conversion (prefect.yaml): convert a known model into the configured
     registry as a new version, with JSON parameters only. Supported: ``text-embed``."""
-    from services.stores import open_store
-    from services.text_model import TEXT_MODEL, build_text_model
+    from flows.recipes.text_model import TEXT_MODEL, build_text_model
+    from services.registry.stores import open_store
 
     if model != TEXT_MODEL:
         raise InvalidInputError(
@@ -598,8 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from services.stores import open_store
-    from services.text_model import TEXT_MODEL, ensure_text_model
+    from flows.recipes.text_model import TEXT_MODEL, ensure_text_model
+    from services.registry.stores import open_store
 
     args = sys.argv[1:] if argv is None else argv
     if args != [TEXT_MODEL]:

@@ -30,15 +30,15 @@ from prefect.cache_policies import NO_CACHE
 from redis.exceptions import RedisError
 
 from services.errors import ServekitError
-from services.experiments import (
+from services.rollout.prediction_log import ShadowPair
+from services.rollout.state import RolloutStore
+from services.rollout.statistics import (
     LatencySummary,
     SequentialResult,
     VariantStats,
     msprt_two_proportions,
     summarize_latencies,
 )
-from services.prediction_log import ShadowPair
-from services.rollout import RolloutStore
 from services.settings import RolloutSettings
 
 

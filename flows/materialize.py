@@ -21,9 +21,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 
 from services.errors import ServekitError
-from services.features import FeatureRegistry, FeatureStore, LoadResult
-from services.redis_embedded import resolve_redis_url
 from services.settings import get_settings
+from services.state.features import FeatureRegistry, FeatureStore, LoadResult
+from services.state.redis_embedded import resolve_redis_url
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,7 +46,7 @@ def read_transactions(
 
     logger = get_run_logger()
     if source is None:
-        from services.synthetic import TransactionGenerator
+        from flows.recipes.synthetic import TransactionGenerator
 
         frame = TransactionGenerator(seed=0).history(days=days, n=synthetic_rows, end=as_of)
         logger.info("generated %d synthetic transactions", len(frame))

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.canary import CanaryReport, canary_promotion
 from flows.gates import ShadowGateResult, artifact_key, promote_rollout
 from flows.shadow import shadow_validation
-from services.redis_embedded import resolve_redis_url
+from services.state.redis_embedded import resolve_redis_url
 
 Path = Literal["canary", "blue-green"]
 

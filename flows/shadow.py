@@ -33,10 +33,10 @@ from flows.gates import (
     rollback_rollout,
     shadow_gate,
 )
-from services.prediction_log import PredictionLog, ShadowPair
-from services.redis_embedded import resolve_redis_url
-from services.rollout import RolloutStore
+from services.rollout.prediction_log import PredictionLog, ShadowPair
+from services.rollout.state import RolloutStore
 from services.settings import get_settings
+from services.state.redis_embedded import resolve_redis_url
 
 
 def shadow_markdown(result: ShadowGateResult, *, action: str) -> str:

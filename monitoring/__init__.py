@@ -1,0 +1,1 @@
+"""Everything that observes servekit: Prometheus metrics and collectors."""

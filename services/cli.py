@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from services.errors import ServekitError
-from services.experiments import ExperimentReport
-from services.feedback import FeedbackStore
-from services.rollout import RolloutEvent, RolloutState, RolloutStore
+from services.rollout.feedback import FeedbackStore
+from services.rollout.state import RolloutEvent, RolloutState, RolloutStore
+from services.rollout.statistics import ExperimentReport
 from services.settings import get_settings
 
 T = TypeVar("T")

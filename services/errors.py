@@ -17,7 +17,7 @@ Hierarchy::
     ├── ArtifactIntegrityError (500)     artifact bytes do not match their sha256
     └── StoreError (500)                 the artifact store failed
 
-The HTTP layer (``services.http``) turns them into JSON: 4xx show the message, 5xx a
+The HTTP layer (``services.edge.http``) turns them into JSON: 4xx show the message, 5xx a
 generic one (details go to the log).
 """
 

@@ -1,8 +1,8 @@
 """The BentoML services: the public ``Gateway`` and, for the split shape, ``ModelRunner``.
 
 Thin by design (STYLE.md): each class wires plain objects in ``__init__`` and mounts the
-gateway's ASGI app; the logic lives in ``services.predictor``, ``services.pool`` and
-``services.batching``. ``SERVEKIT_SHAPE`` picks the shape ``bentoml serve
+gateway's ASGI app; the logic lives in ``services.request.predictor``, ``services.runner.pool`` and
+``services.runner.batching``. ``SERVEKIT_SHAPE`` picks the shape ``bentoml serve
 services.service:Gateway`` runs:
 
 - colocated (default): the model pool and the adaptive batcher live in the gateway's
@@ -13,7 +13,7 @@ services.service:Gateway`` runs:
 
 Both services carry the trims measured in shared/MEASURED.md: tracing excluded, access
 log and BentoML's metrics off (servekit exports its own on ``/metrics``), the
-TimeoutMiddleware timer fixed (``services.bentoml_fixes``) and ``gc.freeze()`` after load.
+TimeoutMiddleware timer fixed (``services.edge.bentoml_fixes``) and ``gc.freeze()`` after load.
 """
 
 from __future__ import annotations
@@ -26,24 +26,24 @@ import bentoml
 import numpy as np
 from redis.exceptions import RedisError
 
-from services import bentoml_fixes
-from services.admin import AdminRoutes
-from services.catalog import ModelCatalog
-from services.feedback import FeedbackStore
-from services.feeds import Feeds, concat_feeds, split_outputs
-from services.follower import RolloutFollower
-from services.http import GatewayApp, HTTPResponse, json_response, parse_json
-from services.metrics import CallbackCollector, ServingMetrics
-from services.multimodel import PoolCollector
-from services.pool import ModelPool
-from services.prediction_log import PredictionLog
-from services.predictor import LocalRunner, Predictor
-from services.registry import ModelRegistry, ModelVersion
-from services.rollout import RolloutStore
-from services.routing import TrafficRouter
-from services.runtime import RedisRuntime
+from monitoring.metrics import CallbackCollector, ServingMetrics
+from services.edge import bentoml_fixes
+from services.edge.admin import AdminRoutes
+from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
+from services.registry.stores import open_store
+from services.registry.versions import ModelRegistry, ModelVersion
+from services.request.catalog import ModelCatalog
+from services.request.predictor import LocalRunner, Predictor
+from services.rollout.feedback import FeedbackStore
+from services.rollout.follower import RolloutFollower
+from services.rollout.prediction_log import PredictionLog
+from services.rollout.routing import TrafficRouter
+from services.rollout.state import RolloutStore
+from services.runner.budget import PoolCollector
+from services.runner.feeds import Feeds, concat_feeds, split_outputs
+from services.runner.pool import ModelPool
 from services.settings import Settings, get_settings
-from services.stores import open_store
+from services.state.runtime import RedisRuntime
 
 logger = logging.getLogger(__name__)
 bentoml_fixes.apply()

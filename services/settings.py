@@ -234,7 +234,7 @@ class FeatureSettings(BaseSettings):
     )
     views: list[dict[str, Any]] | None = Field(
         None,
-        description="Feature views as JSON (see services.features.FeatureView); "
+        description="Feature views as JSON (see services.state.features.FeatureView); "
         "unset: the demo fraud model's views.",
     )
     stream_maxlen: int = Field(100_000, ge=100, description="Cap of the event stream.")

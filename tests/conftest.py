@@ -89,9 +89,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def fraud_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local model store holding the demo fraud model (trained once per session)."""
-    from services.demo_models import ensure_demo_models
-    from services.registry import ModelRegistry
-    from services.stores import LocalStore
+    from flows.recipes.demo_models import ensure_demo_models
+    from services.registry.stores import LocalStore
+    from services.registry.versions import ModelRegistry
 
     root = tmp_path_factory.mktemp("model_store")
     ensure_demo_models(ModelRegistry(LocalStore(root)))

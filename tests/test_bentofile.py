@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.registry import ModelRegistry
-from services.stores import LocalStore
+from services.registry.stores import LocalStore
+from services.registry.versions import ModelRegistry
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -25,19 +25,19 @@ import pytest
 import redis.asyncio as aioredis
 from prefect.testing.utilities import prefect_test_harness
 
-from services.catalog import ModelCatalog
-from services.feedback import FeedbackStore
-from services.feeds import Feeds
-from services.follower import RolloutFollower
-from services.pool import ModelPool
-from services.prediction_log import PredictionLog
-from services.registry import ModelRegistry, ModelVersion
-from services.rollout import RolloutStore
-from services.routing import TrafficRouter
-from services.schema import RecordEncoder
+from flows.recipes.synthetic import TransactionGenerator
+from services.registry.stores import LocalStore
+from services.registry.versions import ModelRegistry, ModelVersion
+from services.request.catalog import ModelCatalog
+from services.request.schema import RecordEncoder
+from services.rollout.feedback import FeedbackStore
+from services.rollout.follower import RolloutFollower
+from services.rollout.prediction_log import PredictionLog
+from services.rollout.routing import TrafficRouter
+from services.rollout.state import RolloutStore
+from services.runner.feeds import Feeds
+from services.runner.pool import ModelPool
 from services.settings import BatchSettings, Settings
-from services.stores import LocalStore
-from services.synthetic import TransactionGenerator
 
 MODEL = "fraud"
 

@@ -16,7 +16,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.canary import canary_promotion
 from flows.gates import CanaryGateError, Thresholds, canary_check
 from flows.rollout import rollout
-from services.experiments import VariantStats, summarize_latencies
+from services.rollout.statistics import VariantStats, summarize_latencies
 from tests.flows.conftest import MODEL
 
 FAST: dict[str, Any] = {

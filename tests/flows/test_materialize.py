@@ -18,8 +18,8 @@ from flows.materialize import (
     materialize,
     materialize_deployment,
 )
-from services.features import FeatureRegistry, FeatureStore
 from services.settings import FeatureSettings
+from services.state.features import FeatureRegistry, FeatureStore
 
 AS_OF = datetime(2027, 1, 31, 2, 0, tzinfo=UTC)
 

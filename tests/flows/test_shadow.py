@@ -12,7 +12,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.gates import ShadowGateError, Thresholds, compare_shadow, shadow_gate
 from flows.shadow import shadow_validation
-from services.prediction_log import ShadowPair
+from services.rollout.prediction_log import ShadowPair
 from tests.flows.conftest import MODEL
 
 FAST: dict[str, Any] = {

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.feedback import FeedbackStore
-from services.rollout import RolloutStore
+from services.rollout.feedback import FeedbackStore
+from services.rollout.state import RolloutStore
 from services.settings import get_settings
 
 runner = CliRunner()

@@ -11,9 +11,9 @@ import httpx
 import numpy as np
 import pytest
 
-from services.demo_models import vectors
-from services.registry import ModelRegistry
-from services.stores import LocalStore
+from flows.recipes.demo_models import vectors
+from services.registry.stores import LocalStore
+from services.registry.versions import ModelRegistry
 from tests.conftest import ServerProcess
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
@@ -79,8 +79,8 @@ def test_predict_with_materialized_features_and_cache(
 
     import redis.asyncio as aioredis
 
-    from services.features import FeatureRegistry, FeatureStore
     from services.settings import FeatureSettings
+    from services.state.features import FeatureRegistry, FeatureStore
 
     async def load() -> None:
         r = aioredis.Redis.from_url(serving_redis_url)

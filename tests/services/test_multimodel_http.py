@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from services.registry import ModelRegistry
-from services.stores import LocalStore
+from services.registry.stores import LocalStore
+from services.registry.versions import ModelRegistry
 from tests.conftest import ROOT, ServerProcess
 from tests.fixtures.onnx_models import expected, register_mlp
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import redis
 
-from services.registry import ModelRegistry
-from services.stores import LocalStore
+from services.registry.stores import LocalStore
+from services.registry.versions import ModelRegistry
 from tests.conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def rollout_gateway(two_versions: Path, serving_redis_url: str) -> Iterator[Serv
     )
     server.stop()
     # Leave no rollout of "fraud" behind for the gateways other modules start later.
-    from services.rollout import MODELS_KEY, history_key, state_key
+    from services.rollout.state import MODELS_KEY, history_key, state_key
 
     r = redis.Redis.from_url(serving_redis_url)
     r.delete(state_key("fraud"), history_key("fraud"))
@@ -88,7 +88,7 @@ def test_canary_is_sticky_per_user_and_splits(rollout_gateway: ServerProcess) ->
     admin(rollout_gateway, action="set-primary", version="1")
     state = admin(rollout_gateway, action="canary", candidate="2", percent=50)["state"]
     salt = state["salt"]  # type: ignore[index]
-    from services.assignment import bucket
+    from services.rollout.assignment import bucket
 
     user_on_candidate = next(f"u{i}" for i in range(1000) if bucket(salt, f"u{i}") < 5000)
     wait_for_mode(rollout_gateway, user_on_candidate, "2")
@@ -112,7 +112,7 @@ def test_canary_is_sticky_per_user_and_splits(rollout_gateway: ServerProcess) ->
 def test_feedback_is_attributed_to_the_serving_variant(rollout_gateway: ServerProcess) -> None:
     # During a rollout every prediction is kept for attribution (outside one, a sample).
     state = admin(rollout_gateway, action="canary", candidate="2", percent=50)["state"]
-    from services.assignment import bucket
+    from services.rollout.assignment import bucket
 
     user = next(f"fb{i}" for i in range(1000) if bucket(state["salt"], f"fb{i}") < 5000)  # type: ignore[index]
     wait_for_mode(rollout_gateway, user, "2")

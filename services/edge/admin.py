@@ -1,0 +1,139 @@
+"""Admin routes (rollout control) and the public feedback route.
+
+Admin routes need ``Authorization: Bearer <SERVEKIT_ADMIN_TOKEN>``, compared in constant
+time; with no token configured they are off (404), so an unconfigured gateway exposes no
+control surface. Routes:
+
+- ``GET  /admin/rollouts``                      every model's rollout state
+- ``POST /admin/rollout``  ``{"model", "action", "candidate"?, "percent"?, "version"?,
+  "reason"?}`` with action one of status, set-primary, shadow, canary, percent, ab,
+  promote, rollback
+- ``POST /feedback``       ``{"request_id", "outcome"}``: a prediction's outcome, attributed
+  to the variant that served it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from services.edge.http import HTTPResponse, json_response, parse_json
+from services.errors import InvalidInputError, NotFoundError, UnauthorizedError
+
+if TYPE_CHECKING:
+    from services.edge.http import GatewayApp
+    from services.rollout.feedback import FeedbackStore
+    from services.rollout.state import RolloutStore
+
+ACTIONS = ("status", "set-primary", "shadow", "canary", "percent", "ab", "promote", "rollback")
+
+
+def check_token(scope: dict[str, Any], token: str | None) -> None:
+    """Refuse the request unless it carries the admin bearer token."""
+    if token is None:
+        raise NotFoundError("admin routes are off: set SERVEKIT_ADMIN_TOKEN to enable them")
+    given = b""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            given = value
+    scheme, _, credential = given.partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), token.encode()):
+        raise UnauthorizedError("a valid 'Authorization: Bearer <admin token>' header is required")
+
+
+def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(f"'{key}' must be a non-empty string", field=key)
+    return value
+
+
+def _percent(body: dict[str, Any], default: float | None = None) -> float:
+    value = body.get("percent", default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInputError("'percent' must be a number from 0 to 100", field="percent")
+    return float(value)
+
+
+class AdminRoutes:
+    """Registers the admin and feedback routes on the gateway's ASGI app.
+
+    Args:
+        store: rollout state in Redis.
+        feedback: outcome attribution in Redis.
+        token: the admin bearer token (``None``: admin routes off).
+    """
+
+    def __init__(self, store: RolloutStore, feedback: FeedbackStore, token: str | None) -> None:
+        self.store = store
+        self.feedback = feedback
+        self.token = token
+
+    def register(self, app: GatewayApp) -> None:
+        """Add the routes to ``app``."""
+        app.add_route("GET", "/admin/rollouts", self.rollouts)
+        app.add_route("POST", "/admin/rollout", self.rollout)
+        app.add_route("POST", "/feedback", self.record_feedback)
+
+    async def rollouts(self, body: bytes, scope: dict[str, Any]) -> HTTPResponse:
+        check_token(scope, self.token)
+        states = await self.store.all()
+        return json_response({m: s.model_dump(mode="json") for m, s in states.items()})
+
+    async def rollout(self, body: bytes, scope: dict[str, Any]) -> HTTPResponse:
+        check_token(scope, self.token)
+        doc = parse_json(body)
+        if not isinstance(doc, dict):
+            raise InvalidInputError("the request must be a JSON object", field="body")
+        model = _str(doc, "model")
+        action = doc.get("action")
+        if action not in ACTIONS:
+            raise InvalidInputError(f"'action' must be one of {', '.join(ACTIONS)}", field="action")
+        reason = _str(doc, "reason", required=False) or ""
+        actor = "admin-api"
+        assert model is not None
+        s = self.store
+        if action == "status":
+            state = await s.get(model)
+        elif action == "set-primary":
+            state = await s.set_primary(model, _str(doc, "version") or "", reason, actor)
+        elif action == "shadow":
+            state = await s.start_shadow(model, _str(doc, "candidate") or "", reason, actor)
+        elif action == "canary":
+            state = await s.start_canary(
+                model, _str(doc, "candidate") or "", _percent(doc, 5.0), reason, actor
+            )
+        elif action == "percent":
+            state = await s.set_percent(model, _percent(doc), reason, actor)
+        elif action == "ab":
+            state = await s.start_ab(
+                model, _str(doc, "candidate") or "", _percent(doc, 50.0), reason, actor
+            )
+        elif action == "promote":
+            state = await s.promote(model, reason, actor)
+        else:
+            state = await s.rollback(model, reason, actor)
+        history = await s.history(model, 10)
+        return json_response(
+            {
+                "state": state.model_dump(mode="json"),
+                "history": [h.model_dump(mode="json") for h in history],
+            }
+        )
+
+    async def record_feedback(self, body: bytes, scope: dict[str, Any]) -> HTTPResponse:
+        doc = parse_json(body)
+        if not isinstance(doc, dict):
+            raise InvalidInputError("the request must be a JSON object", field="body")
+        request_id = _str(doc, "request_id")
+        outcome = doc.get("outcome")
+        if isinstance(outcome, bool):
+            outcome = float(outcome)
+        if not isinstance(outcome, int | float):
+            raise InvalidInputError("'outcome' must be a number or a boolean", field="outcome")
+        assert request_id is not None
+        attribution = await self.feedback.record_outcome(request_id, outcome)
+        return json_response(dataclasses.asdict(attribution), 201)

@@ -1,0 +1,328 @@
+"""The gateway's request logic, free of HTTP and BentoML: validate, resolve, infer, answer.
+
+``Predictor`` takes a ``Runner`` (the colocated model pool, or a remote ModelRunner
+service) so both deployment shapes share this code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from monitoring.metrics import ServingMetrics
+from services.edge.oip import decode_request, encode_response, model_metadata
+from services.errors import InvalidInputError, PayloadTooLargeError, ServekitError
+from services.registry.versions import ModelVersion
+from services.request.assembly import VectorAssembler
+from services.request.catalog import ModelCatalog
+from services.request.schema import decode_predictions
+from services.request.tokenizer import TextEncoder
+from services.rollout.routing import RouteDecision
+from services.runner.feeds import Feeds
+from services.settings import Settings
+
+if TYPE_CHECKING:
+    from services.rollout.routing import TrafficRouter
+    from services.state.cache import PredictionCache
+    from services.state.features import FeatureStore
+
+_PREDICT_KEYS = frozenset({"model", "version", "inputs", "user_id", "request_id"})
+_PLATFORM = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+
+
+@dataclass
+class _Answer:
+    """A prediction's parts that routing needs: what to answer, and what to shadow/log."""
+
+    predictions: list[dict[str, Any]]
+    feeds: Feeds
+    outputs: Feeds
+    inputs: np.ndarray | None
+
+
+class Runner(Protocol):
+    """Runs a batch of rows of one model version (colocated pool or remote service)."""
+
+    async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds: ...
+
+    def describe(self) -> dict[tuple[str, str], dict[str, Any]]: ...
+
+
+class Predictor:
+    """Serves ``/predict``, ``/models`` and the Open Inference Protocol routes.
+
+    Args:
+        catalog: resolves model names and versions.
+        runner: runs inference.
+        settings: servekit's settings (limits).
+        metrics: where request metrics go.
+        cache: the Redis prediction cache (``None``: off).
+        features: the feature store (``None``: feature fields take their defaults).
+        router: rollout routing, shadowing and prediction logging (``None``: off).
+    """
+
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        runner: Runner,
+        settings: Settings,
+        metrics: ServingMetrics,
+        *,
+        cache: PredictionCache | None = None,
+        features: FeatureStore | None = None,
+        router: TrafficRouter | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.runner = runner
+        self.settings = settings
+        self.metrics = metrics
+        self.max_records = settings.serving.max_records
+        self._encoders: dict[tuple[str, str], VectorAssembler | TextEncoder] = {}
+        self.cache = cache
+        self.features = features
+        self.router = router
+        self.ready = False
+
+    async def resolve(self, model: Any, version: Any = None) -> ModelVersion:
+        """The version a request names (default: the served one)."""
+        if not isinstance(model, str):
+            raise InvalidInputError("'model' must be a string naming a model", field="model")
+        if version is not None and not isinstance(version, str):
+            raise InvalidInputError("'version' must be a string", field="version")
+        cached = self.catalog.resolve_cached(model, version)
+        return cached if cached is not None else await self.catalog.resolve(model, version)
+
+    def _encoder(self, mv: ModelVersion) -> VectorAssembler | TextEncoder:
+        enc = self._encoders.get(mv.key)
+        if enc is None:
+            if mv.model_schema.kind == "text":
+                # Tokenization happens here, in the gateway: the runner sees token tensors.
+                text_enc = TextEncoder.for_version(self.catalog.registry, mv)
+                self._encoders[mv.key] = text_enc
+                return text_enc
+            if mv.model_schema.kind != "tabular":
+                raise InvalidInputError(
+                    f"model {mv.name!r} takes {mv.model_schema.kind} input; "
+                    f"use POST /v2/models/{mv.name}/infer",
+                    field="model",
+                )
+            enc = VectorAssembler(mv.model_schema, self.features)
+            self._encoders[mv.key] = enc
+        return enc
+
+    async def predict(self, body: Any) -> dict[str, Any]:
+        """``POST /predict``: records in, one prediction per record out."""
+        t0 = time.perf_counter()
+        if not isinstance(body, dict):
+            raise InvalidInputError("the request must be a JSON object", field="body")
+        extra = body.keys() - _PREDICT_KEYS
+        if extra:
+            name = sorted(extra)[0]
+            raise InvalidInputError(
+                f"unknown field {name!r} (expected: model, inputs, user_id, request_id, version)",
+                field=name,
+            )
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list):
+            raise InvalidInputError("'inputs' must be a list of records", field="inputs")
+        if not inputs:
+            raise InvalidInputError("'inputs' is empty", field="inputs")
+        if len(inputs) > self.max_records:
+            raise PayloadTooLargeError(
+                f"{len(inputs)} records is over the limit of {self.max_records} per request",
+                limit=self.max_records,
+                field="inputs",
+            )
+        for key in ("user_id", "request_id"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 200):
+                raise InvalidInputError(
+                    f"'{key}' must be a string of 1 to 200 characters", field=key
+                )
+        request_id: str = body.get("request_id") or uuid.uuid4().hex
+        user_id: str | None = body.get("user_id")
+        model, explicit = body.get("model"), body.get("version")
+        if self.router is not None and explicit is None and isinstance(model, str):
+            decision = self.router.decide(model, user_id, request_id)
+        else:
+            decision = RouteDecision(explicit, "primary", "user" if user_id else "request")
+        mv = await self.resolve(model, decision.version)
+        encoder = self._encoder(mv)
+        try:
+            if isinstance(encoder, TextEncoder):
+                answer = await self._predict_text(mv, encoder, inputs)
+            else:
+                answer = await self._predict_tabular(mv, encoder, inputs, user_id)
+        except ServekitError:
+            if self.router is not None:
+                ms = (time.perf_counter() - t0) * 1000
+                self.router.record(decision, mv, request_id, ms, True, None, None)
+            raise
+        elapsed = time.perf_counter() - t0
+        self.metrics.observe_request(mv.name, mv.version, "predict", elapsed, len(inputs))
+        if self.router is not None:
+            self.router.record(
+                decision, mv, request_id, elapsed * 1000, False, answer.inputs, answer.predictions
+            )
+            if decision.shadow_version:
+                self.router.shadow(
+                    mv,
+                    decision.shadow_version,
+                    answer.feeds,
+                    len(inputs),
+                    request_id,
+                    answer.outputs,
+                    elapsed * 1000,
+                )
+        return {
+            "model": mv.name,
+            "version": mv.version,
+            "predictions": answer.predictions,
+            "request_id": request_id,
+            "variant": decision.variant,
+            "assignment": decision.unit,
+        }
+
+    async def _predict_tabular(
+        self, mv: ModelVersion, assembler: VectorAssembler, records: list[Any], user_id: str | None
+    ) -> _Answer:
+        """Assemble the vectors (request + features), answer from the cache or the runner."""
+        schema = mv.model_schema
+        x, flags = await assembler.assemble(records, user_id=user_id)
+        input_name = schema.inputs[0].name
+        output_name = schema.probability_output or schema.outputs[0].name
+
+        async def compute(rows: np.ndarray) -> np.ndarray:
+            outputs = await self.runner.infer(mv, {input_name: rows}, len(rows))
+            return np.asarray(outputs[output_name], dtype=np.float32)
+
+        if self.cache is not None:
+            # The artifact's digest is part of the key: two registries (or a re-registered
+            # version) that reuse a version number never share entries.
+            cache_version = f"{mv.version}-{mv.sha256[:16]}"
+            y, cached = await self.cache.get_or_compute(mv.name, cache_version, x, compute)
+        else:
+            y, cached = await compute(x), np.zeros(len(records), dtype=bool)
+        predictions = decode_predictions(schema, {output_name: y})
+        for pred, hit, flag in zip(predictions, cached, flags, strict=True):
+            pred["cached"] = bool(hit)
+            if not flag.ok:
+                pred["features"] = flag.public()
+        return _Answer(predictions, {input_name: x}, {output_name: y}, x)
+
+    async def _predict_text(
+        self, mv: ModelVersion, encoder: TextEncoder, records: list[Any]
+    ) -> _Answer:
+        """Tokenize, answer each text from the cache or the runner (one batch for misses)."""
+        texts = encoder.texts(records)
+
+        async def compute_texts(batch: list[str]) -> np.ndarray:
+            feeds = encoder.encode(batch)
+            outputs = await self.runner.infer(mv, feeds, len(batch))
+            preds = encoder.decode(outputs, feeds)
+            return np.array([p["embedding"] for p in preds], dtype=np.float32)
+
+        if self.cache is None:
+            embeddings, cached = await compute_texts(texts), np.zeros(len(texts), dtype=bool)
+        else:
+            # A text's canonical input bytes are its UTF-8 text (tokenization is fixed per
+            # version): its 128-bit digest, viewed as 4 float32, is the cache's key row.
+            digests = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+            key_rows = np.frombuffer(b"".join(digests), dtype="<f4").reshape(len(texts), 4)
+            text_of = dict(zip(digests, texts, strict=True))
+
+            async def compute(rows: np.ndarray) -> np.ndarray:
+                return await compute_texts([text_of[r.astype("<f4").tobytes()] for r in rows])
+
+            cache_version = f"{mv.version}-{mv.sha256[:16]}"
+            embeddings, cached = await self.cache.get_or_compute(
+                mv.name, cache_version, key_rows, compute
+            )
+        predictions = [
+            {"embedding": row.tolist(), "cached": bool(hit)}
+            for row, hit in zip(embeddings, cached, strict=True)
+        ]
+        # For a shadow candidate: the token feeds and the primary's pooled embeddings.
+        feeds = encoder.encode(texts) if self.router is not None else {}
+        output = mv.model_schema.outputs[0].name
+        return _Answer(predictions, feeds, {output: embeddings}, None)
+
+    async def infer_v2(
+        self, model: str, version: str | None, body: bytes, header_length: str | None
+    ) -> tuple[bytes, dict[str, str]]:
+        """``POST /v2/models/{model}[/versions/{version}]/infer``."""
+        t0 = time.perf_counter()
+        mv = await self.resolve(model, version)
+        req = decode_request(body, header_length, mv.model_schema.inputs, max_rows=self.max_records)
+        outputs = await self.runner.infer(mv, req.feeds, req.rows)
+        out = encode_response(mv.name, mv.version, req, outputs)
+        self.metrics.observe_request(
+            mv.name, mv.version, "v2_infer", time.perf_counter() - t0, req.rows
+        )
+        return out
+
+    async def v2_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        """``GET /v2/models/{model}[/versions/{version}]``."""
+        mv = await self.resolve(model, version)
+        versions = [v.version for v in await _versions(self.catalog, mv.name)]
+        schema = mv.model_schema
+        return model_metadata(
+            mv.name, versions, _PLATFORM.get(mv.format, mv.format), schema.inputs, schema.outputs
+        )
+
+    async def models(self) -> dict[str, Any]:
+        """``GET /models``: every registered model, its versions and their schemas."""
+        import asyncio
+
+        registry = self.catalog.registry
+        names = await asyncio.to_thread(registry.list_models)
+        loaded = self.runner.describe()
+        served = {mv.name: mv.version for mv in self.catalog.pinned()}
+        out = []
+        for name in names:
+            versions = await asyncio.to_thread(registry.list_versions, name)
+            out.append(
+                {
+                    "name": name,
+                    "served_version": served.get(name)
+                    or (versions[-1].version if versions else None),
+                    "versions": [
+                        {
+                            "version": v.version,
+                            "format": v.format,
+                            "stage": v.stage,
+                            "created": v.created.isoformat(),
+                            "sha256": v.sha256,
+                            "metrics": v.metrics,
+                            "input_schema": v.model_schema.public(),
+                            "runtime": loaded.get(v.key, {"loaded": False}),
+                        }
+                        for v in versions
+                    ],
+                }
+            )
+        return {"models": out}
+
+
+async def _versions(catalog: ModelCatalog, name: str) -> list[ModelVersion]:
+    import asyncio
+
+    return await asyncio.to_thread(catalog.registry.list_versions, name)
+
+
+class LocalRunner:
+    """The colocated shape: the model pool lives in the gateway's process."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds:
+        return await self.pool.infer(mv, feeds, rows)
+
+    def describe(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return self.pool.describe()

@@ -1,0 +1,324 @@
+"""Outcome attribution and per-variant counters in Redis (``FeedbackStore``), read by the
+A/B analysis in ``services.rollout.statistics``.
+
+Redis layout of ``FeedbackStore`` (keys as in ``services.state.keys``: bytes, ``:`` escaped)::
+
+    servekit:feedback:{request_id}                      hash, TTL: model, experiment,
+                                                        variant, version, counters, outcome
+    servekit:experiment:{model}:{experiment}:{variant}  hash: predictions, errors,
+                                                        outcomes, conversions, outcome_sum,
+                                                        latency_sum_ms, version
+    ...:{variant}:latency                               hash: latency bucket -> count
+    servekit:experiments:{model}                        zset: experiment -> first seen
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from services.errors import ConflictError, InvalidInputError, NotFoundError
+from services.rollout.state import check_model_name
+from services.rollout.statistics import (
+    BASELINE,
+    VARIANTS,
+    ExperimentReport,
+    VariantStats,
+    analyze,
+    latency_bucket,
+    summarize_histogram,
+)
+from services.state.keys import NAMESPACE, escape
+
+logger = logging.getLogger(__name__)
+
+# (request_id, model, variant, version, experiment_id, latency_ms, error)
+PredictionRecordIn = tuple[str, str, str, str, "str | None", float, bool]
+
+
+def feedback_key(request_id: str) -> bytes:
+    """Redis key of one prediction's attribution."""
+    return b":".join((NAMESPACE, b"feedback", escape(request_id)))
+
+
+def counters_key(model: str, experiment_id: str, variant: str) -> bytes:
+    """Redis key of one variant's counters in one experiment."""
+    return b":".join(
+        (NAMESPACE, b"experiment", escape(model), escape(experiment_id), escape(variant))
+    )
+
+
+def latency_key(model: str, experiment_id: str, variant: str) -> bytes:
+    """Redis key of one variant's latency histogram in one experiment."""
+    return counters_key(model, experiment_id, variant) + b":latency"
+
+
+def experiments_key(model: str) -> bytes:
+    """Redis key of the experiments of ``model``, scored by when first seen."""
+    return b":".join((NAMESPACE, b"experiments", escape(model)))
+
+
+# Counts an outcome once: unknown request -> 0, already counted -> -1, else 1.
+_OUTCOME_SCRIPT = """
+local info = redis.call('HMGET', KEYS[1], 'counters', 'outcome', 'model', 'experiment', 'variant', 'version')
+if not info[1] then return {0} end
+if info[2] then return {-1} end
+redis.call('HSET', KEYS[1], 'outcome', ARGV[1])
+redis.call('HINCRBY', info[1], 'outcomes', 1)
+if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', info[1], 'conversions', 1) end
+redis.call('HINCRBYFLOAT', info[1], 'outcome_sum', ARGV[1])
+return {1, info[3], info[4], info[5], info[6]}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Which model, experiment, variant and version an outcome was counted for."""
+
+    request_id: str
+    model: str
+    experiment_id: str
+    variant: str
+    version: str
+
+
+class FeedbackStore:
+    """Per-variant experiment counters in Redis, fed by predictions and their outcomes.
+
+    Args:
+        redis: an asyncio Redis client.
+        ttl_seconds: how long a prediction waits for its outcome.
+        counter_ttl_seconds: how long an experiment's counters outlive their last write.
+        clock: seconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        ttl_seconds: int = 7 * 86_400,
+        counter_ttl_seconds: int = 90 * 86_400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._ttl = ttl_seconds
+        self._counter_ttl = counter_ttl_seconds
+        self._clock = clock
+        self._outcome = redis.register_script(_OUTCOME_SCRIPT)
+
+    async def record_predictions(self, items: Sequence[PredictionRecordIn]) -> int:
+        """Record many predictions in one round trip, counters summed per variant.
+
+        Returns how many were recorded (invalid items are skipped and logged).
+        """
+        sums: dict[bytes, dict[str, Any]] = {}
+        valid = 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, model, variant, version, experiment_id, latency_ms, error in items:
+                try:
+                    if request_id:  # "": counted, but not kept for outcome attribution
+                        _check_request_id(request_id)
+                    check_model_name(model)
+                    if variant not in VARIANTS:
+                        raise InvalidInputError(
+                            f"variant must be one of {VARIANTS}", field="variant"
+                        )
+                except InvalidInputError as exc:
+                    logger.warning("skipping a prediction record: %s", exc.message)
+                    continue
+                valid += 1
+                experiment = experiment_id or BASELINE
+                counters = counters_key(model, experiment, variant)
+                if request_id:
+                    key = feedback_key(request_id)
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "model": model,
+                            "experiment": experiment,
+                            "variant": variant,
+                            "version": version,
+                            "counters": counters,
+                        },
+                    )
+                    pipe.expire(key, self._ttl)
+                s = sums.setdefault(
+                    counters,
+                    {
+                        "model": model,
+                        "experiment": experiment,
+                        "latency": latency_key(model, experiment, variant),
+                        "n": 0,
+                        "errors": 0,
+                        "ms": 0.0,
+                        "buckets": collections.Counter(),
+                    },
+                )
+                s["n"] += 1
+                s["errors"] += int(error)
+                s["ms"] += float(latency_ms)
+                s["version"] = version
+                s["buckets"][str(latency_bucket(latency_ms))] += 1
+            now = self._clock()
+            for counters, s in sums.items():
+                pipe.hincrby(counters, "predictions", s["n"])
+                if s["errors"]:
+                    pipe.hincrby(counters, "errors", s["errors"])
+                pipe.hincrbyfloat(counters, "latency_sum_ms", s["ms"])
+                pipe.hset(counters, "version", s["version"])
+                for bucket_name, count in s["buckets"].items():
+                    pipe.hincrby(s["latency"], bucket_name, count)
+                experiments = experiments_key(s["model"])
+                pipe.zadd(experiments, {s["experiment"]: now}, nx=True)
+                for key in (counters, s["latency"], experiments):
+                    pipe.expire(key, self._counter_ttl)
+            if valid:
+                await pipe.execute()
+        return valid
+
+    async def record_prediction(
+        self,
+        request_id: str,
+        model: str,
+        variant: str,
+        version: str,
+        experiment_id: str | None,
+        latency_ms: float,
+        error: bool = False,
+    ) -> None:
+        """Count one prediction for its variant and remember it for its outcome (1 trip)."""
+        _check_request_id(request_id)
+        check_model_name(model)
+        if variant not in VARIANTS:
+            raise InvalidInputError(f"variant must be one of {VARIANTS}", field="variant")
+        experiment = experiment_id or BASELINE
+        counters = counters_key(model, experiment, variant)
+        latency = latency_key(model, experiment, variant)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(
+                feedback_key(request_id),
+                mapping={
+                    "model": model,
+                    "experiment": experiment,
+                    "variant": variant,
+                    "version": version,
+                    "counters": counters,
+                },
+            )
+            pipe.expire(feedback_key(request_id), self._ttl)
+            pipe.hincrby(counters, "predictions", 1)
+            if error:
+                pipe.hincrby(counters, "errors", 1)
+            pipe.hincrbyfloat(counters, "latency_sum_ms", float(latency_ms))
+            pipe.hset(counters, "version", version)
+            pipe.hincrby(latency, str(latency_bucket(latency_ms)), 1)
+            pipe.zadd(experiments_key(model), {experiment: self._clock()}, nx=True)
+            for key in (counters, latency, experiments_key(model)):
+                pipe.expire(key, self._counter_ttl)
+            await pipe.execute()
+
+    async def record_outcome(self, request_id: str, outcome: float | bool) -> Attribution:
+        """Attribute ``outcome`` (> 0 is a conversion) to the prediction's variant, once.
+
+        Raises:
+            NotFoundError: no prediction with this id (or it is older than the TTL).
+            ConflictError: this prediction's outcome was recorded already.
+        """
+        _check_request_id(request_id)
+        value = float(outcome)
+        if not math.isfinite(value):
+            raise InvalidInputError("outcome must be a finite number", field="outcome")
+        result = await self._outcome(keys=[feedback_key(request_id)], args=[repr(value)])
+        if result[0] == 0:
+            raise NotFoundError(
+                f"no prediction with request_id {request_id!r}", request_id=request_id
+            )
+        if result[0] == -1:
+            raise ConflictError(
+                f"an outcome for request_id {request_id!r} was recorded already",
+                request_id=request_id,
+            )
+        model, experiment, variant, version = (_text(v) for v in result[1:5])
+        return Attribution(request_id, model, experiment, variant, version)
+
+    async def experiments(self, model: str) -> list[str]:
+        """Experiment ids of ``model``, newest first."""
+        check_model_name(model)
+        members: Any = await self._redis.zrevrange(experiments_key(model), 0, -1)
+        return [_text(e) for e in members]
+
+    async def variant_stats(self, model: str, experiment_id: str) -> dict[str, VariantStats]:
+        """Per-variant counters of one experiment, in one pipelined round trip."""
+        check_model_name(model)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for variant in VARIANTS:
+                pipe.hgetall(counters_key(model, experiment_id, variant))
+                pipe.hgetall(latency_key(model, experiment_id, variant))
+            raw = await pipe.execute()
+        table = {}
+        for i, variant in enumerate(VARIANTS):
+            counters = {_text(k): _text(v) for k, v in raw[2 * i].items()}
+            if not counters:
+                continue
+            histogram = {int(k): int(v) for k, v in raw[2 * i + 1].items()}
+            table[variant] = VariantStats(
+                variant=variant,
+                version=counters.get("version"),
+                predictions=int(counters.get("predictions", 0)),
+                errors=int(counters.get("errors", 0)),
+                outcomes=int(counters.get("outcomes", 0)),
+                conversions=int(counters.get("conversions", 0)),
+                outcome_sum=float(counters.get("outcome_sum", 0.0)),
+                latency=summarize_histogram(histogram, float(counters.get("latency_sum_ms", 0.0))),
+            )
+        return table
+
+    async def report(
+        self,
+        model: str,
+        experiment_id: str | None = None,
+        *,
+        candidate_percent: float | None = None,
+        alpha: float = 0.05,
+        tau2: float = 1e-4,
+    ) -> ExperimentReport:
+        """The report of ``experiment_id`` (default: the model's newest experiment).
+
+        Pass ``candidate_percent`` (the split the experiment ran at) for the SRM check.
+        """
+        if experiment_id is None:
+            known = await self.experiments(model)
+            if not known:
+                raise NotFoundError(f"no experiment recorded for model {model!r}", model=model)
+            experiment_id = known[0]
+        variants = await self.variant_stats(model, experiment_id)
+        if not variants:
+            raise NotFoundError(
+                f"no data for experiment {experiment_id!r} of model {model!r}",
+                model=model,
+                experiment_id=experiment_id,
+            )
+        return analyze(
+            model,
+            experiment_id,
+            variants,
+            candidate_percent=candidate_percent,
+            alpha=alpha,
+            tau2=tau2,
+        )
+
+
+def _check_request_id(request_id: str) -> None:
+    if not request_id or len(request_id) > 200:
+        raise InvalidInputError("request_id must be 1..200 characters", field="request_id")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,495 @@
+"""Rollout state per model in Redis: primary, candidate, mode, percent, experiment salt.
+
+Layout (keys built as in ``services.state.keys``: bytes, a ``:`` inside a name escaped; the
+script below touches three keys, so a Redis Cluster would need them under one hash tag)::
+
+    servekit:rollout:{model}            hash  rev -> int, state -> RolloutState JSON
+    servekit:rollout:{model}:history    stream, capped: at, action, reason, actor,
+                                        revision, state
+    servekit:rollouts                   set of models that have a state
+    servekit:rollout                    pub/sub channel: {"model", "revision", "state"}
+
+Every change is read-modify-write with optimistic concurrency: the new state is computed
+in Python from the state read at revision ``r``, and one Lua script writes it only if the
+revision is still ``r`` (else the writer reads again and retries). The same script appends
+the history entry and publishes the notice, so a change, its audit line and its notice are
+never apart. ``RolloutFollower`` keeps an in-process copy fresh from the notices (and a
+periodic full read) so the serving path reads rollout state from memory.
+
+Modes: ``off`` (primary only), ``shadow`` (primary answers, candidate gets a mirrored copy),
+``canary`` (``percent`` of live traffic to the candidate), ``ab`` (an experiment with a
+fresh salt and experiment id at ``percent``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services.errors import ConflictError, InvalidInputError, NotFoundError
+from services.state.keys import NAMESPACE, escape
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["off", "shadow", "canary", "ab"]
+
+CHANNEL = "servekit:rollout"
+MODELS_KEY = NAMESPACE + b":rollouts"
+
+
+def channel_for(redis: aioredis.Redis) -> str:
+    """The notice channel of the database ``redis`` uses.
+
+    Pub/sub channels are server-wide, not per database: deployments sharing one Redis in
+    different databases would otherwise steer each other's gateways. Database 0 keeps the
+    plain ``servekit:rollout``.
+    """
+    db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
+    return CHANNEL if db == 0 else f"{CHANNEL}:db{db}"
+
+
+def state_key(model: str) -> bytes:
+    """Redis key of ``model``'s rollout state."""
+    return b":".join((NAMESPACE, b"rollout", escape(model)))
+
+
+def history_key(model: str) -> bytes:
+    """Redis key of ``model``'s rollout history stream."""
+    return state_key(model) + b":history"
+
+
+def check_model_name(model: str) -> None:
+    """Raise InvalidInputError unless ``model`` is a usable name (1..200 characters)."""
+    if not model or len(model) > 200:
+        raise InvalidInputError("model name must be 1..200 characters", field="model")
+
+
+class RolloutState(BaseModel):
+    """One model's rollout state, as stored in Redis and held by every replica.
+
+    Attributes:
+        model: the model's name.
+        primary: the version that answers by default.
+        candidate: the version under rollout, or None.
+        mode: ``off``, ``shadow``, ``canary`` or ``ab``.
+        percent: share of live traffic to the candidate, 0..100 (0 unless canary or ab).
+        experiment_id: id of the canary or A/B experiment that feedback is counted under.
+        salt: salt of the assignment hash; new per rollout and per A/B experiment.
+        started_at: when the current rollout began (None when there is none).
+        updated_at: when the state last changed.
+        revision: increases by one on every change.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model: str
+    primary: str = Field(min_length=1)
+    candidate: str | None = None
+    mode: Mode = "off"
+    percent: float = Field(0.0, ge=0.0, le=100.0)
+    experiment_id: str | None = None
+    salt: str = ""
+    started_at: float | None = None
+    updated_at: float = 0.0
+    revision: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> RolloutState:
+        if self.candidate is not None and self.candidate == self.primary:
+            raise ValueError("candidate must differ from primary")
+        if self.mode != "off" and self.candidate is None:
+            raise ValueError(f"mode {self.mode!r} needs a candidate")
+        if self.mode in ("off", "shadow") and self.percent != 0:
+            raise ValueError(f"mode {self.mode!r} sends no live traffic: percent must be 0")
+        return self
+
+
+class RolloutEvent(BaseModel):
+    """One entry of a model's rollout history: when, what, why, who, and the result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    at: float
+    action: str
+    reason: str
+    actor: str
+    revision: int
+    state: RolloutState
+
+
+# KEYS: state hash, history stream, models set.
+# ARGV: expected revision, state JSON, model, history maxlen, channel, notice, then the
+# history entry's field/value pairs.
+_CAS_SCRIPT = """
+local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
+if rev ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'rev', rev + 1, 'state', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], '*', unpack(ARGV, 7))
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+Change = Callable[[RolloutState | None, float], RolloutState]
+"""Computes the new state from the current one (None: no state yet) and the time now."""
+
+
+def _validated(state: RolloutState | None, **changes: Any) -> RolloutState:
+    """``state`` with ``changes``, validated; a bad value names its field."""
+    base = state.model_dump() if state is not None else {}
+    try:
+        return RolloutState.model_validate({**base, **changes})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else None
+        raise InvalidInputError(f"invalid rollout state: {first['msg']}", field=field) from exc
+
+
+def _check_percent(percent: float, *, allow_zero: bool = False) -> None:
+    low_ok = percent >= 0 if allow_zero else percent > 0
+    if not (low_ok and percent <= 100):
+        bound = "0..100" if allow_zero else "(0, 100]"
+        raise InvalidInputError(f"percent must be in {bound}, got {percent}", field="percent")
+
+
+def _check_candidate(state: RolloutState, candidate: str) -> None:
+    if not candidate:
+        raise InvalidInputError("candidate must not be empty", field="candidate")
+    if candidate == state.primary:
+        raise InvalidInputError(
+            f"candidate {candidate!r} is already the primary of {state.model!r}", field="candidate"
+        )
+    if state.candidate is not None and state.candidate != candidate:
+        raise _in_progress(state)
+
+
+def _in_progress(state: RolloutState) -> ConflictError:
+    return ConflictError(
+        f"a rollout of {state.candidate!r} is in progress for {state.model!r}; "
+        "promote or roll it back first",
+        model=state.model,
+        candidate=state.candidate,
+    )
+
+
+def _existing(state: RolloutState | None, model: str) -> RolloutState:
+    if state is None:
+        raise NotFoundError(
+            f"no rollout state for model {model!r}; set its primary first", model=model
+        )
+    return state
+
+
+def _new_salt() -> str:
+    return secrets.token_hex(8)
+
+
+def _new_experiment_id(model: str, candidate: str) -> str:
+    return f"{model}-{candidate}-{uuid.uuid4().hex[:8]}"
+
+
+class RolloutStore:
+    """Reads and changes rollout state in Redis, atomically, with history and notices.
+
+    Args:
+        redis: an asyncio Redis client.
+        clock: seconds since the epoch; tests pass a fake one.
+        history_maxlen: entries kept in each model's history stream.
+        max_attempts: optimistic retries before a write gives up with ConflictError.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        clock: Callable[[], float] = time.time,
+        *,
+        history_maxlen: int = 1000,
+        max_attempts: int = 200,
+    ) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._history_maxlen = history_maxlen
+        self._max_attempts = max_attempts
+        self._cas = redis.register_script(_CAS_SCRIPT)
+
+    async def get(self, model: str) -> RolloutState:
+        """The state of ``model``; NotFoundError when it has none."""
+        state, _ = await self._read(model)
+        return _existing(state, model)
+
+    async def find(self, model: str) -> RolloutState | None:
+        """The state of ``model``, or None when it has none."""
+        state, _ = await self._read(model)
+        return state
+
+    async def models(self) -> list[str]:
+        """Models that have a rollout state, sorted."""
+        return sorted(_text(m) for m in await self._redis.smembers(MODELS_KEY))
+
+    async def all(self) -> dict[str, RolloutState]:
+        """Every model's state, read in one pipelined round trip after the model list."""
+        models = await self.models()
+        if not models:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.hget(state_key(model), "state")
+            raws = await pipe.execute()
+        return {
+            model: RolloutState.model_validate_json(raw)
+            for model, raw in zip(models, raws, strict=True)
+            if raw is not None
+        }
+
+    async def update(
+        self, model: str, change: Change, *, action: str, reason: str = "", actor: str = "servekit"
+    ) -> RolloutState:
+        """Apply ``change`` atomically: no concurrent writer's update is lost.
+
+        Args:
+            model: the model.
+            change: computes the new state from the current one and the time now; it
+                may raise (a ServekitError) to refuse the change.
+            action: what was done, for the history (``"canary"``, ``"promote"``, ...).
+            reason: why, for the history.
+            actor: who, for the history.
+
+        Returns:
+            The state as written.
+        """
+        check_model_name(model)
+        for _ in range(self._max_attempts):
+            current, revision = await self._read(model)
+            now = self._clock()
+            new = _validated(
+                change(current, now), model=model, updated_at=now, revision=revision + 1
+            )
+            state_json = new.model_dump_json()
+            notice = json.dumps(
+                {"model": model, "revision": new.revision, "state": new.model_dump(mode="json")}
+            )
+            entry = ["at", repr(now), "action", action, "reason", reason, "actor", actor]
+            entry += ["revision", str(new.revision), "state", state_json]
+            written = await self._cas(
+                keys=[state_key(model), history_key(model), MODELS_KEY],
+                args=[
+                    revision,
+                    state_json,
+                    model,
+                    self._history_maxlen,
+                    channel_for(self._redis),
+                    notice,
+                    *entry,
+                ],
+            )
+            if written:
+                logger.info(
+                    "rollout %s: %s -> %s (%s, by %s)", model, action, _brief(new), reason, actor
+                )
+                return new
+        raise ConflictError(
+            f"rollout state of {model!r} changed {self._max_attempts} times while writing; "
+            "try again",
+            model=model,
+        )
+
+    async def set_primary(
+        self, model: str, version: str, reason: str = "", actor: str = "servekit"
+    ) -> RolloutState:
+        """Create ``model``'s state, or replace its primary while no rollout runs."""
+
+        def change(state: RolloutState | None, now: float) -> RolloutState:
+            if not version:
+                raise InvalidInputError("version must not be empty", field="primary")
+            if state is None:
+                return _validated(None, model=model, primary=version, salt=_new_salt())
+            if state.candidate is not None:
+                raise _in_progress(state)
+            return _validated(state, primary=version)
+
+        return await self.update(model, change, action="set_primary", reason=reason, actor=actor)
+
+    async def start_shadow(
+        self, model: str, candidate: str, reason: str = "", actor: str = "servekit"
+    ) -> RolloutState:
+        """Mirror traffic to ``candidate``; the primary keeps answering every request."""
+
+        def change(state: RolloutState | None, now: float) -> RolloutState:
+            state = _existing(state, model)
+            _check_candidate(state, candidate)
+            fresh = state.candidate is None
+            return _validated(
+                state,
+                candidate=candidate,
+                mode="shadow",
+                percent=0.0,
+                salt=_new_salt() if fresh else state.salt,
+                started_at=now if fresh else state.started_at,
+            )
+
+        return await self.update(model, change, action="shadow", reason=reason, actor=actor)
+
+    async def start_canary(
+        self,
+        model: str,
+        candidate: str,
+        percent: float = 5.0,
+        reason: str = "",
+        actor: str = "servekit",
+    ) -> RolloutState:
+        """Send ``percent`` of live traffic to ``candidate`` (sticky per user)."""
+        _check_percent(percent)
+
+        def change(state: RolloutState | None, now: float) -> RolloutState:
+            state = _existing(state, model)
+            _check_candidate(state, candidate)
+            fresh = state.candidate is None
+            continuing = state.mode == "canary" and state.experiment_id is not None
+            return _validated(
+                state,
+                candidate=candidate,
+                mode="canary",
+                percent=percent,
+                salt=_new_salt() if fresh else state.salt,
+                started_at=now if fresh else state.started_at,
+                experiment_id=(
+                    state.experiment_id if continuing else _new_experiment_id(model, candidate)
+                ),
+            )
+
+        return await self.update(model, change, action="canary", reason=reason, actor=actor)
+
+    async def set_percent(
+        self, model: str, percent: float, reason: str = "", actor: str = "servekit"
+    ) -> RolloutState:
+        """Change the candidate's share of a running canary or A/B test (same salt)."""
+        _check_percent(percent, allow_zero=True)
+
+        def change(state: RolloutState | None, now: float) -> RolloutState:
+            state = _existing(state, model)
+            if state.mode not in ("canary", "ab"):
+                raise InvalidInputError(
+                    f"{model!r} is in mode {state.mode!r}; percent applies to canary or ab",
+                    field="mode",
+                )
+            return _validated(state, percent=percent)
+
+        return await self.update(model, change, action="set_percent", reason=reason, actor=actor)
+
+    async def start_ab(
+        self,
+        model: str,
+        candidate: str,
+        percent: float = 50.0,
+        reason: str = "",
+        actor: str = "servekit",
+        experiment_id: str | None = None,
+    ) -> RolloutState:
+        """Start an A/B experiment: fresh salt and experiment id, ``percent`` to candidate.
+
+        The salt is new even when coming from a canary, so the experiment's groups are a
+        fresh randomization rather than the canary's (already exposed) users.
+        """
+        _check_percent(percent)
+
+        def change(state: RolloutState | None, now: float) -> RolloutState:
+            state = _existing(state, model)
+            _check_candidate(state, candidate)
+            return _validated(
+                state,
+                candidate=candidate,
+                mode="ab",
+                percent=percent,
+                salt=_new_salt(),
+                started_at=now if state.candidate is None else state.started_at,
+                experiment_id=experiment_id or _new_experiment_id(model, candidate),
+            )
+
+        return await self.update(model, change, action="ab", reason=reason, actor=actor)
+
+    async def promote(self, model: str, reason: str = "", actor: str = "servekit") -> RolloutState:
+        """Make the candidate the primary and end the rollout."""
+
+        def change(state: RolloutState | None, now: float) -> RolloutState:
+            state = _existing(state, model)
+            if state.candidate is None:
+                raise InvalidInputError(f"{model!r} has no candidate to promote", field="candidate")
+            return _ended(state, primary=state.candidate)
+
+        return await self.update(model, change, action="promote", reason=reason, actor=actor)
+
+    async def rollback(self, model: str, reason: str = "", actor: str = "servekit") -> RolloutState:
+        """Drop the candidate and end the rollout; the primary keeps serving."""
+
+        def change(state: RolloutState | None, now: float) -> RolloutState:
+            state = _existing(state, model)
+            if state.candidate is None:
+                raise InvalidInputError(
+                    f"{model!r} has no candidate to roll back", field="candidate"
+                )
+            return _ended(state, primary=state.primary)
+
+        return await self.update(model, change, action="rollback", reason=reason, actor=actor)
+
+    async def history(self, model: str, n: int = 20) -> list[RolloutEvent]:
+        """The last ``n`` changes of ``model``, newest first."""
+        check_model_name(model)
+        if n < 1:
+            raise InvalidInputError(f"n must be >= 1, got {n}", field="n")
+        entries: Any = await self._redis.xrevrange(history_key(model), count=n)
+        return [_event(entry_id, fields) for entry_id, fields in entries]
+
+    async def _read(self, model: str) -> tuple[RolloutState | None, int]:
+        check_model_name(model)
+        raw_rev, raw_state = await self._redis.hmget(state_key(model), ["rev", "state"])
+        revision = int(raw_rev or 0)
+        if raw_state is None:
+            return None, revision
+        return RolloutState.model_validate_json(raw_state), revision
+
+
+def _ended(state: RolloutState, *, primary: str) -> RolloutState:
+    return _validated(
+        state,
+        primary=primary,
+        candidate=None,
+        mode="off",
+        percent=0.0,
+        experiment_id=None,
+        started_at=None,
+    )
+
+
+def _brief(state: RolloutState) -> str:
+    return (
+        f"mode={state.mode} primary={state.primary} candidate={state.candidate} "
+        f"percent={state.percent:g} rev={state.revision}"
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event(entry_id: bytes | str, fields: Mapping[bytes | str, bytes | str]) -> RolloutEvent:
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    return RolloutEvent(
+        id=_text(entry_id),
+        at=float(f["at"]),
+        action=f["action"],
+        reason=f["reason"],
+        actor=f["actor"],
+        revision=int(f["revision"]),
+        state=RolloutState.model_validate_json(f["state"]),
+    )

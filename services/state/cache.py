@@ -1,0 +1,523 @@
+"""The Redis prediction cache: one MGET per request, fail-open, self-disabling.
+
+A cached value is one model output row, encoded by :func:`encode_output`: a byte with
+the row's number of dimensions, each dimension as a little-endian uint32, then the row's
+float32 values (little-endian). Outputs are always float32, cached or not, so a cached
+answer is bit-identical to a computed one.
+
+Three safeguards keep Redis from ever costing a prediction:
+
+- every call has a budget (``timeout_ms``); a slow or failing call is skipped and the
+  prediction goes on uncached;
+- a circuit breaker stops calling Redis after ``breaker_failures`` failures in a row and
+  lets one trial call through after ``breaker_cooldown_s``;
+- per model, when the hit rate over the last ``window`` lookups falls under
+  ``min_hit_rate`` the cache turns itself off for that model; a fixed share of inputs
+  (``probe_rate``, chosen by key hash so repeats of a probed input are probed again) is
+  still cached, and when their hit rate reaches ``reenable_hit_rate`` it turns back on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import struct
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError
+
+from services.state.coalesce import TickCoalescer
+from services.state.keys import prediction_key, prediction_key_from_digest, row_digest
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from services.settings import CacheSettings
+
+logger = logging.getLogger(__name__)
+
+Compute = Callable[[np.ndarray], Awaitable[np.ndarray]]
+
+
+def encode_output(row: np.ndarray) -> bytes:
+    """One output row as cache bytes: ndim (uint8), dims (uint32 LE), float32 LE values."""
+    arr = np.ascontiguousarray(row, dtype="<f4")
+    return struct.pack(f"<B{arr.ndim}I", arr.ndim, *arr.shape) + arr.tobytes()
+
+
+def decode_output(data: bytes) -> np.ndarray:
+    """The output row that :func:`encode_output` wrote; ValueError if the bytes are not one."""
+    if not data:
+        raise ValueError("empty cache value")
+    ndim = data[0]
+    header = 1 + 4 * ndim
+    shape = struct.unpack_from(f"<{ndim}I", data, 1)
+    if len(data) - header != 4 * int(np.prod(shape, dtype=np.int64)):
+        raise ValueError(f"cache value of {len(data)} bytes does not hold shape {shape}")
+    return np.frombuffer(data, dtype="<f4", offset=header).reshape(shape).astype(np.float32)
+
+
+class CacheState(enum.Enum):
+    """Whether a model's predictions are cached."""
+
+    ON = "on"
+    OFF = "off"
+
+
+class BreakerState(enum.Enum):
+    """Circuit breaker states; the gauge exports the value."""
+
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+class CircuitBreaker:
+    """Stops calling a dead Redis; one trial call after the cool-down closes it again.
+
+    Args:
+        failures: consecutive failures that open the breaker.
+        cooldown_s: how long it stays open before the trial call.
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float]) -> None:
+        self.failures = failures
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self.state = BreakerState.CLOSED
+        self._consecutive = 0
+        self._opened_at = 0.0
+        self._trial_in_flight = False
+
+    def allow(self) -> bool:
+        """Whether a call may go to Redis now."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN:
+            if self._clock() - self._opened_at < self.cooldown_s:
+                return False
+            self.state = BreakerState.HALF_OPEN
+            logger.info("cache breaker half-open: trying Redis again")
+        if self._trial_in_flight:
+            return False
+        self._trial_in_flight = True
+        return True
+
+    def record_success(self) -> None:
+        """A call answered in time."""
+        self._consecutive = 0
+        self._trial_in_flight = False
+        if self.state is not BreakerState.CLOSED:
+            logger.info("cache breaker closed: Redis answers again")
+            self.state = BreakerState.CLOSED
+
+    def record_failure(self) -> None:
+        """A call failed or ran past its budget."""
+        self._consecutive += 1
+        self._trial_in_flight = False
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED and self._consecutive >= self.failures
+        ):
+            if self.state is BreakerState.CLOSED:
+                logger.warning(
+                    "cache breaker open after %d failures; predictions go uncached",
+                    self._consecutive,
+                )
+            self.state = BreakerState.OPEN
+            self._opened_at = self._clock()
+
+
+class CacheMetrics:
+    """The cache's Prometheus metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.hits = Counter(
+            "servekit_cache_hits", "Cache lookups that hit.", ["model"], registry=registry
+        )
+        self.misses = Counter(
+            "servekit_cache_misses", "Cache lookups that missed.", ["model"], registry=registry
+        )
+        self.bypasses = Counter(
+            "servekit_cache_bypasses",
+            "Rows not looked up (reason: disabled, off, breaker).",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "servekit_cache_errors",
+            "Redis calls that failed or timed out, or values that did not decode.",
+            ["model", "kind"],
+            registry=registry,
+        )
+        self.joined = Counter(
+            "servekit_cache_singleflight_joined",
+            "Rows that joined an identical computation already in flight.",
+            ["model"],
+            registry=registry,
+        )
+        self.hit_rate = Gauge(
+            "servekit_cache_hit_rate",
+            "Hit rate over the sliding window (probes while off).",
+            ["model"],
+            registry=registry,
+        )
+        self.state = Gauge(
+            "servekit_cache_enabled",
+            "1 while the model's cache is on.",
+            ["model"],
+            registry=registry,
+        )
+        self.breaker = Gauge(
+            "servekit_cache_breaker_state",
+            "0 closed, 1 open, 2 half-open.",
+            registry=registry,
+        )
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, CacheMetrics] = weakref.WeakKeyDictionary()
+
+
+def cache_metrics(registry: CollectorRegistry | None = None) -> CacheMetrics:
+    """The cache metrics of ``registry`` (default: prometheus_client's), created once."""
+    registry = REGISTRY if registry is None else registry
+    if registry not in _METRICS:
+        _METRICS[registry] = CacheMetrics(registry)
+    return _METRICS[registry]
+
+
+class _Window:
+    """Hit/miss outcomes of the last ``size`` lookups."""
+
+    def __init__(self, size: int) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=size)
+        self.hits = 0
+
+    def add(self, hit: bool) -> None:
+        if len(self._outcomes) == self._outcomes.maxlen and self._outcomes[0]:
+            self.hits -= 1
+        self._outcomes.append(hit)
+        self.hits += hit
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    @property
+    def rate(self) -> float | None:
+        return self.hits / len(self._outcomes) if self._outcomes else None
+
+
+class _ModelCache:
+    """One model's on/off state and hit-rate windows."""
+
+    def __init__(self, window: int, probe_window: int) -> None:
+        self.state = CacheState.ON
+        self.off_since = 0.0
+        self.window = _Window(window)
+        self.probes = _Window(probe_window)
+
+
+_FAILED = object()
+
+
+class PredictionCache:
+    """Caches model outputs in Redis by model, version and input row.
+
+    Args:
+        redis: an asyncio client; give it no retries (``retry=None``): the budget here
+            is a few milliseconds.
+        settings: the cache settings.
+        clock: monotonic seconds, for the breaker and the minimum off time.
+        registry: where the metrics go (default: prometheus_client's global registry).
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: CacheSettings,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._redis = redis
+        self._settings = settings
+        self._clock = clock
+        self._timeout_s = settings.timeout_ms / 1000.0
+        self._probe_cut = int(settings.probe_rate * 2**32)
+        self._models: dict[str, _ModelCache] = {}
+        self._inflight: dict[bytes, asyncio.Future[np.ndarray]] = {}
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
+        # Concurrent requests' lookups and writes share one MGET / one pipeline per loop tick.
+        self._reads: TickCoalescer[bytes, bytes | None] = TickCoalescer(self._mget_all)
+        self._writes: TickCoalescer[tuple[bytes, bytes, int], Any] = TickCoalescer(self._set_all)
+        self.metrics = cache_metrics(registry)
+
+    def state(self, model: str) -> CacheState:
+        """Whether ``model``'s cache is on."""
+        return self._model(model).state
+
+    def hit_rate(self, model: str) -> float | None:
+        """Hit rate over the current window (the probes' while off); None before any lookup."""
+        m = self._model(model)
+        return (m.window if m.state is CacheState.ON else m.probes).rate
+
+    def ttl_for(self, model: str) -> int:
+        """The TTL in seconds of ``model``'s cached outputs."""
+        return self._settings.per_model_ttl.get(model, self._settings.ttl_s)
+
+    async def get_many(self, model: str, version: str, rows: np.ndarray) -> list[bytes | None]:
+        """Cached values of ``rows`` in one MGET; None where missed, skipped or failed."""
+        digests = [row_digest(r) for r in _as_rows(rows)]
+        keys = [prediction_key_from_digest(model, version, d) for d in digests]
+        wanted = [i for i, d in enumerate(digests) if self._should_lookup(model, d)]
+        out: list[bytes | None] = [None] * len(keys)
+        values = await self._mget(model, [keys[i] for i in wanted])
+        for i, value in zip(wanted, values, strict=True):
+            out[i] = value
+        return out
+
+    async def set_many(
+        self, model: str, version: str, rows: np.ndarray, values: Sequence[bytes]
+    ) -> None:
+        """Store ``values`` (see :func:`encode_output`) for ``rows`` in one pipelined round trip."""
+        keys = [prediction_key(model, version, r) for r in _as_rows(rows)]
+        await self._set(model, dict(zip(keys, values, strict=True)))
+
+    async def get_or_compute(
+        self, model: str, version: str, rows: np.ndarray, compute: Compute
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Outputs for ``rows``, from the cache where possible.
+
+        Looks all rows up in one MGET, computes the missing unique rows once (joining an
+        identical computation already in flight in this process), writes them back in
+        one pipelined round trip and never fails because of Redis.
+
+        Args:
+            model: the model's name.
+            version: the model version that answers.
+            rows: the assembled float32 feature rows, shape (n, features).
+            compute: runs the model on a (k, features) array, returns k output rows.
+
+        Returns:
+            The float32 outputs, one row per input row, and a bool mask of the rows that
+            came from the cache.
+        """
+        rows = _as_rows(rows)
+        digests = [row_digest(r) for r in rows]
+        m = self._model(model)
+        if (
+            self._settings.enabled
+            and m.state is not CacheState.ON
+            and not any(self._is_probe(d) for d in digests)
+        ):
+            # Off for this model and no probe among the rows: straight to the model, with
+            # none of the single-flight bookkeeping (the cache is not worth its cost here).
+            self.metrics.bypasses.labels(model, "off").inc(len(rows))
+            out = np.asarray(await compute(rows)).astype(np.float32, copy=False)
+            return out, np.zeros(len(rows), dtype=bool)
+        keys = [prediction_key_from_digest(model, version, d) for d in digests]
+        row_of: dict[bytes, np.ndarray] = {}
+        digest_of: dict[bytes, bytes] = {}
+        for key, digest, row in zip(keys, digests, rows, strict=True):
+            if key not in row_of:
+                row_of[key] = row
+                digest_of[key] = digest
+        cacheable = [k for k in row_of if self._should_lookup(model, digest_of[k])]
+        found: dict[bytes, np.ndarray] = {}
+        for key, value in zip(cacheable, await self._mget(model, cacheable), strict=True):
+            if value is None:
+                continue
+            try:
+                found[key] = decode_output(value)
+            except ValueError:
+                logger.warning("undecodable cache value for model %s; recomputing", model)
+                self.metrics.errors.labels(model, "decode").inc()
+
+        missing = [k for k in row_of if k not in found]
+        computed, owned = await self._compute_missing(model, missing, row_of, compute)
+        cacheable_set = set(cacheable)
+        to_write = {k: encode_output(computed[k]) for k in owned if k in cacheable_set}
+        if to_write:
+            await self._set(model, to_write)
+
+        outputs = {**computed, **found}
+        cached = np.fromiter((k in found for k in keys), dtype=bool, count=len(keys))
+        return np.stack([outputs[k] for k in keys]), cached
+
+    def _model(self, model: str) -> _ModelCache:
+        m = self._models.get(model)
+        if m is None:
+            m = self._models[model] = _ModelCache(
+                self._settings.window, self._settings.probe_window
+            )
+            self.metrics.state.labels(model).set(1)
+        return m
+
+    def _should_lookup(self, model: str, digest: bytes) -> bool:
+        if not self._settings.enabled:
+            self.metrics.bypasses.labels(model, "disabled").inc()
+            return False
+        if self._model(model).state is CacheState.ON or self._is_probe(digest):
+            return True
+        self.metrics.bypasses.labels(model, "off").inc()
+        return False
+
+    def _is_probe(self, digest: bytes) -> bool:
+        return int.from_bytes(digest[:4], "little") < self._probe_cut
+
+    async def _mget(self, model: str, keys: list[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        values = await self._call(model, lambda: self._reads.submit(keys), len(keys))
+        if values is _FAILED:
+            return [None] * len(keys)
+        hits = sum(v is not None for v in values)
+        self.metrics.hits.labels(model).inc(hits)
+        self.metrics.misses.labels(model).inc(len(keys) - hits)
+        self._record(model, [v is not None for v in values])
+        return list(values)
+
+    async def _set(self, model: str, items: dict[bytes, bytes]) -> None:
+        ttl = self.ttl_for(model)
+
+        entries = [(key, value, ttl) for key, value in items.items()]
+        await self._call(model, lambda: self._writes.submit(entries), len(items))
+
+    async def _mget_all(self, keys: list[bytes]) -> list[bytes | None]:
+        values: list[bytes | None] = await self._redis.mget(keys)  # type: ignore[assignment]
+        return list(values)
+
+    async def _set_all(self, entries: list[tuple[bytes, bytes, int]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, value, ttl in entries:
+            pipe.set(key, value, ex=ttl)
+        return list(await pipe.execute())
+
+    async def _call(self, model: str, make: Callable[[], Awaitable[Any]], rows: int) -> Any:
+        """Run one Redis call within budget; _FAILED (and counted) if skipped or failed."""
+        if not self.breaker.allow():
+            self.metrics.bypasses.labels(model, "breaker").inc(rows)
+            return _FAILED
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await make()
+        except TimeoutError:
+            self._failed(model, "timeout")
+            return _FAILED
+        except (RedisError, OSError) as exc:
+            logger.debug("cache call failed for model %s: %r", model, exc)
+            self._failed(model, "error")
+            return _FAILED
+        self.breaker.record_success()
+        self.metrics.breaker.set(self.breaker.state.value)
+        return result
+
+    def _failed(self, model: str, kind: str) -> None:
+        self.metrics.errors.labels(model, kind).inc()
+        self.breaker.record_failure()
+        self.metrics.breaker.set(self.breaker.state.value)
+
+    def _record(self, model: str, outcomes: list[bool]) -> None:
+        m = self._model(model)
+        s = self._settings
+        if m.state is CacheState.ON:
+            for hit in outcomes:
+                m.window.add(hit)
+            rate = m.window.rate
+            self.metrics.hit_rate.labels(model).set(rate or 0.0)
+            if len(m.window) >= s.window and rate is not None and rate < s.min_hit_rate:
+                m.state = CacheState.OFF
+                m.off_since = self._clock()
+                m.probes = _Window(s.probe_window)
+                self.metrics.state.labels(model).set(0)
+                logger.warning(
+                    "prediction cache OFF for model %s: hit rate %.3f < %.3f over %d lookups",
+                    model,
+                    rate,
+                    s.min_hit_rate,
+                    len(m.window),
+                )
+            return
+        for hit in outcomes:
+            m.probes.add(hit)
+        rate = m.probes.rate
+        self.metrics.hit_rate.labels(model).set(rate or 0.0)
+        if (
+            len(m.probes) >= s.probe_window
+            and rate is not None
+            and rate >= s.reenable_hit_rate
+            and self._clock() - m.off_since >= s.min_off_s
+        ):
+            m.state = CacheState.ON
+            m.window = _Window(s.window)
+            self.metrics.state.labels(model).set(1)
+            logger.warning(
+                "prediction cache ON for model %s: probed hit rate %.3f >= %.3f",
+                model,
+                rate,
+                s.reenable_hit_rate,
+            )
+
+    async def _compute_missing(
+        self, model: str, keys: list[bytes], row_of: dict[bytes, np.ndarray], compute: Compute
+    ) -> tuple[dict[bytes, np.ndarray], list[bytes]]:
+        """Outputs of ``keys`` and the keys this call computed itself (not joined)."""
+        own = [k for k in keys if k not in self._inflight]
+        joined = {k: self._inflight[k] for k in keys if k in self._inflight}
+        results: dict[bytes, np.ndarray] = {}
+        if own:
+            loop = asyncio.get_running_loop()
+            futures = {k: loop.create_future() for k in own}
+            self._inflight.update(futures)
+            try:
+                out = np.asarray(await compute(np.stack([row_of[k] for k in own])))
+                if len(out) != len(own):
+                    raise ValueError(f"compute returned {len(out)} rows for {len(own)} inputs")
+                out = out.astype(np.float32, copy=False)
+                for i, key in enumerate(own):
+                    results[key] = out[i]
+                    futures[key].set_result(out[i])
+            except BaseException as exc:
+                for fut in futures.values():
+                    if fut.done():
+                        continue
+                    if isinstance(exc, asyncio.CancelledError):
+                        fut.cancel()
+                    else:
+                        fut.set_exception(exc)
+                        fut.exception()  # retrieved: joiners re-raise it themselves
+                raise
+            finally:
+                for key, fut in futures.items():
+                    if self._inflight.get(key) is fut:
+                        del self._inflight[key]
+        if joined:
+            self.metrics.joined.labels(model).inc(len(joined))
+            await asyncio.wait(joined.values())
+            retry = []
+            for key, fut in joined.items():
+                if fut.cancelled():
+                    retry.append(key)  # its owner was cancelled: compute it here
+                elif (error := fut.exception()) is not None:
+                    raise error
+                else:
+                    results[key] = fut.result()
+            if retry:
+                again, owned = await self._compute_missing(model, retry, row_of, compute)
+                results.update(again)
+                own = own + owned
+        return results, own
+
+
+def _as_rows(rows: np.ndarray) -> np.ndarray:
+    arr = np.asarray(rows, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D array of rows, got shape {arr.shape}")
+    return arr

@@ -1,0 +1,148 @@
+"""The gateway's Redis-backed runtime: one client, the cache, the feature store, the
+event log and the real-time worker, started once the server's event loop runs.
+
+Redis is always the backend (``SERVEKIT_REDIS_URL``, else the embedded server is started);
+there is no in-memory stand-in. The serving-path client has a short socket timeout and no
+retries, so a slow or dead Redis costs a few milliseconds, never a failed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+from services.errors import InvalidInputError, UnavailableError
+from services.settings import Settings
+from services.state.cache import PredictionCache
+from services.state.features import FeatureRegistry, FeatureStore
+from services.state.realtime import EventLog, RealtimeWorker, validate_event
+from services.state.redis_embedded import EmbeddedRedis
+
+logger = logging.getLogger(__name__)
+
+
+def redis_url(settings: Settings) -> str:
+    """The configured Redis, or the embedded server (started if needed)."""
+    if settings.redis.url:
+        return settings.redis.url
+    url = EmbeddedRedis(settings.redis.embedded_dir).start()
+    logger.info("no SERVEKIT_REDIS_URL: using the embedded Redis at %s", url)
+    return url
+
+
+class RedisRuntime:
+    """Everything the gateway keeps in Redis.
+
+    Args:
+        settings: servekit's settings.
+        metrics_registry: the Prometheus registry the cache and store report into.
+    """
+
+    def __init__(self, settings: Settings, metrics_registry: Any) -> None:
+        self.settings = settings
+        self.url = redis_url(settings)
+        self.client = aioredis.Redis.from_url(
+            self.url,
+            socket_timeout=settings.redis.socket_timeout_ms / 1000,
+            socket_connect_timeout=settings.redis.socket_timeout_ms / 1000,
+            retry=Retry(NoBackoff(), 0),
+        )
+        # The stream worker blocks on XREADGROUP, and control operations (rollout changes)
+        # may wait on a busy Redis: they get their own, patient client.
+        self._worker_client = aioredis.Redis.from_url(self.url, socket_timeout=10)
+        self.control_client = self._worker_client
+        # Prediction log and feedback writes happen off the request path.
+        self.background_client = aioredis.Redis.from_url(self.url, socket_timeout=0.5)
+        # The rollout follower's pub/sub connection waits for notices: no socket timeout.
+        self.pubsub_client = aioredis.Redis.from_url(self.url)
+        self.views = FeatureRegistry.from_settings(settings.features)
+        self.cache = (
+            PredictionCache(self.client, settings.cache, registry=metrics_registry)
+            if settings.cache.enabled
+            else None
+        )
+        self.features = FeatureStore(
+            self.client, self.views, settings.features, registry=metrics_registry
+        )
+        self.events = EventLog(self.client, settings.features)
+        self.worker = RealtimeWorker(
+            self._worker_client,
+            self.views,
+            settings.features,
+            consumer=f"{socket.gethostname()}-{os.getpid()}",
+            registry=metrics_registry,
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the real-time worker (call from inside the running event loop)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._work(), name="servekit-realtime"
+            )
+
+    async def _work(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.worker.run_once(200, block_ms=1000)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream or its group was deleted (a flush, a trim): create it again.
+                logger.warning("real-time worker: consumer group missing; recreating it")
+                await self.worker.ensure_group()
+            except (RedisError, OSError) as exc:
+                failures += 1
+                if failures in (1, 10) or failures % 100 == 0:
+                    logger.warning(
+                        "real-time worker: Redis failed (%d in a row): %s", failures, exc
+                    )
+                await asyncio.sleep(min(5.0, 0.1 * failures))
+
+    async def append_event(self, body: Any) -> str:
+        """Validate and append one event (``POST /events``); returns its stream id."""
+        if not isinstance(body, dict):
+            raise InvalidInputError("an event must be a JSON object", field="body")
+        event = validate_event(body, self.views)
+        try:
+            return await self.events.append(event)
+        except (RedisError, OSError) as exc:
+            # Not accepted, so not lost: the caller is told to send it again.
+            raise UnavailableError(
+                f"the event stream is unavailable ({type(exc).__name__}); retry", retry_after=1
+            ) from exc
+
+    async def health(self) -> dict[str, Any]:
+        """Readiness detail: whether Redis answers (it degrades, never blocks readiness)."""
+        try:
+            await self.client.ping()
+            return {"redis": "ok"}
+        except (RedisError, OSError) as exc:
+            return {"redis": f"unavailable: {type(exc).__name__}"}
+
+    async def close(self) -> None:
+        """Stop the worker and close the clients."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for client in (
+            self.client,
+            self._worker_client,
+            self.background_client,
+            self.pubsub_client,
+        ):
+            await client.aclose()

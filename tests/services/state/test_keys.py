@@ -1,0 +1,67 @@
+"""Key building: exact bytes, so a layout change is a deliberate, visible act."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from services.state import keys
+
+ROW = np.array([1.0, 2.5, -3.0], dtype=np.float32)
+ROW_DIGEST = "68dd16860859dd20e2ad95efce04f7d1"
+
+
+def test_row_digest_is_blake2b_128_of_little_endian_float32() -> None:
+    expected = hashlib.blake2b(b"\x00\x00\x80?\x00\x00 @\x00\x00@\xc0", digest_size=16)
+    assert keys.row_digest(ROW) == expected.digest()
+    assert keys.row_digest(ROW).hex() == ROW_DIGEST
+
+
+def test_row_digest_is_canonical_across_dtype_order_and_layout() -> None:
+    as_f64 = ROW.astype(np.float64)
+    big_endian = ROW.astype(">f4")
+    strided = np.array([[1.0, 9.0], [2.5, 9.0], [-3.0, 9.0]], dtype=np.float32)[:, 0]
+    for row in (as_f64, big_endian, strided, [1.0, 2.5, -3.0]):
+        assert keys.row_digest(np.asarray(row)) == keys.row_digest(ROW)
+    assert keys.row_digest(ROW[::-1]) != keys.row_digest(ROW)
+
+
+def test_prediction_key() -> None:
+    assert keys.prediction_key("fraud", "v1", ROW) == (
+        b"servekit:pred:fraud:v1:" + ROW_DIGEST.encode()
+    )
+    digest = keys.row_digest(ROW)
+    assert keys.prediction_key_from_digest("fraud", "v1", digest) == keys.prediction_key(
+        "fraud", "v1", ROW
+    )
+
+
+def test_parts_are_escaped_so_tuples_cannot_collide() -> None:
+    assert keys.escape("a:b%c") == b"a%3Ab%25c"
+    assert keys.prediction_key("a:b", "c", ROW) == b"servekit:pred:a%3Ab:c:" + ROW_DIGEST.encode()
+    assert keys.prediction_key("a:b", "c", ROW) != keys.prediction_key("a", "b:c", ROW)
+    assert keys.feature_key("v", "1", "u:1") == b"servekit:feat:v:1:u%3A1"
+
+
+def test_feature_keys() -> None:
+    assert keys.feature_key_prefix("user_stats") == b"servekit:feat:user_stats:"
+    assert (
+        keys.feature_key("user_stats", "20261128T020000Z-0a1b2c3d", "u000042")
+        == b"servekit:feat:user_stats:20261128T020000Z-0a1b2c3d:u000042"
+    )
+    assert keys.view_pointer_key("user_stats") == b"servekit:featptr:user_stats"
+    assert keys.view_versions_key("user_stats") == b"servekit:featver:user_stats"
+    assert keys.view_index_key("user_stats", "7") == b"servekit:featidx:user_stats:7"
+
+
+def test_realtime_and_stream_keys() -> None:
+    assert keys.realtime_state_key("user_activity", "u1") == b"servekit:rt:user_activity:u1"
+    assert (
+        keys.realtime_last_key("user_activity", "u1", "amount")
+        == b"servekit:rt:user_activity:u1:last:amount"
+    )
+    assert keys.realtime_window_key("user_activity", "u1") == b"servekit:rt:user_activity:u1:win"
+    assert keys.realtime_heartbeat_key("user_activity") == b"servekit:rtbeat:user_activity"
+    assert keys.event_stream_key() == b"servekit:events"
+    assert keys.event_seen_key("g", "e:1") == b"servekit:evseen:g:e%3A1"
