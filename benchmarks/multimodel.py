@@ -39,12 +39,12 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from flows.recipes.mlp import register_mlp  # noqa: E402
 from services.registry.stores import ArtifactStore, LocalStore, S3Store  # noqa: E402
 from services.registry.versions import ModelRegistry, ModelVersion, copy_tree  # noqa: E402
 from services.runner.budget import heap_bytes  # noqa: E402
 from services.runner.pool import ModelPool  # noqa: E402
 from services.settings import MultiModelSettings, Settings  # noqa: E402
-from tests.fixtures.onnx_models import register_mlp  # noqa: E402
 
 D_IN = 16
 console = Console()
@@ -310,7 +310,7 @@ def main() -> None:
 
     from moto.server import ThreadedMotoServer
 
-    from tests.conftest import free_port
+    from benchmarks.common import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
