@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import psutil
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -43,6 +46,7 @@ class LoadResult:
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -157,6 +161,7 @@ def summarize(
     errors: dict[str, int],
     seconds: float,
 ) -> LoadResult:
+    """A closed-loop run's latencies and counts as a ``LoadResult`` (p50, p99, rate)."""
     lat = sorted(latencies)
     p50 = statistics.median(lat) * 1000 if lat else float("nan")
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else float("nan")
@@ -178,7 +183,33 @@ def scrape_batches(url: str) -> tuple[float, float]:
     return count, total
 
 
+def portable_path(path: Path) -> str:
+    """``path`` as results may record it: relative to the repository root, else its name
+    alone, so that no result carries an absolute path of the machine that wrote it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
+def pct(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` (NaN when empty)."""
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def progress(console: Console) -> Progress:
+    """A progress bar with a count and the time elapsed."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def write_results(name: str, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` as ``benchmarks/results/NAME.json`` (dataclasses as dicts)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(

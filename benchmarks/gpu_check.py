@@ -9,7 +9,7 @@ Runs what the machine allows and says why it skips the rest:
 - latency (p50 ms) at batch 1, 8, 32 on ~64-token inputs; NVML utilization if present.
 
 Started by benchmarks/gpu_check.sh under a time limit; writes
-benchmarks/results/gpu_check.json (or $OUT/gpu_check.json when $OUT is set).
+benchmarks/results/gpu_check.json (or ``--out DIR``/gpu_check.json).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 Feeds = dict[str, np.ndarray]
 BATCHES = (1, 8, 32)
 SEQUENCE = 64
+NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 
 
 def log(msg: str) -> None:
@@ -51,7 +53,7 @@ def timed(run: Any, feeds: Feeds, seconds: float = 1.0) -> float:
     """p50 milliseconds of ``run(feeds)`` over ``seconds`` (after two warm-up runs)."""
     run(feeds)
     run(feeds)
-    times = []
+    times: list[float] = []
     end = time.perf_counter() + seconds
     while len(times) < 5 or time.perf_counter() < end:
         t0 = time.perf_counter()
@@ -101,17 +103,158 @@ def nvml_summary() -> dict[str, Any]:
         return {"skipped": f"NVML: {exc}"}
 
 
-def main() -> int:
+Runner = Callable[[Feeds], np.ndarray]
+"""A backend under test: token feeds in, pooled embeddings out."""
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="BERT folder to load")
     parser.add_argument("--seconds", type=float, default=1.0, help="timing per cell")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results", help="folder of the JSON"
+    )
+    return parser.parse_args()
 
+
+def torch_runner(embedder: Any, device: str) -> Runner:
+    """The PyTorch model on ``device`` (fp32)."""
+    import torch
+
+    model = embedder.to(device)
+
+    def run(f: Feeds) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(*[torch.from_numpy(f[n]).to(device) for n in NAMES])
+            return out.float().cpu().numpy()
+
+    return run
+
+
+def export_onnx(embedder: Any, sample: Feeds) -> bytes:
+    """The model as ONNX (opset 17, dynamic batch and sequence)."""
+    import torch
+
+    buf = io.BytesIO()
+    with torch.inference_mode():
+        torch.onnx.export(
+            embedder.to("cpu"),
+            tuple(torch.from_numpy(sample[n]) for n in NAMES),
+            buf,  # type: ignore[arg-type]  # torch.onnx.export writes to file objects too
+            input_names=NAMES,
+            output_names=["embedding"],
+            dynamic_axes={
+                **{n: {0: "batch", 1: "sequence"} for n in NAMES},
+                "embedding": {0: "batch"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def ort_runners(onnx_bytes: bytes, runners: dict[str, Runner], skipped: dict[str, str]) -> None:
+    """ONNX Runtime on the CPU, and with the CUDA execution provider where it exists."""
+    import onnxruntime as ort
+
+    from services.runner.backends import OnnxRuntimeBackend
+
+    threads = min(8, os.cpu_count() or 1)
+    cpu = OnnxRuntimeBackend(onnx_bytes, providers=["CPUExecutionProvider"], threads=threads)
+    runners[f"ORT CPU ({threads} threads)"] = lambda f: cpu.run(f)["embedding"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        skipped["ORT CUDA EP"] = (
+            f"onnxruntime here has no CUDA provider ({ort.get_available_providers()}); "
+            "install onnxruntime-gpu instead of onnxruntime"
+        )
+        return
+    cuda = OnnxRuntimeBackend(onnx_bytes, providers=["CUDAExecutionProvider"])
+    if cuda.provider == "CUDAExecutionProvider":
+        runners["ORT CUDA EP"] = lambda f: cuda.run(f)["embedding"]
+    else:
+        skipped["ORT CUDA EP"] = "the CUDA provider failed to start (see ORT's log)"
+
+
+def tensorrt_runner(onnx_bytes: bytes, runners: dict[str, Runner], skipped: dict[str, str]) -> None:
+    """A TensorRT fp16 engine built from the ONNX model, where TensorRT and a GPU exist."""
+    from services.errors import ModelLoadError
+    from services.runner import trt
+
+    reason = trt.unavailable_reason()
+    if reason is not None:
+        skipped["TensorRT fp16"] = reason
+        return
+    t0 = time.perf_counter()
+    # (min, opt, max) batch x sequence
+    profile: trt.Profile = {n: ((1, 1), (8, SEQUENCE), (max(BATCHES), 128)) for n in NAMES}
+    try:
+        plan = trt.build_engine(onnx_bytes, profile)
+        engine = trt.TensorRTBackend(plan)
+    except ModelLoadError as exc:
+        skipped["TensorRT fp16"] = exc.message
+        return
+    runners["TensorRT fp16"] = lambda f: engine.run(f)["embedding"]
+    log(f"built the TensorRT engine in {time.perf_counter() - t0:.0f} s")
+
+
+def torch_cuda_runners(
+    embedder: Any,
+    load_embedder: Callable[[], Any],
+    runners: dict[str, Runner],
+    skipped: dict[str, str],
+) -> None:
+    """PyTorch on CUDA in fp32 and fp16: the comparison where TensorRT is absent."""
+    import torch
+
+    if not torch.cuda.is_available():
+        skipped["PyTorch CUDA"] = "torch.cuda.is_available() is False (CPU build or no GPU)"
+        return
+    runners["PyTorch CUDA fp32"] = torch_runner(embedder, "cuda")
+    half = load_embedder().half().to("cuda")
+
+    def run_half(f: Feeds) -> np.ndarray:
+        with torch.inference_mode():
+            out = half(*[torch.from_numpy(f[n]).to("cuda") for n in NAMES])
+            return out.float().cpu().numpy()
+
+    runners["PyTorch CUDA fp16"] = run_half
+
+
+def measure(
+    runners: dict[str, Runner], reference: np.ndarray, parity_feeds: Feeds, seconds: float
+) -> dict[str, dict[str, Any]]:
+    """Parity against the reference and p50 latency at each batch size, per backend."""
+    feeds = {b: token_feeds(b, SEQUENCE, seed=b) for b in BATCHES}
     rows: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
+    for name, run in runners.items():
+        row: dict[str, Any] = {"parity": parity(reference, run(parity_feeds))}
+        for b in BATCHES:
+            row[f"b{b}_p50_ms"] = round(timed(run, feeds[b], seconds), 3)
+        rows[name] = row
+        log(f"measured {name}")
+    return rows
+
+
+def print_table(rows: dict[str, dict[str, Any]], skipped: dict[str, str]) -> None:
+    """Latency per batch size and parity of every backend; the reason of every skip."""
+    log(f"\n{'backend':24s} {'b1 ms':>8s} {'b8 ms':>8s} {'b32 ms':>8s}  parity vs PyTorch CPU")
+    for name, row in rows.items():
+        p = row["parity"]
+        log(
+            f"{name:24s} {row['b1_p50_ms']:8.2f} {row['b8_p50_ms']:8.2f} {row['b32_p50_ms']:8.2f}"
+            f"  cos>={p['min_cosine']:.5f} max|d|={p['max_abs_err']:.2e} "
+            f"{'ok' if p['passed'] else 'FAIL'}"
+        )
+    for name, why in skipped.items():
+        log(f"{name:24s} skipped: {why}")
+
+
+def main() -> int:
+    args = parse_args()
     t_start = time.perf_counter()
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         log("SKIP everything: PyTorch is not installed (the reference model needs it)")
         return 1
@@ -125,109 +268,17 @@ def main() -> int:
         log(f"SKIP everything: cannot load all-MiniLM-L6-v2: {exc}")
         return 1
 
-    feeds = {b: token_feeds(b, SEQUENCE, seed=b) for b in BATCHES}
     parity_feeds = token_feeds(64, SEQUENCE, seed=99)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-
-    def torch_run(device: str) -> Any:
-        model = embedder.to(device)
-
-        def run(f: Feeds) -> np.ndarray:
-            with torch.inference_mode():
-                args_ = [torch.from_numpy(f[n]).to(device) for n in names]
-                out = model(*args_)
-                return out.float().cpu().numpy()
-
-        return run
-
-    reference = torch_run("cpu")(parity_feeds)
-    buf = io.BytesIO()
-    with torch.inference_mode():
-        torch.onnx.export(
-            embedder.to("cpu"),
-            tuple(torch.from_numpy(parity_feeds[n]) for n in names),
-            buf,
-            input_names=names,
-            output_names=["embedding"],
-            dynamic_axes={
-                **{n: {0: "batch", 1: "sequence"} for n in names},
-                "embedding": {0: "batch"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
-    onnx_bytes = buf.getvalue()
+    reference = torch_runner(embedder, "cpu")(parity_feeds)
+    onnx_bytes = export_onnx(embedder, parity_feeds)
     log(f"exported ONNX ({len(onnx_bytes) / 1e6:.0f} MB) in {time.perf_counter() - t_start:.0f} s")
-
-    import onnxruntime as ort
-
-    from services.runner.backends import OnnxRuntimeBackend
-
-    runners: dict[str, Any] = {}
-    threads = min(8, os.cpu_count() or 1)
-    cpu = OnnxRuntimeBackend(onnx_bytes, providers=["CPUExecutionProvider"], threads=threads)
-    runners[f"ORT CPU ({threads} threads)"] = lambda f: cpu.run(f)["embedding"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        cuda = OnnxRuntimeBackend(onnx_bytes, providers=["CUDAExecutionProvider"])
-        if cuda.provider == "CUDAExecutionProvider":
-            runners["ORT CUDA EP"] = lambda f: cuda.run(f)["embedding"]
-        else:
-            skipped["ORT CUDA EP"] = "the CUDA provider failed to start (see ORT's log)"
-    else:
-        skipped["ORT CUDA EP"] = (
-            f"onnxruntime here has no CUDA provider ({ort.get_available_providers()}); "
-            "install onnxruntime-gpu instead of onnxruntime"
-        )
-
-    from services.errors import ModelLoadError
-    from services.runner import trt
-
-    reason = trt.unavailable_reason()
-    if reason is None:
-        t0 = time.perf_counter()
-        profile = {
-            n: ((1, 1), (8, SEQUENCE), (max(BATCHES), 128)) for n in names
-        }  # (min, opt, max) batch x sequence
-        try:
-            plan = trt.build_engine(onnx_bytes, profile)
-            engine = trt.TensorRTBackend(plan)
-            runners["TensorRT fp16"] = lambda f: engine.run(f)["embedding"]
-            log(f"built the TensorRT engine in {time.perf_counter() - t0:.0f} s")
-        except ModelLoadError as exc:
-            skipped["TensorRT fp16"] = exc.message
-    else:
-        skipped["TensorRT fp16"] = reason
-
-    if torch.cuda.is_available():
-        runners["PyTorch CUDA fp32"] = torch_run("cuda")
-        half = text_model.load_embedder().half().to("cuda")
-
-        def run_half(f: Feeds) -> np.ndarray:
-            with torch.inference_mode():
-                out = half(*[torch.from_numpy(f[n]).to("cuda") for n in names])
-                return out.float().cpu().numpy()
-
-        runners["PyTorch CUDA fp16"] = run_half
-    else:
-        skipped["PyTorch CUDA"] = "torch.cuda.is_available() is False (CPU build or no GPU)"
-
-    for name, run in runners.items():
-        row: dict[str, Any] = {"parity": parity(reference, run(parity_feeds))}
-        for b in BATCHES:
-            row[f"b{b}_p50_ms"] = round(timed(run, feeds[b], args.seconds), 3)
-        rows[name] = row
-        log(f"measured {name}")
-
-    log(f"\n{'backend':24s} {'b1 ms':>8s} {'b8 ms':>8s} {'b32 ms':>8s}  parity vs PyTorch CPU")
-    for name, row in rows.items():
-        p = row["parity"]
-        log(
-            f"{name:24s} {row['b1_p50_ms']:8.2f} {row['b8_p50_ms']:8.2f} {row['b32_p50_ms']:8.2f}"
-            f"  cos>={p['min_cosine']:.5f} max|d|={p['max_abs_err']:.2e} "
-            f"{'ok' if p['passed'] else 'FAIL'}"
-        )
-    for name, why in skipped.items():
-        log(f"{name:24s} skipped: {why}")
+    runners: dict[str, Runner] = {}
+    skipped: dict[str, str] = {}
+    ort_runners(onnx_bytes, runners, skipped)
+    tensorrt_runner(onnx_bytes, runners, skipped)
+    torch_cuda_runners(embedder, text_model.load_embedder, runners, skipped)
+    rows = measure(runners, reference, parity_feeds, args.seconds)
+    print_table(rows, skipped)
     doc = {
         "sequence": SEQUENCE,
         "rows": rows,
@@ -235,10 +286,9 @@ def main() -> int:
         "nvml": nvml_summary(),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    out_dir = Path(os.environ.get("OUT") or Path(__file__).parent / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "gpu_check.json").write_text(json.dumps(doc, indent=2))
-    log(f"wrote {out_dir / 'gpu_check.json'} ({doc['seconds']} s)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps(doc, indent=2))
+    log(f"wrote {args.out / 'gpu_check.json'} ({doc['seconds']} s)")
     return 0 if all(r["parity"]["passed"] for r in rows.values()) else 2
 
 

@@ -4,6 +4,9 @@
 # Finishes within 8 minutes or is stopped; every absent part is skipped with its reason.
 #
 #   bash benchmarks/gpu_check.sh [--model-dir DIR]
+#
+# The JSON goes to benchmarks/results/gpu_check.json, or to $OUT/gpu_check.json when OUT
+# names a folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +39,4 @@ except ImportError:
 EOF
 
 echo "== text-embed: parity and latency"
-timeout --kill-after=10 470 "$PY" -m benchmarks.gpu_check "$@"
+timeout --kill-after=10 470 "$PY" -m benchmarks.gpu_check ${OUT:+--out "$OUT"} "$@"

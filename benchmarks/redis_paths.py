@@ -68,9 +68,8 @@ async def time_calls(fn: Any, n: int) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(lat) * 1000, 4), "p99_ms": round(pct(lat, 0.99), 4)}
 
 
-async def micro(url: str, n: int) -> dict[str, Any]:
-    r = aioredis.Redis.from_url(url)
-    await r.flushdb()
+async def load_demo_views(r: aioredis.Redis) -> tuple[FeatureStore, str, str]:
+    """The demo batch views, loaded for 2,000 users; the store and both views' versions."""
     views = FeatureRegistry.from_settings(FeatureSettings())
     store = FeatureStore(r, views, FeatureSettings())
     users = {
@@ -82,8 +81,15 @@ async def micro(url: str, n: int) -> dict[str, Any]:
     )
     version_user = await store.current_version("user_stats")
     version_merchant = await store.current_version("merchant_risk")
-    out: dict[str, Any] = {}
+    assert version_user is not None and version_merchant is not None
+    return store, version_user, version_merchant
+
+
+async def feature_timings(r: aioredis.Redis, n: int) -> dict[str, Any]:
+    """servekit's one-round-trip feature read against sequential per-feature reads."""
+    store, version_user, version_merchant = await load_demo_views(r)
     rng = random.Random(0)
+    out: dict[str, Any] = {}
 
     def rows(k: int) -> list[dict[str, str]]:
         return [
@@ -112,7 +118,11 @@ async def micro(url: str, n: int) -> dict[str, Any]:
 
         out[f"features_servekit_{k}"] = await time_calls(servekit, n)
         out[f"features_naive_{k}"] = await time_calls(naive, max(200, n // (4 * k)))
+    return out
 
+
+async def cache_timings(r: aioredis.Redis, n: int) -> dict[str, Any]:
+    """Prediction-cache lookups (one MGET) of 1 and 32 rows, and the whole hit path."""
     cache = PredictionCache(r, CacheSettings())
     x1 = np.random.default_rng(0).random((1, 7), dtype=np.float32)
     x32 = np.random.default_rng(1).random((32, 7), dtype=np.float32)
@@ -122,11 +132,21 @@ async def micro(url: str, n: int) -> dict[str, Any]:
 
     await cache.get_or_compute("fraud", "1-bench", x1, compute)
     await cache.get_or_compute("fraud", "1-bench", x32, compute)
-    out["cache_lookup_1"] = await time_calls(lambda: cache.get_many("fraud", "1-bench", x1), n)
-    out["cache_lookup_32"] = await time_calls(lambda: cache.get_many("fraud", "1-bench", x32), n)
-    out["cache_hit_path_1"] = await time_calls(
-        lambda: cache.get_or_compute("fraud", "1-bench", x1, compute), n
-    )
+    return {
+        "cache_lookup_1": await time_calls(lambda: cache.get_many("fraud", "1-bench", x1), n),
+        "cache_lookup_32": await time_calls(lambda: cache.get_many("fraud", "1-bench", x32), n),
+        "cache_hit_path_1": await time_calls(
+            lambda: cache.get_or_compute("fraud", "1-bench", x1, compute), n
+        ),
+    }
+
+
+async def micro(url: str, n: int) -> dict[str, Any]:
+    """The Redis micro-benchmarks on a flushed database (flushed again after)."""
+    r = aioredis.Redis.from_url(url)
+    await r.flushdb()
+    out = await feature_timings(r, n)
+    out.update(await cache_timings(r, n))
     await r.flushdb()
     await r.aclose()
     return out
@@ -166,7 +186,12 @@ def text_bodies(share: float, n: int, seed: int) -> list[bytes]:
     return [orjson.dumps({"model": "text-embed", "inputs": [{"text": t}]}) for t in out]
 
 
-def main() -> None:
+Side = tuple[str, str, float, bool, int]
+"""One end-to-end side: model, label, duplicate share, cache on, concurrency."""
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -179,62 +204,55 @@ def main() -> None:
         help="also run the text-embed sides (needs the convert extra)",
     )
     ap.add_argument("--text-concurrency", type=int, default=16)
-    args = ap.parse_args()
-    console = Console()
-    store = Path(tempfile.mkdtemp(prefix="servekit-bench-"))
-    ensure_demo_models(ModelRegistry(LocalStore(store)))
-    if args.text:
-        from flows.recipes.text_model import ensure_text_model
+    return ap.parse_args()
 
-        ensure_text_model(ModelRegistry(LocalStore(store)))
+
+def end_to_end_sides(text: bool, text_concurrency: int) -> list[Side]:
+    """The fraud sides at concurrency 32, and the text-embed sides when asked for."""
     shares = [("0 % duplicates, cache off", 0.0, False), ("0 % duplicates", 0.0, True),
               ("30 % duplicates", 0.3, True), ("90 % duplicates", 0.9, True)]  # fmt: skip
     sides = [("fraud", label, share, on, 32) for label, share, on in shares]
-    if args.text:
-        sides += [
-            ("text-embed", label, share, on, args.text_concurrency) for label, share, on in shares
-        ]
-    e2e: list[dict[str, Any]] = []
-    with Progress(console=console) as progress:
-        task = progress.add_task("micro-benchmarks", total=1 + len(sides))
-        micro_res = asyncio.run(micro(args.redis_url, args.iterations))
-        progress.advance(task)
-        for model, label, share, cache_on, conc in sides:
-            progress.update(task, description=f"{model}: {label}")
-            asyncio.run(_flush(args.redis_url))
-            env = {
-                "SERVEKIT_MODEL_STORE": str(store),
-                "SERVEKIT_REDIS_URL": args.redis_url,
-                "SERVEKIT_CACHE_ENABLED": "true" if cache_on else "false",
-                "SERVEKIT_MODELS": f'["{model}"]',
-                "SERVEKIT_ORT_THREADS": "2" if model == "text-embed" else "1",
-            }
-            server = Server(env, RESULTS / "server-redis-bench.log")
-            try:
-                bodies = (
-                    duplicate_bodies(share, 60_000, 5)
-                    if model == "fraud"
-                    else text_bodies(share, 20_000, 5)
-                )
-                b0, r0 = scrape_batches(server.url)
-                lat, ok, errors, secs = asyncio.run(
-                    closed_loop(f"{server.url}/predict", bodies, conc, args.seconds, warmup_s=0.0)
-                )
-                b1, r1 = scrape_batches(server.url)
-            finally:
-                server.stop()
-            res = summarize(f"{model}: {label}", conc, lat, ok, errors, secs)
-            inferred = r1 - r0
-            e2e.append(
-                {
-                    **res.__dict__,
-                    "rows_inferred": inferred,
-                    "inferred_per_request": round(inferred / max(ok, 1), 3),
-                }
-            )
-            progress.advance(task)
-    (RESULTS / "server-redis-bench.log").unlink(missing_ok=True)
+    if text:
+        sides += [("text-embed", label, share, on, text_concurrency) for label, share, on in shares]
+    return sides
 
+
+def run_side(store: Path, side: Side, redis_url: str, seconds: float) -> dict[str, Any]:
+    """One gateway for ``side`` on a flushed database, closed-loop /predict for ``seconds``."""
+    model, label, share, cache_on, conc = side
+    asyncio.run(_flush(redis_url))
+    env = {
+        "SERVEKIT_MODEL_STORE": str(store),
+        "SERVEKIT_REDIS_URL": redis_url,
+        "SERVEKIT_CACHE_ENABLED": "true" if cache_on else "false",
+        "SERVEKIT_MODELS": f'["{model}"]',
+        "SERVEKIT_ORT_THREADS": "2" if model == "text-embed" else "1",
+    }
+    server = Server(env, RESULTS / "server-redis-bench.log")
+    try:
+        bodies = (
+            duplicate_bodies(share, 60_000, 5)
+            if model == "fraud"
+            else text_bodies(share, 20_000, 5)
+        )
+        b0, r0 = scrape_batches(server.url)
+        lat, ok, errors, secs = asyncio.run(
+            closed_loop(f"{server.url}/predict", bodies, conc, seconds, warmup_s=0.0)
+        )
+        b1, r1 = scrape_batches(server.url)
+    finally:
+        server.stop()
+    res = summarize(f"{model}: {label}", conc, lat, ok, errors, secs)
+    inferred = r1 - r0
+    return {
+        **res.__dict__,
+        "rows_inferred": inferred,
+        "inferred_per_request": round(inferred / max(ok, 1), 3),
+    }
+
+
+def print_tables(console: Console, micro_res: dict[str, Any], e2e: list[dict[str, Any]]) -> None:
+    """The micro-benchmarks and the end-to-end sides as console tables."""
     t = Table(title="feature retrieval and cache lookup (ms)")
     for col in ("path", "p50", "p99"):
         t.add_column(col)
@@ -242,22 +260,17 @@ def main() -> None:
         t.add_row(key, f"{v['p50_ms']:.3f}", f"{v['p99_ms']:.3f}")
     console.print(t)
     t2 = Table(title="/predict, closed loop")
-    for col in (
-        "inputs",
-        "conc.",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "rows inferred per request",
-    ):
+    for col in ("inputs", "conc.", "req/s", "p50 ms", "p99 ms", "errors",
+                "rows inferred per request"):  # fmt: skip
         t2.add_column(col)
     for e in e2e:
         t2.add_row(e["label"], str(e["concurrency"]), f"{e['throughput']:,.0f}", f"{e['p50_ms']:.2f}", f"{e['p99_ms']:.2f}",
                    str(sum(e["errors"].values())), f"{e['inferred_per_request']:.3f}")  # fmt: skip
     console.print(t2)
-    write_results("redis_paths", {"micro": micro_res, "e2e": e2e, "seconds": args.seconds})
-    plot(micro_res, e2e, RESULTS / "redis_paths.png")
+
+
+def print_markdown(micro_res: dict[str, Any], e2e: list[dict[str, Any]]) -> None:
+    """The README tables."""
     print("\n| path | p50 ms | p99 ms |\n|---|---|---|")
     for key, v in micro_res.items():
         print(f"| {key} | {v['p50_ms']:.3f} | {v['p99_ms']:.3f} |")
@@ -268,6 +281,32 @@ def main() -> None:
         print(
             f"| {e['label']} | {e['concurrency']} | {e['throughput']:,.0f} | {e['p50_ms']:.2f} | {e['p99_ms']:.2f} | {sum(e['errors'].values())} | {e['inferred_per_request']:.3f} |"
         )
+
+
+def main() -> None:
+    args = parse_args()
+    console = Console()
+    store = Path(tempfile.mkdtemp(prefix="servekit-bench-"))
+    ensure_demo_models(ModelRegistry(LocalStore(store)))
+    if args.text:
+        from flows.recipes.text_model import ensure_text_model
+
+        ensure_text_model(ModelRegistry(LocalStore(store)))
+    sides = end_to_end_sides(args.text, args.text_concurrency)
+    e2e: list[dict[str, Any]] = []
+    with Progress(console=console) as progress:
+        task = progress.add_task("micro-benchmarks", total=1 + len(sides))
+        micro_res = asyncio.run(micro(args.redis_url, args.iterations))
+        progress.advance(task)
+        for side in sides:
+            progress.update(task, description=f"{side[0]}: {side[1]}")
+            e2e.append(run_side(store, side, args.redis_url, args.seconds))
+            progress.advance(task)
+    (RESULTS / "server-redis-bench.log").unlink(missing_ok=True)
+    print_tables(console, micro_res, e2e)
+    write_results("redis_paths", {"micro": micro_res, "e2e": e2e, "seconds": args.seconds})
+    plot(micro_res, e2e, RESULTS / "redis_paths.png")
+    print_markdown(micro_res, e2e)
 
 
 async def _flush(url: str) -> None:

@@ -8,7 +8,7 @@ batching off, the split shape (gateway -> ModelRunner via bentoml.depends), and 
 Runtime in-process at batch 1 and 32 (the compute floor). Closed-loop aiohttp clients at
 concurrency 1, 8, 32, 64. All servers run at once and take turns: each concurrency is
 measured in ``--rounds`` rounds, every side once per round in a rotating order, so the
-drift of this shared machine falls on every side alike. Reports throughput (median of the
+machine's drift falls on every side alike. Reports throughput (median of the
 rounds), p50 and p99 (over all rounds), errors, server CPU per request, the mean batch the
 runner formed and each side's throughput against "colocated, lean" (median of the
 per-round ratios); writes benchmarks/results/serving.json and serving.png and prints the
@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -58,7 +59,7 @@ LEAN = {
 SHAPES = {
     # Everything on: feature-store read, prediction cache, rollout routing and logging.
     "colocated, full path": {},
-    # The serving path alone (no Redis on the request path): what issue 2 specified.
+    # The serving path alone: no Redis on the request path.
     "colocated, lean": LEAN,
     "colocated, lean, no batching": {**LEAN, "SERVEKIT_BATCH_ENABLED": "false"},
     "split (depends), lean": {**LEAN, "SERVEKIT_SHAPE": "split"},
@@ -97,7 +98,12 @@ def ort_floor(registry: ModelRegistry, batch: int, seconds: float) -> LoadResult
     return res
 
 
-def main() -> None:
+Run = tuple[list[float], int, dict[str, int], float]
+"""One closed-loop run: latencies (s) of OK requests, OK count, errors by status, seconds."""
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -107,93 +113,121 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     ap.add_argument("--name", default="serving", help="results/NAME.json and NAME.png")
-    args = ap.parse_args()
-    console = Console()
+    return ap.parse_args()
 
+
+def start_servers(
+    shapes: list[str],
+    store: Path,
+    redis_url: str,
+    stack: contextlib.ExitStack,
+    step: Callable[[str], None],
+) -> dict[str, Server]:
+    """One gateway per side, all up at once; ``stack`` stops them and removes their logs."""
+    servers: dict[str, Server] = {}
+    for i, shape in enumerate(shapes):
+        step(f"starting {shape}")
+        log = RESULTS / f"server-{shape.split()[0].strip(',')}-{i}.log"
+        env = {"SERVEKIT_MODEL_STORE": str(store), "SERVEKIT_REDIS_URL": redis_url, **SHAPES[shape]}
+        server = servers[shape] = Server(env, log)
+        stack.callback(log.unlink, missing_ok=True)
+        stack.callback(server.stop)
+    return servers
+
+
+def measure_concurrency(
+    servers: dict[str, Server],
+    bodies: list[bytes],
+    c: int,
+    rounds: int,
+    per_round: float,
+    step: Callable[[str], None],
+) -> tuple[dict[str, list[Run]], dict[str, list[float]]]:
+    """Every side at concurrency ``c`` for ``rounds`` rounds, in rotating order.
+
+    Returns each side's runs and its usage: server CPU seconds, batches and rows formed.
+    """
+    shapes = list(servers)
+    runs: dict[str, list[Run]] = {shape: [] for shape in shapes}
+    usage = {shape: [0.0, 0.0, 0.0] for shape in shapes}  # cpu s, batches, rows
+    for r in range(rounds):
+        for shape in shapes[r % len(shapes) :] + shapes[: r % len(shapes)]:
+            step(f"{shape}, concurrency {c}, round {r + 1}")
+            server = servers[shape]
+            cpu0, (b0, r0) = server.cpu_seconds(), scrape_batches(server.url)
+            runs[shape].append(
+                asyncio.run(closed_loop(f"{server.url}/predict", bodies, c, per_round))
+            )
+            cpu1, (b1, r1) = server.cpu_seconds(), scrape_batches(server.url)
+            u = usage[shape]
+            u[0], u[1], u[2] = u[0] + cpu1 - cpu0, u[1] + b1 - b0, u[2] + r1 - r0
+    return runs, usage
+
+
+def concurrency_results(
+    c: int, runs: dict[str, list[Run]], usage: dict[str, list[float]], seconds: float
+) -> list[LoadResult]:
+    """One result per side: throughput the median of the rounds, latency over all rounds,
+    the ratio to the baseline the median of the per-round ratios."""
+    rates = {shape: [ok / secs for _, ok, _, secs in side] for shape, side in runs.items()}
+    results = []
+    for shape, side in runs.items():
+        lat = [x for run in side for x in run[0]]
+        ok = sum(run[1] for run in side)
+        errors: dict[str, int] = {}
+        for run in side:
+            for k, v in run[2].items():
+                errors[k] = errors.get(k, 0) + v
+        res = summarize(shape, c, lat, ok, errors, seconds)
+        res.throughput = statistics.median(rates[shape])
+        cpu, batches, rows = usage[shape]
+        res.server_cpu_ms_per_req = round(cpu * 1000 / max(ok, 1), 3)
+        if batches > 0:
+            res.mean_batch_rows = round(rows / batches, 2)
+        if BASELINE in rates:
+            ratios = (a / b for a, b in zip(rates[shape], rates[BASELINE], strict=True))
+            res.extra["vs_baseline"] = round(statistics.median(ratios), 3)
+        results.append(res)
+    return results
+
+
+def run_benchmark(args: argparse.Namespace, console: Console) -> list[LoadResult]:
+    """The ONNX Runtime floor, then every side at every concurrency."""
     store = Path(tempfile.mkdtemp(prefix="servekit-bench-"))
     registry = ModelRegistry(LocalStore(store))
     ensure_demo_models(registry)
     gen = TransactionGenerator(seed=11)
     # Unique inputs (0 % duplicates): the cache never helps, every request pays its lookup.
     bodies = [orjson.dumps({"model": "fraud", "inputs": [r]}) for r in gen.records(80_000)]
-
-    results: list[LoadResult] = []
     shapes = list(args.shapes)
     steps = len(shapes) + len(shapes) * len(args.concurrency) * args.rounds + 2
-    per_round = args.seconds / args.rounds
+    results: list[LoadResult] = []
     with Progress(console=console) as progress, contextlib.ExitStack() as stack:
         task = progress.add_task("benchmark", total=steps)
-        for batch in (1, 32):
-            progress.update(task, description=f"ONNX Runtime floor, batch {batch}")
-            results.append(ort_floor(registry, batch, min(args.seconds, 3.0)))
-            progress.advance(task)
-        servers: dict[str, Server] = {}
-        for i, shape in enumerate(shapes):
-            progress.update(task, description=f"starting {shape}")
-            log = RESULTS / f"server-{shape.split()[0].strip(',')}-{i}.log"
-            env = {
-                "SERVEKIT_MODEL_STORE": str(store),
-                "SERVEKIT_REDIS_URL": args.redis_url,
-                **SHAPES[shape],
-            }
-            server = servers[shape] = Server(env, log)
-            stack.callback(log.unlink, missing_ok=True)
-            stack.callback(server.stop)
-            progress.advance(task)
-        for c in args.concurrency:
-            runs: dict[str, list[tuple[list[float], int, dict[str, int], float]]] = {
-                shape: [] for shape in shapes
-            }
-            usage = {shape: [0.0, 0.0, 0.0] for shape in shapes}  # cpu s, batches, rows
-            for r in range(args.rounds):
-                for shape in shapes[r % len(shapes) :] + shapes[: r % len(shapes)]:
-                    progress.update(task, description=f"{shape}, concurrency {c}, round {r + 1}")
-                    server = servers[shape]
-                    cpu0, (b0, r0) = server.cpu_seconds(), scrape_batches(server.url)
-                    runs[shape].append(
-                        asyncio.run(closed_loop(f"{server.url}/predict", bodies, c, per_round))
-                    )
-                    cpu1, (b1, r1) = server.cpu_seconds(), scrape_batches(server.url)
-                    u = usage[shape]
-                    u[0], u[1], u[2] = u[0] + cpu1 - cpu0, u[1] + b1 - b0, u[2] + r1 - r0
-                    progress.advance(task)
-            rates = {shape: [ok / secs for _, ok, _, secs in runs[shape]] for shape in shapes}
-            for shape in shapes:
-                lat = [x for run in runs[shape] for x in run[0]]
-                ok = sum(run[1] for run in runs[shape])
-                errors: dict[str, int] = {}
-                for run in runs[shape]:
-                    for k, v in run[2].items():
-                        errors[k] = errors.get(k, 0) + v
-                res = summarize(shape, c, lat, ok, errors, args.seconds)
-                res.throughput = statistics.median(rates[shape])
-                cpu, batches, rows = usage[shape]
-                res.server_cpu_ms_per_req = round(cpu * 1000 / max(ok, 1), 3)
-                if batches > 0:
-                    res.mean_batch_rows = round(rows / batches, 2)
-                if BASELINE in rates:
-                    res.extra["vs_baseline"] = round(
-                        statistics.median(
-                            a / b for a, b in zip(rates[shape], rates[BASELINE], strict=True)
-                        ),
-                        3,
-                    )
-                results.append(res)
 
+        def step(description: str) -> None:
+            progress.update(task, description=description)
+            progress.advance(task)
+
+        for batch in (1, 32):
+            step(f"ONNX Runtime floor, batch {batch}")
+            results.append(ort_floor(registry, batch, min(args.seconds, 3.0)))
+        servers = start_servers(shapes, store, args.redis_url, stack, step)
+        for c in args.concurrency:
+            runs, usage = measure_concurrency(
+                servers, bodies, c, args.rounds, args.seconds / args.rounds, step
+            )
+            results += concurrency_results(c, runs, usage, args.seconds)
     order = {shape: i for i, shape in enumerate(shapes)}
     results.sort(key=lambda r: (order.get(r.label, -1), r.concurrency))
+    return results
+
+
+def print_table(console: Console, results: list[LoadResult]) -> None:
+    """The results as a console table."""
     table = Table(title="fraud model via /predict (1 record per request)")
-    for col in (
-        "side",
-        "conc.",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "server CPU ms/req",
-        "mean batch",
-        "req/s vs lean",
-    ):
+    for col in ("side", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "server CPU ms/req",
+                "mean batch", "req/s vs lean"):  # fmt: skip
         table.add_column(col)
     for r in results:
         unit = r.extra.get("unit")
@@ -209,6 +243,13 @@ def main() -> None:
             f"{r.extra['vs_baseline']:.3f}" if "vs_baseline" in r.extra else "-",
         )
     console.print(table)
+
+
+def main() -> None:
+    args = parse_args()
+    console = Console()
+    results = run_benchmark(args, console)
+    print_table(console, results)
     path = write_results(
         args.name,
         {

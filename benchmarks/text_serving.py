@@ -14,6 +14,7 @@ Targets (CPU): at concurrency 32 and 64 tokens, batched throughput >= 70 % of th
 floor and >= batching off; p99 < 100 ms at 80 % of peak where the compute allows it.
 
     python -m benchmarks.text_serving [--store DIR] [--seconds 6] [--threads 2]
+    (or python benchmarks/text_serving.py ...)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +33,16 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from benchmarks.common import RESULTS, Server, closed_loop, scrape_batches, summarize, write_results
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    Server,
+    closed_loop,
+    scrape_batches,
+    summarize,
+    write_results,
+)
 
 MODEL = "text-embed"
 WORDS = (
@@ -44,7 +55,7 @@ WORDS = (
 def texts_of_length(tokenizer: Any, target: int, n: int, seed: int) -> list[str]:
     """``n`` distinct texts of ``target`` +- 3 tokens (with [CLS] and [SEP])."""
     rng = random.Random(seed)
-    out = []
+    out: list[str] = []
     while len(out) < n:
         want = target + rng.randint(-3, 3)
         words = [rng.choice(WORDS) for _ in range(want)]
@@ -207,6 +218,32 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def print_summary(
+    doc: dict[str, Any], lengths: list[int], concurrency: list[int]
+) -> dict[str, Any]:
+    """Print batched vs unbatched against the floor; return the targets per length."""
+    print("\nlength  conc   batched req/s  p99 ms   unbatched req/s  p99 ms   floor best")
+    targets = {}
+    for n in lengths:
+        best = max(doc["floor"][str(n)].values())
+        for c in concurrency:
+            b = doc["batched"]["closed"][str(n)][str(c)]
+            u = doc["unbatched"]["closed"][str(n)][str(c)]
+            print(
+                f"{n:6d} {c:5d} {b.throughput:14.1f} {b.p99_ms:7.1f} {u.throughput:17.1f} "
+                f"{u.p99_ms:7.1f} {best:11.1f}"
+            )
+        if 32 in concurrency:
+            b32 = doc["batched"]["closed"][str(n)]["32"]
+            u32 = doc["unbatched"]["closed"][str(n)]["32"]
+            targets[str(n)] = {
+                "c32_share_of_best_floor": round(b32.throughput / best, 3),
+                "c32_batched_ge_unbatched": b32.throughput >= u32.throughput,
+                "p99_ms_at_80pct_peak": doc["batched"]["open"][str(n)]["p99_ms"],
+            }
+    return targets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, default=None, help="registry with text-embed")
@@ -244,27 +281,8 @@ def main() -> None:
     doc["batched"] = serve_runs(store, True, bodies, args)
     doc["unbatched"] = serve_runs(store, False, bodies, args)
 
-    print("\nlength  conc   batched req/s  p99 ms   unbatched req/s  p99 ms   floor best")
-    targets = {}
-    for n in args.lengths:
-        best = max(doc["floor"][str(n)].values())
-        for c in args.concurrency:
-            b = doc["batched"]["closed"][str(n)][str(c)]
-            u = doc["unbatched"]["closed"][str(n)][str(c)]
-            print(
-                f"{n:6d} {c:5d} {b.throughput:14.1f} {b.p99_ms:7.1f} {u.throughput:17.1f} "
-                f"{u.p99_ms:7.1f} {best:11.1f}"
-            )
-        if 32 in args.concurrency:
-            b32 = doc["batched"]["closed"][str(n)]["32"]
-            u32 = doc["unbatched"]["closed"][str(n)]["32"]
-            targets[str(n)] = {
-                "c32_share_of_best_floor": round(b32.throughput / best, 3),
-                "c32_batched_ge_unbatched": b32.throughput >= u32.throughput,
-                "p99_ms_at_80pct_peak": doc["batched"]["open"][str(n)]["p99_ms"],
-            }
-    doc["targets"] = targets
-    print("\ntargets:", json.dumps(targets, indent=1))
+    doc["targets"] = print_summary(doc, args.lengths, args.concurrency)
+    print("\ntargets:", json.dumps(doc["targets"], indent=1))
     path = write_results("text_serving", doc)
     plot(doc, RESULTS / "text_serving.png")
     print(f"wrote {path} and {RESULTS / 'text_serving.png'}")
