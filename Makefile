@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.servekit/bentoml
 export BENTOML_DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: models-text serve test test-fast check lint types models redis redis-stop bench bento image clean
+.PHONY: models-text serve test test-fast check lint types models redis redis-stop bench bento clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
