@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class BatchPolicy(BaseModel):
-    """Batching policy for one model (the seed's: wait at most 10 ms, batch at most 32)."""
+    """Batching policy for one model (default: wait at most 10 ms, batch at most 32)."""
 
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows in one backend call.")
     max_wait_ms: float = Field(
@@ -109,6 +109,12 @@ class ServingSettings(BaseSettings):
         None, description="Bearer token of the admin routes; unset: off."
     )
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes of the gateway.")
+    catalog_ttl_s: float = Field(
+        10.0, gt=0, description="How long a resolved model version is reused before re-reading."
+    )
+    s3_connect_timeout_s: float = Field(2.0, gt=0, description="S3 connect timeout.")
+    s3_read_timeout_s: float = Field(10.0, gt=0, description="S3 read timeout.")
+    s3_max_attempts: int = Field(2, ge=1, le=10, description="S3 attempts per call (retries + 1).")
 
 
 class ModelLimits(BaseModel):
@@ -255,7 +261,7 @@ class FeatureSettings(BaseSettings):
 
 
 class RolloutSettings(BaseSettings):
-    """Shadow and canary rollouts (design decision 8), their gates and the A/B analysis."""
+    """Shadow and canary rollouts, their gates and the A/B analysis."""
 
     model_config = SettingsConfigDict(env_prefix="SERVEKIT_ROLLOUT_", extra="ignore")
 
@@ -299,6 +305,14 @@ class RolloutSettings(BaseSettings):
     follower_refresh_s: float = Field(
         30.0, gt=0, description="Full re-read of rollout state behind the pub/sub notices."
     )
+    shadow_queue: int = Field(
+        256, ge=1, description="Shadow jobs waiting at most; past it new ones are dropped."
+    )
+    shadow_concurrency: int = Field(4, ge=1, description="Shadow calls running at once.")
+    shadow_timeout_s: float = Field(2.0, gt=0, description="Longest a shadow call may run.")
+    feedback_buffer: int = Field(
+        1024, ge=1, description="Prediction records buffered for attribution before drops."
+    )
 
     @field_validator("canary_steps")
     @classmethod
@@ -325,8 +339,8 @@ class ConvertSettings(BaseSettings):
     int8_reduce_range: bool = Field(
         True,
         description="Quantize int8 weights to 7 bits. CPUs without VNNI (AVX2 only) saturate "
-        "u8 x s8 products of full-range weights: measured here, an MLP's top-1 agreement "
-        "fell to 99.2 %. Off only where every serving CPU has VNNI.",
+        "u8 x s8 products of full-range weights (an MLP's top-1 agreement "
+        "falls to about 99.2 %). Off only where every serving CPU has VNNI.",
     )
     min_agreement: float = Field(
         0.995, ge=0, le=1, description="Least label / top-1 agreement of every format."

@@ -1,9 +1,9 @@
-"""Small, documented workarounds for BentoML 1.4 defects measured here.
+"""Small, documented workarounds for BentoML 1.4 defects that cost servekit latency.
 
 ``TimeoutMiddleware`` (bentoml/_internal/server/http/traffic.py) arms
 ``loop.call_later(timeout, ...)`` per request and never cancels it, so every request's
 future, context and span stay alive for ``traffic.timeout`` seconds: the heap grows with
-the request rate, and gen-2 GC pauses of 85-210 ms land on p99 (shared/MEASURED.md).
+the request rate, and gen-2 GC pauses of 85-210 ms land on p99.
 ``apply()`` replaces its ``__call__`` with the same logic plus ``handle.cancel()`` once the
 response has started or the app has finished.
 

@@ -21,8 +21,6 @@ import orjson
 from services.errors import BadRequestError, InvalidInputError, PayloadTooLargeError
 from services.request.schema import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorSpec
 
-HEADER_LENGTH = "inference-header-content-length"
-
 
 @dataclass
 class InferRequest:
@@ -51,88 +49,12 @@ def decode_request(
     body: bytes, header_length: str | None, specs: list[TensorSpec], *, max_rows: int
 ) -> InferRequest:
     """Decode and validate an infer request against the model's input tensors."""
-    binary = b""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise BadRequestError(
-                f"Inference-Header-Content-Length must be an integer, got {header_length!r}",
-                field="Inference-Header-Content-Length",
-            ) from None
-        if not 0 < n <= len(body):
-            raise BadRequestError(
-                f"Inference-Header-Content-Length {n} is outside the body (length {len(body)})",
-                field="Inference-Header-Content-Length",
-            )
-        doc, binary = _json(body[:n]), body[n:]
-    else:
-        doc = _json(body)
+    doc, binary = _split_body(body, header_length)
     if not isinstance(doc, dict):
         raise InvalidInputError("the request must be a JSON object", field="body")
-    inputs = doc.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidInputError("'inputs' must be a non-empty list of tensors", field="inputs")
-    by_name = {s.name: s for s in specs}
-    feeds: dict[str, np.ndarray] = {}
-    offset = 0
-    rows: int | None = None
-    for k, tensor in enumerate(inputs):
-        if not isinstance(tensor, dict):
-            raise InvalidInputError(f"inputs[{k}] must be an object", field=f"inputs[{k}]")
-        name = tensor.get("name")
-        if name not in by_name:
-            raise InvalidInputError(
-                f"inputs[{k}].name {name!r} is not an input of this model "
-                f"(inputs: {', '.join(by_name)})",
-                field=f"inputs[{k}].name",
-            )
-        if name in feeds:
-            raise InvalidInputError(f"input {name!r} is given twice", field=f"inputs[{k}].name")
-        spec = by_name[name]
-        array, used = _decode_tensor(tensor, spec, binary, offset, f"inputs[{k}]")
-        offset += used
-        if rows is None:
-            rows = array.shape[0]
-        elif array.shape[0] != rows:
-            raise InvalidInputError(
-                f"input {name!r} has batch size {array.shape[0]}, others have {rows}",
-                field=f"inputs[{k}].shape",
-            )
-        feeds[name] = array
-    missing = [s.name for s in specs if s.name not in feeds]
-    if missing:
-        raise InvalidInputError(
-            f"missing input tensor {missing[0]!r}", field=f"inputs.{missing[0]}"
-        )
-    if offset != len(binary):
-        raise BadRequestError(
-            f"{len(binary) - offset} bytes of binary data are not claimed by any input",
-            field="binary_data_size",
-        )
-    assert rows is not None
-    if rows < 1:
-        raise InvalidInputError("the batch is empty", field="inputs[0].shape")
-    if rows > max_rows:
-        raise PayloadTooLargeError(
-            f"batch of {rows} rows is over the limit of {max_rows}",
-            limit=max_rows,
-            field="inputs[0].shape",
-        )
-    req_outputs = doc.get("outputs")
-    names: list[str] | None = None
-    binary_outputs: dict[str, bool] = {}
-    if req_outputs is not None:
-        if not isinstance(req_outputs, list):
-            raise InvalidInputError("'outputs' must be a list", field="outputs")
-        names = []
-        for k, out in enumerate(req_outputs):
-            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-                raise InvalidInputError(f"outputs[{k}] needs a name", field=f"outputs[{k}].name")
-            names.append(out["name"])
-            params = out.get("parameters") or {}
-            if isinstance(params, dict) and "binary_data" in params:
-                binary_outputs[out["name"]] = bool(params["binary_data"])
+    feeds, rows = _decode_inputs(doc.get("inputs"), specs, binary)
+    _check_rows(rows, max_rows)
+    names, binary_outputs = _decode_outputs(doc.get("outputs"))
     params = doc.get("parameters") or {}
     binary_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
     req_id = doc.get("id")
@@ -144,6 +66,108 @@ def decode_request(
         binary_outputs=binary_outputs,
         binary_default=binary_default,
     )
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    """The JSON header and the binary tail (empty without the binary extension)."""
+    if header_length is None:
+        return _json(body), b""
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise BadRequestError(
+            f"Inference-Header-Content-Length must be an integer, got {header_length!r}",
+            field="Inference-Header-Content-Length",
+        ) from None
+    if not 0 < n <= len(body):
+        raise BadRequestError(
+            f"Inference-Header-Content-Length {n} is outside the body (length {len(body)})",
+            field="Inference-Header-Content-Length",
+        )
+    return _json(body[:n]), body[n:]
+
+
+def _decode_inputs(
+    inputs: Any, specs: list[TensorSpec], binary: bytes
+) -> tuple[dict[str, np.ndarray], int]:
+    """Every input tensor, checked against ``specs``; the binary data claimed exactly."""
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInputError("'inputs' must be a non-empty list of tensors", field="inputs")
+    by_name = {s.name: s for s in specs}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    rows: int | None = None
+    for k, tensor in enumerate(inputs):
+        spec = _input_spec(tensor, k, by_name, feeds)
+        array, used = _decode_tensor(tensor, spec, binary, offset, f"inputs[{k}]")
+        offset += used
+        if rows is None:
+            rows = array.shape[0]
+        elif array.shape[0] != rows:
+            raise InvalidInputError(
+                f"input {spec.name!r} has batch size {array.shape[0]}, others have {rows}",
+                field=f"inputs[{k}].shape",
+            )
+        feeds[spec.name] = array
+    missing = [s.name for s in specs if s.name not in feeds]
+    if missing:
+        raise InvalidInputError(
+            f"missing input tensor {missing[0]!r}", field=f"inputs.{missing[0]}"
+        )
+    if offset != len(binary):
+        raise BadRequestError(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input",
+            field="binary_data_size",
+        )
+    assert rows is not None  # inputs is non-empty
+    return feeds, rows
+
+
+def _input_spec(
+    tensor: Any, k: int, by_name: dict[str, TensorSpec], seen: dict[str, np.ndarray]
+) -> TensorSpec:
+    """The model input that ``inputs[k]`` names (once)."""
+    if not isinstance(tensor, dict):
+        raise InvalidInputError(f"inputs[{k}] must be an object", field=f"inputs[{k}]")
+    name = tensor.get("name")
+    if name not in by_name:
+        raise InvalidInputError(
+            f"inputs[{k}].name {name!r} is not an input of this model "
+            f"(inputs: {', '.join(by_name)})",
+            field=f"inputs[{k}].name",
+        )
+    if name in seen:
+        raise InvalidInputError(f"input {name!r} is given twice", field=f"inputs[{k}].name")
+    return by_name[name]
+
+
+def _check_rows(rows: int, max_rows: int) -> None:
+    if rows < 1:
+        raise InvalidInputError("the batch is empty", field="inputs[0].shape")
+    if rows > max_rows:
+        raise PayloadTooLargeError(
+            f"batch of {rows} rows is over the limit of {max_rows}",
+            limit=max_rows,
+            field="inputs[0].shape",
+        )
+
+
+def _decode_outputs(req_outputs: Any) -> tuple[list[str] | None, dict[str, bool]]:
+    """The requested output names (None: all) and their per-output binary choice."""
+    if req_outputs is None:
+        return None, {}
+    if not isinstance(req_outputs, list):
+        raise InvalidInputError("'outputs' must be a list", field="outputs")
+    names: list[str] = []
+    binary_outputs: dict[str, bool] = {}
+    for k, out in enumerate(req_outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise InvalidInputError(f"outputs[{k}] needs a name", field=f"outputs[{k}].name")
+        names.append(out["name"])
+        params = out.get("parameters") or {}
+        if isinstance(params, dict) and "binary_data" in params:
+            binary_outputs[out["name"]] = bool(params["binary_data"])
+    return names, binary_outputs
 
 
 def _decode_tensor(

@@ -102,7 +102,16 @@ class LocalStore(ArtifactStore):
 class S3Store(ArtifactStore):
     """An S3 bucket (or any S3-compatible endpoint) through boto3."""
 
-    def __init__(self, url: str, *, endpoint_url: str | None = None, client: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        client: Any = None,
+        connect_timeout_s: float = 2.0,
+        read_timeout_s: float = 10.0,
+        max_attempts: int = 2,
+    ) -> None:
         if not url.startswith("s3://"):
             raise ValueError(f"not an s3:// url: {url}")
         bucket, _, prefix = url[5:].partition("/")
@@ -116,7 +125,11 @@ class S3Store(ArtifactStore):
             client = boto3.client(
                 "s3",
                 endpoint_url=endpoint_url,
-                config=Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2}),
+                config=Config(
+                    connect_timeout=connect_timeout_s,
+                    read_timeout=read_timeout_s,
+                    retries={"max_attempts": max_attempts},
+                ),
             )
         self.client = client
 
@@ -228,7 +241,13 @@ def open_store(settings: ServingSettings) -> ArtifactStore:
     """The store named by ``settings.model_store``."""
     where = settings.model_store
     if where.startswith("s3://"):
-        return S3Store(where, endpoint_url=settings.s3_endpoint_url)
+        return S3Store(
+            where,
+            endpoint_url=settings.s3_endpoint_url,
+            connect_timeout_s=settings.s3_connect_timeout_s,
+            read_timeout_s=settings.s3_read_timeout_s,
+            max_attempts=settings.s3_max_attempts,
+        )
     if where == "bentoml":
         return BentoModelStore()
     return LocalStore(where)

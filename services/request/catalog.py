@@ -74,11 +74,3 @@ class ModelCatalog:
         if mv is None:
             raise ModelNotFoundError(name, version)
         return mv
-
-    def invalidate(self, name: str | None = None) -> None:
-        """Forget cached resolutions (of one model, or all)."""
-        if name is None:
-            self._cache.clear()
-        else:
-            for key in [k for k in self._cache if k[0] == name]:
-                del self._cache[key]

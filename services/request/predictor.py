@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from monitoring.metrics import ServingMetrics
-from services.edge.oip import decode_request, encode_response, model_metadata
 from services.errors import InvalidInputError, PayloadTooLargeError, ServekitError
 from services.registry.versions import ModelVersion
 from services.request.assembly import VectorAssembler
@@ -32,7 +31,6 @@ if TYPE_CHECKING:
     from services.state.features import FeatureStore
 
 _PREDICT_KEYS = frozenset({"model", "version", "inputs", "user_id", "request_id"})
-_PLATFORM = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 
 
 @dataclass
@@ -118,6 +116,39 @@ class Predictor:
     async def predict(self, body: Any) -> dict[str, Any]:
         """``POST /predict``: records in, one prediction per record out."""
         t0 = time.perf_counter()
+        inputs, request_id, user_id = self._check_body(body)
+        model, explicit = body.get("model"), body.get("version")
+        if self.router is not None and explicit is None and isinstance(model, str):
+            decision = self.router.decide(model, user_id, request_id)
+        else:
+            decision = RouteDecision(explicit, "primary", "user" if user_id else "request")
+        mv = await self.resolve(model, decision.version)
+        encoder = self._encoder(mv)
+        try:
+            if isinstance(encoder, TextEncoder):
+                answer = await self._predict_text(mv, encoder, inputs)
+            else:
+                answer = await self._predict_tabular(mv, encoder, inputs, user_id)
+        except ServekitError:
+            if self.router is not None:
+                ms = (time.perf_counter() - t0) * 1000
+                self.router.record(decision, mv, request_id, ms, True, None, None)
+            raise
+        elapsed = time.perf_counter() - t0
+        self.metrics.observe_request(mv.name, mv.version, "predict", elapsed, len(inputs))
+        if self.router is not None:
+            self._record_and_shadow(decision, mv, request_id, elapsed * 1000, answer, len(inputs))
+        return {
+            "model": mv.name,
+            "version": mv.version,
+            "predictions": answer.predictions,
+            "request_id": request_id,
+            "variant": decision.variant,
+            "assignment": decision.unit,
+        }
+
+    def _check_body(self, body: Any) -> tuple[list[Any], str, str | None]:
+        """The records, the request id (given or new) and the user id of a ``/predict`` body."""
         if not isinstance(body, dict):
             raise InvalidInputError("the request must be a JSON object", field="body")
         extra = body.keys() - _PREDICT_KEYS
@@ -144,49 +175,32 @@ class Predictor:
                 raise InvalidInputError(
                     f"'{key}' must be a string of 1 to 200 characters", field=key
                 )
-        request_id: str = body.get("request_id") or uuid.uuid4().hex
-        user_id: str | None = body.get("user_id")
-        model, explicit = body.get("model"), body.get("version")
-        if self.router is not None and explicit is None and isinstance(model, str):
-            decision = self.router.decide(model, user_id, request_id)
-        else:
-            decision = RouteDecision(explicit, "primary", "user" if user_id else "request")
-        mv = await self.resolve(model, decision.version)
-        encoder = self._encoder(mv)
-        try:
-            if isinstance(encoder, TextEncoder):
-                answer = await self._predict_text(mv, encoder, inputs)
-            else:
-                answer = await self._predict_tabular(mv, encoder, inputs, user_id)
-        except ServekitError:
-            if self.router is not None:
-                ms = (time.perf_counter() - t0) * 1000
-                self.router.record(decision, mv, request_id, ms, True, None, None)
-            raise
-        elapsed = time.perf_counter() - t0
-        self.metrics.observe_request(mv.name, mv.version, "predict", elapsed, len(inputs))
-        if self.router is not None:
-            self.router.record(
-                decision, mv, request_id, elapsed * 1000, False, answer.inputs, answer.predictions
+        return inputs, body.get("request_id") or uuid.uuid4().hex, body.get("user_id")
+
+    def _record_and_shadow(
+        self,
+        decision: RouteDecision,
+        mv: ModelVersion,
+        request_id: str,
+        elapsed_ms: float,
+        answer: _Answer,
+        rows: int,
+    ) -> None:
+        """Count and log the answer for its variant; send the input to a shadow candidate."""
+        assert self.router is not None
+        self.router.record(
+            decision, mv, request_id, elapsed_ms, False, answer.inputs, answer.predictions
+        )
+        if decision.shadow_version:
+            self.router.shadow(
+                mv,
+                decision.shadow_version,
+                answer.feeds,
+                rows,
+                request_id,
+                answer.outputs,
+                elapsed_ms,
             )
-            if decision.shadow_version:
-                self.router.shadow(
-                    mv,
-                    decision.shadow_version,
-                    answer.feeds,
-                    len(inputs),
-                    request_id,
-                    answer.outputs,
-                    elapsed * 1000,
-                )
-        return {
-            "model": mv.name,
-            "version": mv.version,
-            "predictions": answer.predictions,
-            "request_id": request_id,
-            "variant": decision.variant,
-            "assignment": decision.unit,
-        }
 
     async def _predict_tabular(
         self, mv: ModelVersion, assembler: VectorAssembler, records: list[Any], user_id: str | None
@@ -252,29 +266,6 @@ class Predictor:
         output = mv.model_schema.outputs[0].name
         return _Answer(predictions, feeds, {output: embeddings}, None)
 
-    async def infer_v2(
-        self, model: str, version: str | None, body: bytes, header_length: str | None
-    ) -> tuple[bytes, dict[str, str]]:
-        """``POST /v2/models/{model}[/versions/{version}]/infer``."""
-        t0 = time.perf_counter()
-        mv = await self.resolve(model, version)
-        req = decode_request(body, header_length, mv.model_schema.inputs, max_rows=self.max_records)
-        outputs = await self.runner.infer(mv, req.feeds, req.rows)
-        out = encode_response(mv.name, mv.version, req, outputs)
-        self.metrics.observe_request(
-            mv.name, mv.version, "v2_infer", time.perf_counter() - t0, req.rows
-        )
-        return out
-
-    async def v2_metadata(self, model: str, version: str | None) -> dict[str, Any]:
-        """``GET /v2/models/{model}[/versions/{version}]``."""
-        mv = await self.resolve(model, version)
-        versions = [v.version for v in await _versions(self.catalog, mv.name)]
-        schema = mv.model_schema
-        return model_metadata(
-            mv.name, versions, _PLATFORM.get(mv.format, mv.format), schema.inputs, schema.outputs
-        )
-
     async def models(self) -> dict[str, Any]:
         """``GET /models``: every registered model, its versions and their schemas."""
         import asyncio
@@ -307,12 +298,6 @@ class Predictor:
                 }
             )
         return {"models": out}
-
-
-async def _versions(catalog: ModelCatalog, name: str) -> list[ModelVersion]:
-    import asyncio
-
-    return await asyncio.to_thread(catalog.registry.list_versions, name)
 
 
 class LocalRunner:

@@ -1,6 +1,6 @@
 """Which version serves a request: sticky, salted hashing of users (or requests).
 
-Design decision 4: a logged-in user is hashed by ``user_id`` so they always see the same
+User-level assignment (docs/design.md): a logged-in user is hashed by ``user_id`` so they always see the same
 version for the life of an experiment; anonymous traffic falls back to the request id (or
 a random draw when there is none). The hash is ``blake2b`` of ``"{salt}:{unit_id}"``, read
 big-endian, so every replica and every Python process agrees (``hash()`` is salted per

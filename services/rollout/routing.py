@@ -1,7 +1,7 @@
 """Traffic routing for rollouts: which version answers, shadow mirroring, prediction logging.
 
-``TrafficRouter`` is what the gateway calls around each inference (ARCHITECTURE.md, data
-plane steps 2, 6 and 7):
+``TrafficRouter`` is what the gateway calls around each inference (docs/architecture.md,
+request path steps 2, 6 and 7):
 
 - ``decide`` picks the version from the in-memory rollout state (``RolloutFollower``)
   with the sticky assignment of ``services.rollout.assignment``: no I/O on the request path;

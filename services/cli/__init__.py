@@ -1,0 +1,24 @@
+"""The ``servekit`` command line.
+
+``app`` is the console script's entry point (``servekit = services.cli:app``). Each verb
+group lives in its own module and joins ``app`` here.
+
+    servekit rollout status fraud
+    servekit rollout shadow fraud 2 --reason "new features"
+    servekit rollout canary fraud 2 --percent 5
+    servekit rollout promote fraud
+    servekit experiment report fraud
+"""
+
+from __future__ import annotations
+
+import typer
+
+from services.cli.experiment import experiment_app
+from services.cli.rollout import rollout_app
+
+app = typer.Typer(name="servekit", help="servekit: model serving on BentoML.", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment", no_args_is_help=True)
+
+__all__ = ["app"]
