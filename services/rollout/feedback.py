@@ -1,7 +1,8 @@
 """Outcome attribution and per-variant counters in Redis (``FeedbackStore``), read by the
 A/B analysis in ``services.rollout.statistics``.
 
-Redis layout of ``FeedbackStore`` (keys as in ``services.state.keys``: bytes, ``:`` escaped)::
+Redis layout of ``FeedbackStore`` (keys built by ``services.state.keys``: bytes, ``:``
+escaped)::
 
     servekit:feedback:{request_id}                      hash, TTL: model, experiment,
                                                         variant, version, counters, outcome
@@ -35,34 +36,17 @@ from services.rollout.statistics import (
     latency_bucket,
     summarize_histogram,
 )
-from services.state.keys import NAMESPACE, escape
+from services.state.keys import (
+    experiment_counters_key,
+    experiment_latency_key,
+    experiments_key,
+    feedback_key,
+)
 
 logger = logging.getLogger(__name__)
 
 # (request_id, model, variant, version, experiment_id, latency_ms, error)
 PredictionRecordIn = tuple[str, str, str, str, "str | None", float, bool]
-
-
-def feedback_key(request_id: str) -> bytes:
-    """Redis key of one prediction's attribution."""
-    return b":".join((NAMESPACE, b"feedback", escape(request_id)))
-
-
-def counters_key(model: str, experiment_id: str, variant: str) -> bytes:
-    """Redis key of one variant's counters in one experiment."""
-    return b":".join(
-        (NAMESPACE, b"experiment", escape(model), escape(experiment_id), escape(variant))
-    )
-
-
-def latency_key(model: str, experiment_id: str, variant: str) -> bytes:
-    """Redis key of one variant's latency histogram in one experiment."""
-    return counters_key(model, experiment_id, variant) + b":latency"
-
-
-def experiments_key(model: str) -> bytes:
-    """Redis key of the experiments of ``model``, scored by when first seen."""
-    return b":".join((NAMESPACE, b"experiments", escape(model)))
 
 
 # Counts an outcome once: unknown request -> 0, already counted -> -1, else 1.
@@ -135,7 +119,7 @@ class FeedbackStore:
                     continue
                 valid += 1
                 experiment = experiment_id or BASELINE
-                counters = counters_key(model, experiment, variant)
+                counters = experiment_counters_key(model, experiment, variant)
                 if request_id:
                     key = feedback_key(request_id)
                     pipe.hset(
@@ -154,7 +138,7 @@ class FeedbackStore:
                     {
                         "model": model,
                         "experiment": experiment,
-                        "latency": latency_key(model, experiment, variant),
+                        "latency": experiment_latency_key(model, experiment, variant),
                         "n": 0,
                         "errors": 0,
                         "ms": 0.0,
@@ -199,8 +183,8 @@ class FeedbackStore:
         if variant not in VARIANTS:
             raise InvalidInputError(f"variant must be one of {VARIANTS}", field="variant")
         experiment = experiment_id or BASELINE
-        counters = counters_key(model, experiment, variant)
-        latency = latency_key(model, experiment, variant)
+        counters = experiment_counters_key(model, experiment, variant)
+        latency = experiment_latency_key(model, experiment, variant)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(
                 feedback_key(request_id),
@@ -259,8 +243,8 @@ class FeedbackStore:
         check_model_name(model)
         async with self._redis.pipeline(transaction=False) as pipe:
             for variant in VARIANTS:
-                pipe.hgetall(counters_key(model, experiment_id, variant))
-                pipe.hgetall(latency_key(model, experiment_id, variant))
+                pipe.hgetall(experiment_counters_key(model, experiment_id, variant))
+                pipe.hgetall(experiment_latency_key(model, experiment_id, variant))
             raw = await pipe.execute()
         table = {}
         for i, variant in enumerate(VARIANTS):

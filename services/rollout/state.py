@@ -1,6 +1,6 @@
 """Rollout state per model in Redis: primary, candidate, mode, percent, experiment salt.
 
-Layout (keys built as in ``services.state.keys``: bytes, a ``:`` inside a name escaped; the
+Layout (keys built by ``services.state.keys``: bytes, a ``:`` inside a name escaped; the
 script below touches three keys, so a Redis Cluster would need them under one hash tag)::
 
     servekit:rollout:{model}            hash  rev -> int, state -> RolloutState JSON
@@ -35,14 +35,11 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
-from services.state.keys import NAMESPACE, escape
+from services.state import keys
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["off", "shadow", "canary", "ab"]
-
-CHANNEL = "servekit:rollout"
-MODELS_KEY = NAMESPACE + b":rollouts"
 
 
 def channel_for(redis: aioredis.Redis) -> str:
@@ -52,18 +49,7 @@ def channel_for(redis: aioredis.Redis) -> str:
     different databases would otherwise steer each other's gateways. Database 0 keeps the
     plain ``servekit:rollout``.
     """
-    db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
-    return CHANNEL if db == 0 else f"{CHANNEL}:db{db}"
-
-
-def state_key(model: str) -> bytes:
-    """Redis key of ``model``'s rollout state."""
-    return b":".join((NAMESPACE, b"rollout", escape(model)))
-
-
-def history_key(model: str) -> bytes:
-    """Redis key of ``model``'s rollout history stream."""
-    return state_key(model) + b":history"
+    return keys.rollout_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
 
 
 def check_model_name(model: str) -> None:
@@ -235,7 +221,7 @@ class RolloutStore:
 
     async def models(self) -> list[str]:
         """Models that have a rollout state, sorted."""
-        return sorted(_text(m) for m in await self._redis.smembers(MODELS_KEY))
+        return sorted(_text(m) for m in await self._redis.smembers(keys.rollout_models_key()))
 
     async def all(self) -> dict[str, RolloutState]:
         """Every model's state, read in one pipelined round trip after the model list."""
@@ -244,7 +230,7 @@ class RolloutStore:
             return {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for model in models:
-                pipe.hget(state_key(model), "state")
+                pipe.hget(keys.rollout_state_key(model), "state")
             raws = await pipe.execute()
         return {
             model: RolloutState.model_validate_json(raw)
@@ -282,7 +268,11 @@ class RolloutStore:
             entry = ["at", repr(now), "action", action, "reason", reason, "actor", actor]
             entry += ["revision", str(new.revision), "state", state_json]
             written = await self._cas(
-                keys=[state_key(model), history_key(model), MODELS_KEY],
+                keys=[
+                    keys.rollout_state_key(model),
+                    keys.rollout_history_key(model),
+                    keys.rollout_models_key(),
+                ],
                 args=[
                     revision,
                     state_json,
@@ -447,12 +437,14 @@ class RolloutStore:
         check_model_name(model)
         if n < 1:
             raise InvalidInputError(f"n must be >= 1, got {n}", field="n")
-        entries: Any = await self._redis.xrevrange(history_key(model), count=n)
+        entries: Any = await self._redis.xrevrange(keys.rollout_history_key(model), count=n)
         return [_event(entry_id, fields) for entry_id, fields in entries]
 
     async def _read(self, model: str) -> tuple[RolloutState | None, int]:
         check_model_name(model)
-        raw_rev, raw_state = await self._redis.hmget(state_key(model), ["rev", "state"])
+        raw_rev, raw_state = await self._redis.hmget(
+            keys.rollout_state_key(model), ["rev", "state"]
+        )
         revision = int(raw_rev or 0)
         if raw_state is None:
             return None, revision
