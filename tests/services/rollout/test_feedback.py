@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
 from services.rollout.feedback import FeedbackStore
-from services.state.keys import feedback_key
+from services.settings import RolloutSettings
+from services.state.keys import (
+    experiment_counters_key,
+    experiment_latency_key,
+    experiments_key,
+    feedback_key,
+)
 
 
 class FakeClock:
@@ -118,3 +126,22 @@ async def test_batched_records_count_like_single_ones(aredis: aioredis.Redis) ->
     assert after["primary"].predictions == single["primary"].predictions + 1
     attribution = await one.record_outcome("r3", 1)
     assert (attribution.variant, attribution.version) == ("candidate", "2")
+
+
+async def test_ttls_of_attributions_and_counters(aredis: aioredis.Redis) -> None:
+    store = FeedbackStore(aredis, ttl_seconds=3600, counter_ttl_seconds=7200)
+    await store.record_prediction("r1", "fraud", "primary", "1", "exp", 2.0)
+    assert 0 < await aredis.ttl(feedback_key("r1")) <= 3600
+    for key in (
+        experiment_counters_key("fraud", "exp", "primary"),
+        experiment_latency_key("fraud", "exp", "primary"),
+        experiments_key("fraud"),
+    ):
+        assert 3600 < await aredis.ttl(key) <= 7200
+
+
+def test_ttl_defaults_match_the_settings() -> None:
+    fields = RolloutSettings.model_fields
+    params = inspect.signature(FeedbackStore).parameters
+    assert params["ttl_seconds"].default == fields["feedback_ttl_s"].default == 7 * 86_400
+    assert params["counter_ttl_seconds"].default == fields["counter_ttl_s"].default == 90 * 86_400
