@@ -27,8 +27,9 @@ from rich.table import Table
 
 from services.errors import ServekitError
 from services.rollout.feedback import FeedbackStore
-from services.rollout.state import RolloutEvent, RolloutState, RolloutStore
+from services.rollout.state import RolloutEvent, RolloutStore
 from services.rollout.statistics import ExperimentReport
+from services.rollout.transitions import RolloutState
 from services.settings import get_settings
 
 T = TypeVar("T")

@@ -26,7 +26,6 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
-from services.rollout.state import check_model_name
 from services.rollout.statistics import (
     BASELINE,
     VARIANTS,
@@ -36,6 +35,7 @@ from services.rollout.statistics import (
     latency_bucket,
     summarize_histogram,
 )
+from services.rollout.transitions import check_model_name
 from services.state.keys import (
     experiment_counters_key,
     experiment_latency_key,

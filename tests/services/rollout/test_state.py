@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
 from services.rollout.follower import RolloutFollower
-from services.rollout.state import RolloutState, RolloutStore, channel_for
+from services.rollout.state import RolloutStore, channel_for
+from services.rollout.transitions import RolloutState
 from services.state.keys import rollout_history_key
 
 
