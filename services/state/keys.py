@@ -1,8 +1,9 @@
 """Redis key building: pure functions, one per kind of key (after Feast's Redis store).
 
-Every key is bytes under the ``servekit:`` namespace. Parts taken from callers (model,
-version, view, entity id, event id) are escaped so that a ``:`` inside a part can never
-make two different tuples build the same key (``%`` -> ``%25``, ``:`` -> ``%3A``).
+Every key is bytes under the ``servekit:`` namespace (the pub/sub channel's name is a
+str). Parts taken from callers (model, version, view, entity id, event id, request id,
+experiment, variant) are escaped so that a ``:`` inside a part can never make two
+different tuples build the same key (``%`` -> ``%25``, ``:`` -> ``%3A``).
 
 Layout::
 
@@ -18,7 +19,7 @@ Layout::
     servekit:events                                event stream
     servekit:evseen:{group}:{event_id}             event applied by a group (dedupe)
     servekit:rollout:{model}                       rollout state (hash: rev, state)
-    servekit:rollout:{model}:history              rollout changes (stream, capped)
+    servekit:rollout:{model}:history               rollout changes (stream, capped)
     servekit:rollouts                              models with a rollout state (set)
     servekit:rollout[:db{n}]                       rollout notices (pub/sub channel)
     servekit:feedback:{request_id}                 a prediction kept for its outcome (hash)
