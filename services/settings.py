@@ -52,6 +52,18 @@ class RedisSettings(BaseSettings):
         "cache's timeout_ms for why it is not a few ms).",
     )
     stream_maxlen: int = Field(100_000, ge=100, description="Cap of the prediction stream.")
+    worker_socket_timeout_ms: float = Field(
+        10_000.0,
+        gt=0,
+        description="Socket timeout of the client that the real-time worker (blocking stream "
+        "reads) and rollout changes use: patient, as they wait on a busy Redis.",
+    )
+    background_socket_timeout_ms: float = Field(
+        500.0,
+        gt=0,
+        description="Socket timeout of the client that writes the prediction log and feedback "
+        "off the request path.",
+    )
 
 
 class BatchSettings(BaseSettings):
@@ -312,6 +324,11 @@ class RolloutSettings(BaseSettings):
     shadow_timeout_s: float = Field(2.0, gt=0, description="Longest a shadow call may run.")
     feedback_buffer: int = Field(
         1024, ge=1, description="Prediction records buffered for attribution before drops."
+    )
+    counter_ttl_s: int = Field(
+        90 * 86_400,
+        ge=60,
+        description="How long an experiment's per-variant counters outlive their last write.",
     )
 
     @field_validator("canary_steps")

@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from services.cli.common import Actor, Candidate, Model, Reason, console, default_actor, run_redis
-from services.rollout.state import RolloutEvent, RolloutState, RolloutStore
+from services.rollout.state import RolloutEvent, RolloutStore
+from services.rollout.transitions import RolloutState
 from services.settings import get_settings
 
 rollout_app = typer.Typer(help="Shadow runs, canaries, A/B tests: read and change rollout state.")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from services.rollout.state import RolloutState
+    from services.rollout.transitions import RolloutState
 
 Variant = Literal["primary", "candidate"]
 Unit = Literal["user", "request"]

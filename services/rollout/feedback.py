@@ -1,7 +1,8 @@
 """Outcome attribution and per-variant counters in Redis (``FeedbackStore``), read by the
 A/B analysis in ``services.rollout.statistics``.
 
-Redis layout of ``FeedbackStore`` (keys as in ``services.state.keys``: bytes, ``:`` escaped)::
+Redis layout of ``FeedbackStore`` (keys built by ``services.state.keys``: bytes, ``:``
+escaped)::
 
     servekit:feedback:{request_id}                      hash, TTL: model, experiment,
                                                         variant, version, counters, outcome
@@ -19,13 +20,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
-from services.rollout.state import check_model_name
 from services.rollout.statistics import (
     BASELINE,
     VARIANTS,
@@ -35,34 +35,18 @@ from services.rollout.statistics import (
     latency_bucket,
     summarize_histogram,
 )
-from services.state.keys import NAMESPACE, escape
+from services.rollout.transitions import check_model_name
+from services.state.keys import (
+    experiment_counters_key,
+    experiment_latency_key,
+    experiments_key,
+    feedback_key,
+)
 
 logger = logging.getLogger(__name__)
 
 # (request_id, model, variant, version, experiment_id, latency_ms, error)
 PredictionRecordIn = tuple[str, str, str, str, "str | None", float, bool]
-
-
-def feedback_key(request_id: str) -> bytes:
-    """Redis key of one prediction's attribution."""
-    return b":".join((NAMESPACE, b"feedback", escape(request_id)))
-
-
-def counters_key(model: str, experiment_id: str, variant: str) -> bytes:
-    """Redis key of one variant's counters in one experiment."""
-    return b":".join(
-        (NAMESPACE, b"experiment", escape(model), escape(experiment_id), escape(variant))
-    )
-
-
-def latency_key(model: str, experiment_id: str, variant: str) -> bytes:
-    """Redis key of one variant's latency histogram in one experiment."""
-    return counters_key(model, experiment_id, variant) + b":latency"
-
-
-def experiments_key(model: str) -> bytes:
-    """Redis key of the experiments of ``model``, scored by when first seen."""
-    return b":".join((NAMESPACE, b"experiments", escape(model)))
 
 
 # Counts an outcome once: unknown request -> 0, already counted -> -1, else 1.
@@ -116,26 +100,48 @@ class FeedbackStore:
     async def record_predictions(self, items: Sequence[PredictionRecordIn]) -> int:
         """Record many predictions in one round trip, counters summed per variant.
 
+        An item with an empty request id is counted but not kept for outcome attribution.
         Returns how many were recorded (invalid items are skipped and logged).
         """
-        sums: dict[bytes, dict[str, Any]] = {}
-        valid = 0
+        valid = []
+        for item in items:
+            try:
+                _check_record(item)
+            except InvalidInputError as exc:
+                logger.warning("skipping a prediction record: %s", exc.message)
+                continue
+            valid.append(item)
+        if valid:
+            await self._write(valid)
+        return len(valid)
+
+    async def record_prediction(
+        self,
+        request_id: str,
+        model: str,
+        variant: str,
+        version: str,
+        experiment_id: str | None,
+        latency_ms: float,
+        error: bool = False,
+    ) -> None:
+        """Count one prediction for its variant and remember it for its outcome (1 trip).
+
+        Raises:
+            InvalidInputError: a bad request id (empty included), model name or variant.
+        """
+        item = (request_id, model, variant, version, experiment_id, latency_ms, error)
+        _check_request_id(request_id)
+        _check_record(item)
+        await self._write([item])
+
+    async def _write(self, items: Sequence[PredictionRecordIn]) -> None:
+        """Write validated records: attributions, then one set of increments per variant."""
+        tallies: dict[bytes, _Tally] = {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for request_id, model, variant, version, experiment_id, latency_ms, error in items:
-                try:
-                    if request_id:  # "": counted, but not kept for outcome attribution
-                        _check_request_id(request_id)
-                    check_model_name(model)
-                    if variant not in VARIANTS:
-                        raise InvalidInputError(
-                            f"variant must be one of {VARIANTS}", field="variant"
-                        )
-                except InvalidInputError as exc:
-                    logger.warning("skipping a prediction record: %s", exc.message)
-                    continue
-                valid += 1
                 experiment = experiment_id or BASELINE
-                counters = counters_key(model, experiment, variant)
+                counters = experiment_counters_key(model, experiment, variant)
                 if request_id:
                     key = feedback_key(request_id)
                     pipe.hset(
@@ -149,79 +155,24 @@ class FeedbackStore:
                         },
                     )
                     pipe.expire(key, self._ttl)
-                s = sums.setdefault(
-                    counters,
-                    {
-                        "model": model,
-                        "experiment": experiment,
-                        "latency": latency_key(model, experiment, variant),
-                        "n": 0,
-                        "errors": 0,
-                        "ms": 0.0,
-                        "buckets": collections.Counter(),
-                    },
-                )
-                s["n"] += 1
-                s["errors"] += int(error)
-                s["ms"] += float(latency_ms)
-                s["version"] = version
-                s["buckets"][str(latency_bucket(latency_ms))] += 1
+                tally = tallies.get(counters)
+                if tally is None:
+                    tally = tallies[counters] = _Tally(model, experiment, variant)
+                tally.add(version, latency_ms, error)
             now = self._clock()
-            for counters, s in sums.items():
-                pipe.hincrby(counters, "predictions", s["n"])
-                if s["errors"]:
-                    pipe.hincrby(counters, "errors", s["errors"])
-                pipe.hincrbyfloat(counters, "latency_sum_ms", s["ms"])
-                pipe.hset(counters, "version", s["version"])
-                for bucket_name, count in s["buckets"].items():
-                    pipe.hincrby(s["latency"], bucket_name, count)
-                experiments = experiments_key(s["model"])
-                pipe.zadd(experiments, {s["experiment"]: now}, nx=True)
-                for key in (counters, s["latency"], experiments):
+            for counters, tally in tallies.items():
+                latency = experiment_latency_key(tally.model, tally.experiment, tally.variant)
+                experiments = experiments_key(tally.model)
+                pipe.hincrby(counters, "predictions", tally.predictions)
+                if tally.errors:
+                    pipe.hincrby(counters, "errors", tally.errors)
+                pipe.hincrbyfloat(counters, "latency_sum_ms", tally.latency_sum_ms)
+                pipe.hset(counters, "version", tally.version)
+                for bucket, count in tally.buckets.items():
+                    pipe.hincrby(latency, str(bucket), count)
+                pipe.zadd(experiments, {tally.experiment: now}, nx=True)
+                for key in (counters, latency, experiments):
                     pipe.expire(key, self._counter_ttl)
-            if valid:
-                await pipe.execute()
-        return valid
-
-    async def record_prediction(
-        self,
-        request_id: str,
-        model: str,
-        variant: str,
-        version: str,
-        experiment_id: str | None,
-        latency_ms: float,
-        error: bool = False,
-    ) -> None:
-        """Count one prediction for its variant and remember it for its outcome (1 trip)."""
-        _check_request_id(request_id)
-        check_model_name(model)
-        if variant not in VARIANTS:
-            raise InvalidInputError(f"variant must be one of {VARIANTS}", field="variant")
-        experiment = experiment_id or BASELINE
-        counters = counters_key(model, experiment, variant)
-        latency = latency_key(model, experiment, variant)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hset(
-                feedback_key(request_id),
-                mapping={
-                    "model": model,
-                    "experiment": experiment,
-                    "variant": variant,
-                    "version": version,
-                    "counters": counters,
-                },
-            )
-            pipe.expire(feedback_key(request_id), self._ttl)
-            pipe.hincrby(counters, "predictions", 1)
-            if error:
-                pipe.hincrby(counters, "errors", 1)
-            pipe.hincrbyfloat(counters, "latency_sum_ms", float(latency_ms))
-            pipe.hset(counters, "version", version)
-            pipe.hincrby(latency, str(latency_bucket(latency_ms)), 1)
-            pipe.zadd(experiments_key(model), {experiment: self._clock()}, nx=True)
-            for key in (counters, latency, experiments_key(model)):
-                pipe.expire(key, self._counter_ttl)
             await pipe.execute()
 
     async def record_outcome(self, request_id: str, outcome: float | bool) -> Attribution:
@@ -259,8 +210,8 @@ class FeedbackStore:
         check_model_name(model)
         async with self._redis.pipeline(transaction=False) as pipe:
             for variant in VARIANTS:
-                pipe.hgetall(counters_key(model, experiment_id, variant))
-                pipe.hgetall(latency_key(model, experiment_id, variant))
+                pipe.hgetall(experiment_counters_key(model, experiment_id, variant))
+                pipe.hgetall(experiment_latency_key(model, experiment_id, variant))
             raw = await pipe.execute()
         table = {}
         for i, variant in enumerate(VARIANTS):
@@ -313,6 +264,38 @@ class FeedbackStore:
             alpha=alpha,
             tau2=tau2,
         )
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One variant's counts within one write, sent as one set of increments."""
+
+    model: str
+    experiment: str
+    variant: str
+    version: str = ""
+    predictions: int = 0
+    errors: int = 0
+    latency_sum_ms: float = 0.0
+    buckets: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def add(self, version: str, latency_ms: float, error: bool) -> None:
+        """Count one prediction; the last version seen is the one recorded."""
+        self.version = version
+        self.predictions += 1
+        self.errors += int(error)
+        self.latency_sum_ms += float(latency_ms)
+        self.buckets[latency_bucket(latency_ms)] += 1
+
+
+def _check_record(item: PredictionRecordIn) -> None:
+    """Raise InvalidInputError naming the bad field of one prediction record."""
+    request_id, model, variant = item[0], item[1], item[2]
+    if request_id:  # "": counted, but not kept for outcome attribution
+        _check_request_id(request_id)
+    check_model_name(model)
+    if variant not in VARIANTS:
+        raise InvalidInputError(f"variant must be one of {VARIANTS}", field="variant")
 
 
 def _check_request_id(request_id: str) -> None:

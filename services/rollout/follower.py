@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from services.rollout.state import RolloutState, RolloutStore, _brief, channel_for
+from services.rollout.state import RolloutStore, _brief, channel_for
+from services.rollout.transitions import RolloutState
 
 logger = logging.getLogger(__name__)
 

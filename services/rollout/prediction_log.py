@@ -2,8 +2,8 @@
 
 Every served prediction becomes an event on a capped Redis Stream per model (the source
 of drift reports, canary gates and A/B analysis); every shadow comparison becomes a pair
-on a second stream. Layout (keys as in ``services.state.keys``: bytes, a ``:`` inside a name
-escaped)::
+on a second stream. Layout (keys built by ``services.state.keys``: bytes, a ``:`` inside a
+name escaped)::
 
     servekit:predictions:{model}   stream, capped (MAXLEN ~): model, version, variant,
                                    unit, experiment, request_id, latency_ms, error,
@@ -35,21 +35,11 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.state.keys import NAMESPACE, escape
+from services.state.keys import prediction_stream_key, shadow_stream_key
 
 logger = logging.getLogger(__name__)
 
 _ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
-
-
-def predictions_key(model: str) -> bytes:
-    """Redis key of ``model``'s prediction stream."""
-    return b":".join((NAMESPACE, b"predictions", escape(model)))
-
-
-def shadow_key(model: str) -> bytes:
-    """Redis key of ``model``'s shadow pair stream."""
-    return b":".join((NAMESPACE, b"shadow", escape(model)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,9 +304,9 @@ class PredictionLog:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for entry in batch:
                     if isinstance(entry, ShadowPair):
-                        key, fields = shadow_key(entry.model), _pair_fields(entry)
+                        key, fields = shadow_stream_key(entry.model), _pair_fields(entry)
                     else:
-                        key, fields = predictions_key(entry.model), _event_fields(entry)
+                        key, fields = prediction_stream_key(entry.model), _event_fields(entry)
                     if not entry.ts:
                         fields["ts"] = repr(now)
                     pipe.xadd(key, fields, maxlen=self._maxlen, approximate=True)  # type: ignore[arg-type]
@@ -351,7 +341,7 @@ class PredictionLog:
     ) -> list[tuple[str, PredictionEvent]]:
         """Up to ``count`` prediction events of ``model`` after ``since_id``, oldest first."""
         entries: Any = await self._redis.xrange(
-            predictions_key(model), min=_exclusive_after(since_id), max="+", count=count
+            prediction_stream_key(model), min=_exclusive_after(since_id), max="+", count=count
         )
         return [(_text(entry_id), _decode_event(fields)) for entry_id, fields in entries]
 
@@ -360,12 +350,12 @@ class PredictionLog:
     ) -> list[tuple[str, ShadowPair]]:
         """Up to ``count`` shadow pairs of ``model`` after ``since_id``, oldest first."""
         entries: Any = await self._redis.xrange(
-            shadow_key(model), min=_exclusive_after(since_id), max="+", count=count
+            shadow_stream_key(model), min=_exclusive_after(since_id), max="+", count=count
         )
         return [(_text(entry_id), _decode_pair(fields)) for entry_id, fields in entries]
 
     async def last_id(self, model: str, *, shadow: bool = False) -> str:
         """The id of the newest entry of a stream (``"0-0"`` when empty): read after it."""
-        key = shadow_key(model) if shadow else predictions_key(model)
+        key = shadow_stream_key(model) if shadow else prediction_stream_key(model)
         entries: Any = await self._redis.xrevrange(key, count=1)
         return _text(entries[0][0]) if entries else "0-0"

@@ -1,6 +1,6 @@
 """Rollout state per model in Redis: primary, candidate, mode, percent, experiment salt.
 
-Layout (keys built as in ``services.state.keys``: bytes, a ``:`` inside a name escaped; the
+Layout (keys built by ``services.state.keys``: bytes, a ``:`` inside a name escaped; the
 script below touches three keys, so a Redis Cluster would need them under one hash tag)::
 
     servekit:rollout:{model}            hash  rev -> int, state -> RolloutState JSON
@@ -16,33 +16,33 @@ the history entry and publishes the notice, so a change, its audit line and its 
 never apart. ``RolloutFollower`` keeps an in-process copy fresh from the notices (and a
 periodic full read) so the serving path reads rollout state from memory.
 
-Modes: ``off`` (primary only), ``shadow`` (primary answers, candidate gets a mirrored copy),
-``canary`` (``percent`` of live traffic to the candidate), ``ab`` (an experiment with a
-fresh salt and experiment id at ``percent``).
+What a state holds (modes ``off``, ``shadow``, ``canary``, ``ab``) and how each action
+changes it are in ``services.rollout.transitions``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict
 
-from services.errors import ConflictError, InvalidInputError, NotFoundError
-from services.state.keys import NAMESPACE, escape
+from services.errors import ConflictError, InvalidInputError
+from services.rollout import transitions
+from services.rollout.transitions import (
+    Change,
+    RolloutState,
+    check_model_name,
+    existing,
+    validated,
+)
+from services.state import keys
 
 logger = logging.getLogger(__name__)
-
-Mode = Literal["off", "shadow", "canary", "ab"]
-
-CHANNEL = "servekit:rollout"
-MODELS_KEY = NAMESPACE + b":rollouts"
 
 
 def channel_for(redis: aioredis.Redis) -> str:
@@ -52,64 +52,7 @@ def channel_for(redis: aioredis.Redis) -> str:
     different databases would otherwise steer each other's gateways. Database 0 keeps the
     plain ``servekit:rollout``.
     """
-    db = int(redis.connection_pool.connection_kwargs.get("db") or 0)
-    return CHANNEL if db == 0 else f"{CHANNEL}:db{db}"
-
-
-def state_key(model: str) -> bytes:
-    """Redis key of ``model``'s rollout state."""
-    return b":".join((NAMESPACE, b"rollout", escape(model)))
-
-
-def history_key(model: str) -> bytes:
-    """Redis key of ``model``'s rollout history stream."""
-    return state_key(model) + b":history"
-
-
-def check_model_name(model: str) -> None:
-    """Raise InvalidInputError unless ``model`` is a usable name (1..200 characters)."""
-    if not model or len(model) > 200:
-        raise InvalidInputError("model name must be 1..200 characters", field="model")
-
-
-class RolloutState(BaseModel):
-    """One model's rollout state, as stored in Redis and held by every replica.
-
-    Attributes:
-        model: the model's name.
-        primary: the version that answers by default.
-        candidate: the version under rollout, or None.
-        mode: ``off``, ``shadow``, ``canary`` or ``ab``.
-        percent: share of live traffic to the candidate, 0..100 (0 unless canary or ab).
-        experiment_id: id of the canary or A/B experiment that feedback is counted under.
-        salt: salt of the assignment hash; new per rollout and per A/B experiment.
-        started_at: when the current rollout began (None when there is none).
-        updated_at: when the state last changed.
-        revision: increases by one on every change.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    model: str
-    primary: str = Field(min_length=1)
-    candidate: str | None = None
-    mode: Mode = "off"
-    percent: float = Field(0.0, ge=0.0, le=100.0)
-    experiment_id: str | None = None
-    salt: str = ""
-    started_at: float | None = None
-    updated_at: float = 0.0
-    revision: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _coherent(self) -> RolloutState:
-        if self.candidate is not None and self.candidate == self.primary:
-            raise ValueError("candidate must differ from primary")
-        if self.mode != "off" and self.candidate is None:
-            raise ValueError(f"mode {self.mode!r} needs a candidate")
-        if self.mode in ("off", "shadow") and self.percent != 0:
-            raise ValueError(f"mode {self.mode!r} sends no live traffic: percent must be 0")
-        return self
+    return keys.rollout_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
 
 
 class RolloutEvent(BaseModel):
@@ -141,63 +84,6 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
-Change = Callable[[RolloutState | None, float], RolloutState]
-"""Computes the new state from the current one (None: no state yet) and the time now."""
-
-
-def _validated(state: RolloutState | None, **changes: Any) -> RolloutState:
-    """``state`` with ``changes``, validated; a bad value names its field."""
-    base = state.model_dump() if state is not None else {}
-    try:
-        return RolloutState.model_validate({**base, **changes})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else None
-        raise InvalidInputError(f"invalid rollout state: {first['msg']}", field=field) from exc
-
-
-def _check_percent(percent: float, *, allow_zero: bool = False) -> None:
-    low_ok = percent >= 0 if allow_zero else percent > 0
-    if not (low_ok and percent <= 100):
-        bound = "0..100" if allow_zero else "(0, 100]"
-        raise InvalidInputError(f"percent must be in {bound}, got {percent}", field="percent")
-
-
-def _check_candidate(state: RolloutState, candidate: str) -> None:
-    if not candidate:
-        raise InvalidInputError("candidate must not be empty", field="candidate")
-    if candidate == state.primary:
-        raise InvalidInputError(
-            f"candidate {candidate!r} is already the primary of {state.model!r}", field="candidate"
-        )
-    if state.candidate is not None and state.candidate != candidate:
-        raise _in_progress(state)
-
-
-def _in_progress(state: RolloutState) -> ConflictError:
-    return ConflictError(
-        f"a rollout of {state.candidate!r} is in progress for {state.model!r}; "
-        "promote or roll it back first",
-        model=state.model,
-        candidate=state.candidate,
-    )
-
-
-def _existing(state: RolloutState | None, model: str) -> RolloutState:
-    if state is None:
-        raise NotFoundError(
-            f"no rollout state for model {model!r}; set its primary first", model=model
-        )
-    return state
-
-
-def _new_salt() -> str:
-    return secrets.token_hex(8)
-
-
-def _new_experiment_id(model: str, candidate: str) -> str:
-    return f"{model}-{candidate}-{uuid.uuid4().hex[:8]}"
-
 
 class RolloutStore:
     """Reads and changes rollout state in Redis, atomically, with history and notices.
@@ -226,7 +112,7 @@ class RolloutStore:
     async def get(self, model: str) -> RolloutState:
         """The state of ``model``; NotFoundError when it has none."""
         state, _ = await self._read(model)
-        return _existing(state, model)
+        return existing(state, model)
 
     async def find(self, model: str) -> RolloutState | None:
         """The state of ``model``, or None when it has none."""
@@ -235,7 +121,7 @@ class RolloutStore:
 
     async def models(self) -> list[str]:
         """Models that have a rollout state, sorted."""
-        return sorted(_text(m) for m in await self._redis.smembers(MODELS_KEY))
+        return sorted(_text(m) for m in await self._redis.smembers(keys.rollout_models_key()))
 
     async def all(self) -> dict[str, RolloutState]:
         """Every model's state, read in one pipelined round trip after the model list."""
@@ -244,7 +130,7 @@ class RolloutStore:
             return {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for model in models:
-                pipe.hget(state_key(model), "state")
+                pipe.hget(keys.rollout_state_key(model), "state")
             raws = await pipe.execute()
         return {
             model: RolloutState.model_validate_json(raw)
@@ -272,28 +158,10 @@ class RolloutStore:
         for _ in range(self._max_attempts):
             current, revision = await self._read(model)
             now = self._clock()
-            new = _validated(
+            new = validated(
                 change(current, now), model=model, updated_at=now, revision=revision + 1
             )
-            state_json = new.model_dump_json()
-            notice = json.dumps(
-                {"model": model, "revision": new.revision, "state": new.model_dump(mode="json")}
-            )
-            entry = ["at", repr(now), "action", action, "reason", reason, "actor", actor]
-            entry += ["revision", str(new.revision), "state", state_json]
-            written = await self._cas(
-                keys=[state_key(model), history_key(model), MODELS_KEY],
-                args=[
-                    revision,
-                    state_json,
-                    model,
-                    self._history_maxlen,
-                    channel_for(self._redis),
-                    notice,
-                    *entry,
-                ],
-            )
-            if written:
+            if await self._write(new, revision, now, action, reason, actor):
                 logger.info(
                     "rollout %s: %s -> %s (%s, by %s)", model, action, _brief(new), reason, actor
                 )
@@ -304,40 +172,46 @@ class RolloutStore:
             model=model,
         )
 
+    async def _write(
+        self, new: RolloutState, revision: int, now: float, action: str, reason: str, actor: str
+    ) -> bool:
+        """Write ``new``, its history entry and notice if still at ``revision``; else False."""
+        state_json = new.model_dump_json()
+        notice = json.dumps(
+            {"model": new.model, "revision": new.revision, "state": new.model_dump(mode="json")}
+        )
+        entry = ["at", repr(now), "action", action, "reason", reason, "actor", actor]
+        entry += ["revision", str(new.revision), "state", state_json]
+        written = await self._cas(
+            keys=[
+                keys.rollout_state_key(new.model),
+                keys.rollout_history_key(new.model),
+                keys.rollout_models_key(),
+            ],
+            args=[
+                revision,
+                state_json,
+                new.model,
+                self._history_maxlen,
+                channel_for(self._redis),
+                notice,
+                *entry,
+            ],
+        )
+        return bool(written)
+
     async def set_primary(
         self, model: str, version: str, reason: str = "", actor: str = "servekit"
     ) -> RolloutState:
         """Create ``model``'s state, or replace its primary while no rollout runs."""
-
-        def change(state: RolloutState | None, now: float) -> RolloutState:
-            if not version:
-                raise InvalidInputError("version must not be empty", field="primary")
-            if state is None:
-                return _validated(None, model=model, primary=version, salt=_new_salt())
-            if state.candidate is not None:
-                raise _in_progress(state)
-            return _validated(state, primary=version)
-
+        change = transitions.set_primary(model, version)
         return await self.update(model, change, action="set_primary", reason=reason, actor=actor)
 
     async def start_shadow(
         self, model: str, candidate: str, reason: str = "", actor: str = "servekit"
     ) -> RolloutState:
         """Mirror traffic to ``candidate``; the primary keeps answering every request."""
-
-        def change(state: RolloutState | None, now: float) -> RolloutState:
-            state = _existing(state, model)
-            _check_candidate(state, candidate)
-            fresh = state.candidate is None
-            return _validated(
-                state,
-                candidate=candidate,
-                mode="shadow",
-                percent=0.0,
-                salt=_new_salt() if fresh else state.salt,
-                started_at=now if fresh else state.started_at,
-            )
-
+        change = transitions.shadow(model, candidate)
         return await self.update(model, change, action="shadow", reason=reason, actor=actor)
 
     async def start_canary(
@@ -349,42 +223,14 @@ class RolloutStore:
         actor: str = "servekit",
     ) -> RolloutState:
         """Send ``percent`` of live traffic to ``candidate`` (sticky per user)."""
-        _check_percent(percent)
-
-        def change(state: RolloutState | None, now: float) -> RolloutState:
-            state = _existing(state, model)
-            _check_candidate(state, candidate)
-            fresh = state.candidate is None
-            continuing = state.mode == "canary" and state.experiment_id is not None
-            return _validated(
-                state,
-                candidate=candidate,
-                mode="canary",
-                percent=percent,
-                salt=_new_salt() if fresh else state.salt,
-                started_at=now if fresh else state.started_at,
-                experiment_id=(
-                    state.experiment_id if continuing else _new_experiment_id(model, candidate)
-                ),
-            )
-
+        change = transitions.canary(model, candidate, percent)
         return await self.update(model, change, action="canary", reason=reason, actor=actor)
 
     async def set_percent(
         self, model: str, percent: float, reason: str = "", actor: str = "servekit"
     ) -> RolloutState:
         """Change the candidate's share of a running canary or A/B test (same salt)."""
-        _check_percent(percent, allow_zero=True)
-
-        def change(state: RolloutState | None, now: float) -> RolloutState:
-            state = _existing(state, model)
-            if state.mode not in ("canary", "ab"):
-                raise InvalidInputError(
-                    f"{model!r} is in mode {state.mode!r}; percent applies to canary or ab",
-                    field="mode",
-                )
-            return _validated(state, percent=percent)
-
+        change = transitions.set_percent(model, percent)
         return await self.update(model, change, action="set_percent", reason=reason, actor=actor)
 
     async def start_ab(
@@ -396,50 +242,18 @@ class RolloutStore:
         actor: str = "servekit",
         experiment_id: str | None = None,
     ) -> RolloutState:
-        """Start an A/B experiment: fresh salt and experiment id, ``percent`` to candidate.
-
-        The salt is new even when coming from a canary, so the experiment's groups are a
-        fresh randomization rather than the canary's (already exposed) users.
-        """
-        _check_percent(percent)
-
-        def change(state: RolloutState | None, now: float) -> RolloutState:
-            state = _existing(state, model)
-            _check_candidate(state, candidate)
-            return _validated(
-                state,
-                candidate=candidate,
-                mode="ab",
-                percent=percent,
-                salt=_new_salt(),
-                started_at=now if state.candidate is None else state.started_at,
-                experiment_id=experiment_id or _new_experiment_id(model, candidate),
-            )
-
+        """Start an A/B experiment: fresh salt and experiment id, ``percent`` to candidate."""
+        change = transitions.ab(model, candidate, percent, experiment_id)
         return await self.update(model, change, action="ab", reason=reason, actor=actor)
 
     async def promote(self, model: str, reason: str = "", actor: str = "servekit") -> RolloutState:
         """Make the candidate the primary and end the rollout."""
-
-        def change(state: RolloutState | None, now: float) -> RolloutState:
-            state = _existing(state, model)
-            if state.candidate is None:
-                raise InvalidInputError(f"{model!r} has no candidate to promote", field="candidate")
-            return _ended(state, primary=state.candidate)
-
+        change = transitions.promote(model)
         return await self.update(model, change, action="promote", reason=reason, actor=actor)
 
     async def rollback(self, model: str, reason: str = "", actor: str = "servekit") -> RolloutState:
         """Drop the candidate and end the rollout; the primary keeps serving."""
-
-        def change(state: RolloutState | None, now: float) -> RolloutState:
-            state = _existing(state, model)
-            if state.candidate is None:
-                raise InvalidInputError(
-                    f"{model!r} has no candidate to roll back", field="candidate"
-                )
-            return _ended(state, primary=state.primary)
-
+        change = transitions.rollback(model)
         return await self.update(model, change, action="rollback", reason=reason, actor=actor)
 
     async def history(self, model: str, n: int = 20) -> list[RolloutEvent]:
@@ -447,28 +261,18 @@ class RolloutStore:
         check_model_name(model)
         if n < 1:
             raise InvalidInputError(f"n must be >= 1, got {n}", field="n")
-        entries: Any = await self._redis.xrevrange(history_key(model), count=n)
+        entries: Any = await self._redis.xrevrange(keys.rollout_history_key(model), count=n)
         return [_event(entry_id, fields) for entry_id, fields in entries]
 
     async def _read(self, model: str) -> tuple[RolloutState | None, int]:
         check_model_name(model)
-        raw_rev, raw_state = await self._redis.hmget(state_key(model), ["rev", "state"])
+        raw_rev, raw_state = await self._redis.hmget(
+            keys.rollout_state_key(model), ["rev", "state"]
+        )
         revision = int(raw_rev or 0)
         if raw_state is None:
             return None, revision
         return RolloutState.model_validate_json(raw_state), revision
-
-
-def _ended(state: RolloutState, *, primary: str) -> RolloutState:
-    return _validated(
-        state,
-        primary=primary,
-        candidate=None,
-        mode="off",
-        percent=0.0,
-        experiment_id=None,
-        started_at=None,
-    )
 
 
 def _brief(state: RolloutState) -> str:

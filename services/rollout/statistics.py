@@ -12,6 +12,9 @@ Analysis, variant B (the candidate) against variant A (the primary):
   difference). Its p-value stays valid however often it is peeked at, so a canary or A/B
   test may stop the first time it crosses ``alpha``.
 
+scipy is imported by the two tests that need it, not by this module: the gateway imports
+this module (through ``services.rollout.feedback``) and the serving bundle has no scipy.
+
 The analysis counts predictions as trials and positive outcomes as conversions. With
 user-level assignment the requests of one user are correlated, so the tests are somewhat
 optimistic for heavy users; the SRM check is on predictions too.
@@ -25,7 +28,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 from services.errors import InvalidInputError
 
@@ -218,6 +220,8 @@ def srm_check(
     pairs = [(o, e) for o, e in zip(observed, expected, strict=True) if e > 0]
     if len(pairs) < 2:
         return SRMResult(tuple(observed), expected, 0.0, 1.0, False)
+    from scipy import stats  # the analysis (CLI, flows) needs scipy; serving does not
+
     chi2, p_value = stats.chisquare([o for o, _ in pairs], [e for _, e in pairs])
     return SRMResult(tuple(observed), expected, float(chi2), float(p_value), bool(p_value < alpha))
 
@@ -254,6 +258,8 @@ def two_proportion_ztest(
 
     ``alternative="larger"`` tests whether B's rate is above A's.
     """
+    from scipy import stats  # the analysis (CLI, flows) needs scipy; serving does not
+
     _check_counts(successes_a, n_a, "n_a")
     _check_counts(successes_b, n_b, "n_b")
     rate_a, rate_b = successes_a / n_a, successes_b / n_b

@@ -9,23 +9,19 @@ Three safeguards keep Redis from ever costing a prediction:
 
 - every call has a budget (``timeout_ms``); a slow or failing call is skipped and the
   prediction goes on uncached;
-- a circuit breaker stops calling Redis after ``breaker_failures`` failures in a row and
-  lets one trial call through after ``breaker_cooldown_s``;
-- per model, when the hit rate over the last ``window`` lookups falls under
-  ``min_hit_rate`` the cache turns itself off for that model; a fixed share of inputs
-  (``probe_rate``, chosen by key hash so repeats of a probed input are probed again) is
-  still cached, and when their hit rate reaches ``reenable_hit_rate`` it turns back on.
+- a circuit breaker stops calling Redis after failures in a row, and a per-model
+  auto-disable turns the cache off for a model whose hit rate stays low
+  (``services.state.cache_policy``);
+- identical rows in flight are computed once (single-flight), cached or not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import struct
 import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +29,7 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
+from services.state.cache_policy import AutoDisable, CacheState, CircuitBreaker
 from services.state.coalesce import TickCoalescer
 from services.state.keys import prediction_key, prediction_key_from_digest, row_digest
 
@@ -62,77 +59,6 @@ def decode_output(data: bytes) -> np.ndarray:
     if len(data) - header != 4 * int(np.prod(shape, dtype=np.int64)):
         raise ValueError(f"cache value of {len(data)} bytes does not hold shape {shape}")
     return np.frombuffer(data, dtype="<f4", offset=header).reshape(shape).astype(np.float32)
-
-
-class CacheState(enum.Enum):
-    """Whether a model's predictions are cached."""
-
-    ON = "on"
-    OFF = "off"
-
-
-class BreakerState(enum.Enum):
-    """Circuit breaker states; the gauge exports the value."""
-
-    CLOSED = 0
-    OPEN = 1
-    HALF_OPEN = 2
-
-
-class CircuitBreaker:
-    """Stops calling a dead Redis; one trial call after the cool-down closes it again.
-
-    Args:
-        failures: consecutive failures that open the breaker.
-        cooldown_s: how long it stays open before the trial call.
-        clock: monotonic seconds.
-    """
-
-    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float]) -> None:
-        self.failures = failures
-        self.cooldown_s = cooldown_s
-        self._clock = clock
-        self.state = BreakerState.CLOSED
-        self._consecutive = 0
-        self._opened_at = 0.0
-        self._trial_in_flight = False
-
-    def allow(self) -> bool:
-        """Whether a call may go to Redis now."""
-        if self.state is BreakerState.CLOSED:
-            return True
-        if self.state is BreakerState.OPEN:
-            if self._clock() - self._opened_at < self.cooldown_s:
-                return False
-            self.state = BreakerState.HALF_OPEN
-            logger.info("cache breaker half-open: trying Redis again")
-        if self._trial_in_flight:
-            return False
-        self._trial_in_flight = True
-        return True
-
-    def record_success(self) -> None:
-        """A call answered in time."""
-        self._consecutive = 0
-        self._trial_in_flight = False
-        if self.state is not BreakerState.CLOSED:
-            logger.info("cache breaker closed: Redis answers again")
-            self.state = BreakerState.CLOSED
-
-    def record_failure(self) -> None:
-        """A call failed or ran past its budget."""
-        self._consecutive += 1
-        self._trial_in_flight = False
-        if self.state is BreakerState.HALF_OPEN or (
-            self.state is BreakerState.CLOSED and self._consecutive >= self.failures
-        ):
-            if self.state is BreakerState.CLOSED:
-                logger.warning(
-                    "cache breaker open after %d failures; predictions go uncached",
-                    self._consecutive,
-                )
-            self.state = BreakerState.OPEN
-            self._opened_at = self._clock()
 
 
 class CacheMetrics:
@@ -193,37 +119,6 @@ def cache_metrics(registry: CollectorRegistry | None = None) -> CacheMetrics:
     return _METRICS[registry]
 
 
-class _Window:
-    """Hit/miss outcomes of the last ``size`` lookups."""
-
-    def __init__(self, size: int) -> None:
-        self._outcomes: deque[bool] = deque(maxlen=size)
-        self.hits = 0
-
-    def add(self, hit: bool) -> None:
-        if len(self._outcomes) == self._outcomes.maxlen and self._outcomes[0]:
-            self.hits -= 1
-        self._outcomes.append(hit)
-        self.hits += hit
-
-    def __len__(self) -> int:
-        return len(self._outcomes)
-
-    @property
-    def rate(self) -> float | None:
-        return self.hits / len(self._outcomes) if self._outcomes else None
-
-
-class _ModelCache:
-    """One model's on/off state and hit-rate windows."""
-
-    def __init__(self, window: int, probe_window: int) -> None:
-        self.state = CacheState.ON
-        self.off_since = 0.0
-        self.window = _Window(window)
-        self.probes = _Window(probe_window)
-
-
 _FAILED = object()
 
 
@@ -250,23 +145,21 @@ class PredictionCache:
         self._settings = settings
         self._clock = clock
         self._timeout_s = settings.timeout_ms / 1000.0
-        self._probe_cut = int(settings.probe_rate * 2**32)
-        self._models: dict[str, _ModelCache] = {}
         self._inflight: dict[bytes, asyncio.Future[np.ndarray]] = {}
+        self.metrics = cache_metrics(registry)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
+        self.policy = AutoDisable(settings, clock, self._export_state)
         # Concurrent requests' lookups and writes share one MGET / one pipeline per loop tick.
         self._reads: TickCoalescer[bytes, bytes | None] = TickCoalescer(self._mget_all)
         self._writes: TickCoalescer[tuple[bytes, bytes, int], Any] = TickCoalescer(self._set_all)
-        self.metrics = cache_metrics(registry)
 
     def state(self, model: str) -> CacheState:
         """Whether ``model``'s cache is on."""
-        return self._model(model).state
+        return self.policy.state(model)
 
     def hit_rate(self, model: str) -> float | None:
         """Hit rate over the current window (the probes' while off); None before any lookup."""
-        m = self._model(model)
-        return (m.window if m.state is CacheState.ON else m.probes).rate
+        return self.policy.hit_rate(model)
 
     def ttl_for(self, model: str) -> int:
         """The TTL in seconds of ``model``'s cached outputs."""
@@ -311,11 +204,10 @@ class PredictionCache:
         """
         rows = _as_rows(rows)
         digests = [row_digest(r) for r in rows]
-        m = self._model(model)
         if (
             self._settings.enabled
-            and m.state is not CacheState.ON
-            and not any(self._is_probe(d) for d in digests)
+            and self.policy.state(model) is not CacheState.ON
+            and not any(self.policy.is_probe(d) for d in digests)
         ):
             # Off for this model and no probe among the rows: straight to the model, with
             # none of the single-flight bookkeeping (the cache is not worth its cost here).
@@ -330,16 +222,7 @@ class PredictionCache:
                 row_of[key] = row
                 digest_of[key] = digest
         cacheable = [k for k in row_of if self._should_lookup(model, digest_of[k])]
-        found: dict[bytes, np.ndarray] = {}
-        for key, value in zip(cacheable, await self._mget(model, cacheable), strict=True):
-            if value is None:
-                continue
-            try:
-                found[key] = decode_output(value)
-            except ValueError:
-                logger.warning("undecodable cache value for model %s; recomputing", model)
-                self.metrics.errors.labels(model, "decode").inc()
-
+        found = await self._lookup(model, cacheable)
         missing = [k for k in row_of if k not in found]
         computed, owned = await self._compute_missing(model, missing, row_of, compute)
         cacheable_set = set(cacheable)
@@ -351,26 +234,30 @@ class PredictionCache:
         cached = np.fromiter((k in found for k in keys), dtype=bool, count=len(keys))
         return np.stack([outputs[k] for k in keys]), cached
 
-    def _model(self, model: str) -> _ModelCache:
-        m = self._models.get(model)
-        if m is None:
-            m = self._models[model] = _ModelCache(
-                self._settings.window, self._settings.probe_window
-            )
-            self.metrics.state.labels(model).set(1)
-        return m
+    async def _lookup(self, model: str, keys: list[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached outputs of ``keys`` that were found and decode."""
+        found: dict[bytes, np.ndarray] = {}
+        for key, value in zip(keys, await self._mget(model, keys), strict=True):
+            if value is None:
+                continue
+            try:
+                found[key] = decode_output(value)
+            except ValueError:
+                logger.warning("undecodable cache value for model %s; recomputing", model)
+                self.metrics.errors.labels(model, "decode").inc()
+        return found
+
+    def _export_state(self, model: str, state: CacheState) -> None:
+        self.metrics.state.labels(model).set(1 if state is CacheState.ON else 0)
 
     def _should_lookup(self, model: str, digest: bytes) -> bool:
         if not self._settings.enabled:
             self.metrics.bypasses.labels(model, "disabled").inc()
             return False
-        if self._model(model).state is CacheState.ON or self._is_probe(digest):
+        if self.policy.state(model) is CacheState.ON or self.policy.is_probe(digest):
             return True
         self.metrics.bypasses.labels(model, "off").inc()
         return False
-
-    def _is_probe(self, digest: bytes) -> bool:
-        return int.from_bytes(digest[:4], "little") < self._probe_cut
 
     async def _mget(self, model: str, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
@@ -381,12 +268,12 @@ class PredictionCache:
         hits = sum(v is not None for v in values)
         self.metrics.hits.labels(model).inc(hits)
         self.metrics.misses.labels(model).inc(len(keys) - hits)
-        self._record(model, [v is not None for v in values])
+        rate = self.policy.record(model, [v is not None for v in values])
+        self.metrics.hit_rate.labels(model).set(rate or 0.0)
         return list(values)
 
     async def _set(self, model: str, items: dict[bytes, bytes]) -> None:
         ttl = self.ttl_for(model)
-
         entries = [(key, value, ttl) for key, value in items.items()]
         await self._call(model, lambda: self._writes.submit(entries), len(items))
 
@@ -423,47 +310,6 @@ class PredictionCache:
         self.metrics.errors.labels(model, kind).inc()
         self.breaker.record_failure()
         self.metrics.breaker.set(self.breaker.state.value)
-
-    def _record(self, model: str, outcomes: list[bool]) -> None:
-        m = self._model(model)
-        s = self._settings
-        if m.state is CacheState.ON:
-            for hit in outcomes:
-                m.window.add(hit)
-            rate = m.window.rate
-            self.metrics.hit_rate.labels(model).set(rate or 0.0)
-            if len(m.window) >= s.window and rate is not None and rate < s.min_hit_rate:
-                m.state = CacheState.OFF
-                m.off_since = self._clock()
-                m.probes = _Window(s.probe_window)
-                self.metrics.state.labels(model).set(0)
-                logger.warning(
-                    "prediction cache OFF for model %s: hit rate %.3f < %.3f over %d lookups",
-                    model,
-                    rate,
-                    s.min_hit_rate,
-                    len(m.window),
-                )
-            return
-        for hit in outcomes:
-            m.probes.add(hit)
-        rate = m.probes.rate
-        self.metrics.hit_rate.labels(model).set(rate or 0.0)
-        if (
-            len(m.probes) >= s.probe_window
-            and rate is not None
-            and rate >= s.reenable_hit_rate
-            and self._clock() - m.off_since >= s.min_off_s
-        ):
-            m.state = CacheState.ON
-            m.window = _Window(s.window)
-            self.metrics.state.labels(model).set(1)
-            logger.warning(
-                "prediction cache ON for model %s: probed hit rate %.3f >= %.3f",
-                model,
-                rate,
-                s.reenable_hit_rate,
-            )
 
     async def _compute_missing(
         self, model: str, keys: list[bytes], row_of: dict[bytes, np.ndarray], compute: Compute

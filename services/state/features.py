@@ -1,22 +1,14 @@
-"""The feature store: batch and real-time feature views served from Redis.
+"""The feature store: declared feature views, and :class:`FeatureStore` over Redis.
 
 Batch views are written daily by ``flows.materialize`` under a new version, then made
-current by rewriting one pointer hash; readers resolve the pointer and read the rows
-inside one Lua script, so a reader sees the old snapshot or the new one, never a mix.
-Real-time views are derived from an event stream by :class:`RealtimeWorker`, a Redis
-consumer-group worker; their state is read at request time.
-
-``FeatureStore.get_features`` reads every view a request needs, for every row, with one
-Lua call: one round trip, and one command to pack and parse.
+current by rewriting one pointer hash (``services.state.feature_loads``). Real-time views
+are derived from an event stream by ``services.state.realtime.RealtimeWorker``, a Redis
+consumer-group worker. At request time ``FeatureStore.get_features`` reads every view a
+request needs, for every row, with one Lua call (``services.state.feature_reads``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import math
-import re
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -25,17 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from redis.exceptions import NoScriptError
 
 from services.errors import InvalidInputError
-from services.state import keys
+from services.state.feature_loads import BatchViewLoader, LoadResult
+from services.state.feature_reads import FeatureReader, RowFlags
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from services.settings import FeatureSettings
 
-logger = logging.getLogger(__name__)
 
 Aggregation = Literal["last_n_mean", "seconds_since_last", "count_window"]
 
@@ -169,31 +160,6 @@ class FeatureRegistry:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class RowFlags:
-    """Views whose entity was missing (defaults served) or whose data is stale, per row."""
-
-    missing: frozenset[str] = frozenset()
-    stale: frozenset[str] = frozenset()
-
-    @property
-    def ok(self) -> bool:
-        """Neither missing nor stale."""
-        return not (self.missing or self.stale)
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadResult:
-    """What one batch-view load wrote."""
-
-    view: str
-    version: str
-    rows: int
-    materialized_at: float
-    previous_version: str | None
-    seconds: float
-
-
 class FeatureMetrics:
     """The feature store's Prometheus metrics on one registry."""
 
@@ -236,78 +202,6 @@ def feature_metrics(registry: CollectorRegistry | None = None) -> FeatureMetrics
     return _METRICS[id(registry)][1]
 
 
-# Reads every view of a request in one call. Batch views: resolve the current version and
-# read its rows in the same atomic step, so a load is seen whole or not at all.
-# ARGV: n_batch, then per batch view: pointer key, key prefix, n_fields, fields...,
-# n_entities, escaped entity ids...; then n_realtime, then per real-time view: heartbeat
-# key, n_specs, (code, key suffix, param) per spec, n_entities, state keys...
-# Spec codes: L = LRANGE suffix 0 param-1, C = ZCOUNT suffix param +inf, S = last_ts only.
-# Returns {batch, realtime}: batch per view {version|'', materialized_at|'', rows}, a row 0
-# when the entity has no hash, else the HMGET reply; realtime per view {heartbeat|'', rows},
-# a row 0 when the entity has no state, else {last_ts, one reply per L/C spec}.
-_READ = """
-local i = 2
-local batch = {}
-for v = 1, tonumber(ARGV[1]) do
-  local ptr, prefix, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local fields = {}
-  for f = 1, nf do fields[f] = ARGV[i + 2 + f] end
-  i = i + 3 + nf
-  local ne = tonumber(ARGV[i])
-  i = i + 1
-  local cur = redis.call('HMGET', ptr, 'version', 'materialized_at')
-  local rows = {}
-  for e = 1, ne do
-    rows[e] = 0
-    if cur[1] then
-      local key = prefix .. cur[1] .. ':' .. ARGV[i + e - 1]
-      if redis.call('EXISTS', key) == 1 then rows[e] = redis.call('HMGET', key, unpack(fields)) end
-    end
-  end
-  i = i + ne
-  batch[v] = {cur[1] or '', cur[2] or '', rows}
-end
-local realtime = {}
-local nrt = tonumber(ARGV[i])
-i = i + 1
-for v = 1, nrt do
-  local beat = redis.call('GET', ARGV[i])
-  local ns = tonumber(ARGV[i + 1])
-  local specs = {}
-  for s = 1, ns do
-    local at = i + 2 + 3 * (s - 1)
-    specs[s] = {ARGV[at], ARGV[at + 1], ARGV[at + 2]}
-  end
-  i = i + 2 + 3 * ns
-  local ne = tonumber(ARGV[i])
-  i = i + 1
-  local rows = {}
-  for e = 1, ne do
-    local base = ARGV[i + e - 1]
-    local last = redis.call('HGET', base, 'last_ts')
-    rows[e] = 0
-    if last then
-      local row = {last}
-      for s = 1, ns do
-        local code, suffix, param = specs[s][1], specs[s][2], specs[s][3]
-        if code == 'L' then
-          row[#row + 1] = redis.call('LRANGE', base .. suffix, 0, tonumber(param) - 1)
-        elseif code == 'C' then
-          row[#row + 1] = redis.call('ZCOUNT', base .. suffix, param, '+inf')
-        end
-      end
-      rows[e] = row
-    end
-  end
-  i = i + ne
-  realtime[v] = {beat or '', rows}
-end
-return {batch, realtime}
-"""
-
-_VERSION_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
 class FeatureStore:
     """Reads feature rows for requests; loads batch views.
 
@@ -328,20 +222,14 @@ class FeatureStore:
         *,
         registry: CollectorRegistry | None = None,
     ) -> None:
-        self._redis = redis
         self.registry = views
-        self._settings = settings
         self._clock = clock
-        self._sha: str | None = None
-        self._warned_unloaded: set[str] = set()
         self.metrics = feature_metrics(registry)
+        self._reader = FeatureReader(redis, views, self.metrics)
+        self._loader = BatchViewLoader(redis, views, settings)
 
     async def get_features(
-        self,
-        requests: Sequence[Mapping[str, str]],
-        wanted: Sequence[str],
-        *,
-        _retried: bool = False,
+        self, requests: Sequence[Mapping[str, str]], wanted: Sequence[str]
     ) -> tuple[np.ndarray, list[RowFlags]]:
         """Feature values for each request row, in the order of ``wanted``.
 
@@ -352,121 +240,7 @@ class FeatureStore:
         Returns:
             A float32 array (rows, len(wanted)) and per row its :class:`RowFlags`.
         """
-        resolved = self.registry.resolve(wanted)
-        n = len(requests)
-        values = np.array([[spec.default for _, spec in resolved]] * n, dtype=np.float32)
-        values = values.reshape(n, len(resolved))
-        views = list(dict.fromkeys(view.name for view, _ in resolved))
-        missing: list[set[str]] = [set() for _ in range(n)]
-        stale: list[set[str]] = [set() for _ in range(n)]
-        if n == 0 or not views:
-            return values, [RowFlags() for _ in range(n)]
-        now = float(self._clock())
-
-        # per view: the columns it fills and its unique entity ids
-        columns = {
-            v: [(j, spec) for j, (view, spec) in enumerate(resolved) if view.name == v]
-            for v in views
-        }
-        entity_ids = {
-            v: list(
-                dict.fromkeys(
-                    r[self.registry.views[v].entity]
-                    for r in requests
-                    if self.registry.views[v].entity in r
-                )
-            )
-            for v in views
-        }
-        batch = [v for v in views if self.registry.views[v].kind == "batch"]
-        realtime = [v for v in views if self.registry.views[v].kind == "realtime"]
-
-        args: list[Any] = [len(batch)]
-        for v in batch:
-            fields = [spec.name for _, spec in columns[v]]
-            ents = [keys.escape(e) for e in entity_ids[v]]
-            args += [keys.view_pointer_key(v), keys.feature_key_prefix(v), len(fields)]
-            args += [*fields, len(ents), *ents]
-        args.append(len(realtime))
-        for v in realtime:
-            args += [keys.realtime_heartbeat_key(v), len(columns[v])]
-            base = keys.realtime_state_key(v, "")
-            for _, spec in columns[v]:
-                if spec.agg == "last_n_mean":
-                    assert spec.field is not None
-                    suffix = keys.realtime_last_key(v, "", spec.field)[len(base) :]
-                    args += ["L", suffix, spec.n]
-                elif spec.agg == "count_window":
-                    suffix = keys.realtime_window_key(v, "")[len(base) :]
-                    args += ["C", suffix, f"({now - spec.window_s!r}"]
-                else:
-                    args += ["S", "", ""]
-            args += [len(entity_ids[v]), *(keys.realtime_state_key(v, e) for e in entity_ids[v])]
-        try:
-            batch_reply, realtime_reply = await self._redis.evalsha(
-                await self._script_sha(), 0, *args
-            )
-        except NoScriptError:
-            self._sha = None  # the server lost its script cache (restart, SCRIPT FLUSH)
-            if _retried:
-                raise
-            return await self.get_features(requests, wanted, _retried=True)
-
-        found: dict[str, dict[str, list[float | None]]] = {}
-        view_stale: dict[str, bool] = {}
-        for v, (version, materialized_at, rows) in zip(batch, batch_reply, strict=True):
-            batch_rows: dict[str, list[float | None]] = {}
-            if version:
-                age = now - float(materialized_at)
-                self.metrics.age.labels(v).set(age)
-                view_stale[v] = age > self.registry.views[v].max_staleness_s
-                for e, hit in zip(entity_ids[v], rows, strict=True):
-                    if hit != 0:
-                        batch_rows[e] = [None if x is None else float(x) for x in hit]
-            elif v not in self._warned_unloaded:
-                self._warned_unloaded.add(v)  # once: this runs per request
-                logger.warning("batch view %s has never been loaded", v)
-            found[v] = batch_rows
-        for v, (beat, rows) in zip(realtime, realtime_reply, strict=True):
-            age = math.inf if not beat else now - float(beat)
-            self.metrics.age.labels(v).set(age if beat else -1)
-            view_stale[v] = age > self.registry.views[v].max_staleness_s
-            rt_rows: dict[str, list[float | None]] = {}
-            for e, hit in zip(entity_ids[v], rows, strict=True):
-                if hit == 0:
-                    continue
-                last_ts, replies = float(hit[0]), iter(hit[1:])
-                row: list[float | None] = []
-                for _, spec in columns[v]:
-                    if spec.agg == "seconds_since_last":
-                        row.append(max(0.0, now - last_ts))
-                    elif spec.agg == "last_n_mean":
-                        recent = next(replies)
-                        row.append(sum(map(float, recent)) / len(recent) if recent else None)
-                    else:
-                        row.append(float(next(replies)))
-                rt_rows[e] = row
-            found[v] = rt_rows
-
-        for i, request in enumerate(requests):
-            for v in views:
-                entity = self.registry.views[v].entity
-                got = found[v].get(request[entity]) if entity in request else None
-                if got is None:
-                    missing[i].add(v)
-                    continue
-                if view_stale.get(v):
-                    stale[i].add(v)
-                for (j, _), x in zip(columns[v], got, strict=True):
-                    if x is not None:
-                        values[i, j] = x
-        for v in views:
-            if n_missing := sum(v in m for m in missing):
-                self.metrics.missing.labels(v).inc(n_missing)
-            if n_stale := sum(v in s for s in stale):
-                self.metrics.stale.labels(v).inc(n_stale)
-        flags = [RowFlags(frozenset(m), frozenset(s)) for m, s in zip(missing, stale, strict=True)]
-        return values, flags
+        return await self._reader.read(requests, wanted, float(self._clock()))
 
     async def load_batch_view(
         self,
@@ -484,104 +258,8 @@ class FeatureStore:
             rows: entity id -> feature name -> value.
             materialized_at: when the data was computed (epoch seconds or aware datetime).
         """
-        started = time.perf_counter()
-        spec = self.registry.view(view)
-        if spec.kind != "batch":
-            raise InvalidInputError(f"view {view!r} is not a batch view", field=view)
-        names = {s.name: s for s in spec.features}
-        at = (
-            materialized_at.timestamp()
-            if isinstance(materialized_at, datetime)
-            else float(materialized_at)
-        )
-        version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(at)) + "-" + secrets.token_hex(4)
-        versions_key = keys.view_versions_key(view)
-        await self._redis.sadd(versions_key, version)
-
-        items = list(rows.items())
-        chunk = self._settings.load_chunk
-        for start in range(0, len(items), chunk):
-            pipe = self._redis.pipeline(transaction=False)
-            ids = []
-            for entity_id, features in items[start : start + chunk]:
-                mapping: dict[Any, Any] = {}
-                for name, value in features.items():
-                    if name not in names:
-                        raise InvalidInputError(
-                            f"view {view!r} has no feature {name!r}", field=f"{view}.{name}"
-                        )
-                    if value is None or (isinstance(value, float) and math.isnan(value)):
-                        continue
-                    cast = int(value) if names[name].dtype == "int64" else float(value)
-                    mapping[name] = repr(cast)
-                if mapping:
-                    pipe.hset(keys.feature_key(view, version, str(entity_id)), mapping=mapping)
-                    ids.append(str(entity_id))
-            if ids:
-                pipe.sadd(keys.view_index_key(view, version), *ids)
-            await pipe.execute()
-
-        pointer = keys.view_pointer_key(view)
-        previous = await self._redis.hget(pointer, "version")
-        await self._redis.hset(
-            pointer, mapping={"version": version, "materialized_at": repr(at), "rows": len(items)}
-        )
-        logger.info("batch view %s: version %s is current (%d rows)", view, version, len(items))
-        await self._retire_versions(view, keep=version)
-        return LoadResult(
-            view=view,
-            version=version,
-            rows=len(items),
-            materialized_at=at,
-            previous_version=_text(previous) if previous else None,
-            seconds=time.perf_counter() - started,
-        )
+        return await self._loader.load(view, rows, materialized_at)
 
     async def current_version(self, view: str) -> str | None:
         """The current version of a batch view, None if never loaded."""
-        version = await self._redis.hget(keys.view_pointer_key(view), "version")
-        return _text(version) if version else None
-
-    async def _retire_versions(self, view: str, keep: str) -> None:
-        """Let every version of ``view`` but ``keep`` expire after the grace period."""
-        grace_ms = self._settings.version_grace_s * 1000
-        versions_key = keys.view_versions_key(view)
-        for raw in await self._redis.smembers(versions_key):
-            old = _text(raw)
-            if old == keep or not _VERSION_RE.match(old):
-                continue
-            index = keys.view_index_key(view, old)
-            async for batch in _sscan_batches(self._redis, index, self._settings.load_chunk):
-                pipe = self._redis.pipeline(transaction=False)
-                for entity_id in batch:
-                    key = keys.feature_key(view, old, _text(entity_id))
-                    if grace_ms:
-                        pipe.pexpire(key, grace_ms)
-                    else:
-                        pipe.unlink(key)
-                await pipe.execute()
-            if grace_ms:
-                await self._redis.pexpire(index, grace_ms)
-            else:
-                await self._redis.unlink(index)
-            await self._redis.srem(versions_key, old)
-            logger.info("batch view %s: version %s retired (grace %d ms)", view, old, grace_ms)
-
-    async def _script_sha(self) -> str:
-        if self._sha is None:
-            self._sha = await self._redis.script_load(_READ)
-        return self._sha
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def _sscan_batches(redis: aioredis.Redis, key: bytes, count: int) -> Any:
-    cursor = 0
-    while True:
-        cursor, members = await redis.sscan(key, cursor, count=count)
-        if members:
-            yield members
-        if cursor == 0:
-            return
+        return await self._loader.current_version(view)

@@ -1,8 +1,9 @@
 """Redis key building: pure functions, one per kind of key (after Feast's Redis store).
 
-Every key is bytes under the ``servekit:`` namespace. Parts taken from callers (model,
-version, view, entity id, event id) are escaped so that a ``:`` inside a part can never
-make two different tuples build the same key (``%`` -> ``%25``, ``:`` -> ``%3A``).
+Every key is bytes under the ``servekit:`` namespace (the pub/sub channel's name is a
+str). Parts taken from callers (model, version, view, entity id, event id, request id,
+experiment, variant) are escaped so that a ``:`` inside a part can never make two
+different tuples build the same key (``%`` -> ``%25``, ``:`` -> ``%3A``).
 
 Layout::
 
@@ -17,6 +18,16 @@ Layout::
     servekit:rtbeat:{view}                         real-time worker heartbeat (string)
     servekit:events                                event stream
     servekit:evseen:{group}:{event_id}             event applied by a group (dedupe)
+    servekit:rollout:{model}                       rollout state (hash: rev, state)
+    servekit:rollout:{model}:history               rollout changes (stream, capped)
+    servekit:rollouts                              models with a rollout state (set)
+    servekit:rollout[:db{n}]                       rollout notices (pub/sub channel)
+    servekit:feedback:{request_id}                 a prediction kept for its outcome (hash)
+    servekit:experiment:{model}:{exp}:{variant}    a variant's counters (hash)
+    servekit:experiment:{model}:{exp}:{variant}:latency   its latency histogram (hash)
+    servekit:experiments:{model}                   experiments by first sight (sorted set)
+    servekit:predictions:{model}                   served predictions (stream, capped)
+    servekit:shadow:{model}                        shadow comparisons (stream, capped)
 """
 
 from __future__ import annotations
@@ -102,3 +113,69 @@ def event_stream_key() -> bytes:
 def event_seen_key(group: str, event_id: str) -> bytes:
     """Marks that ``group`` has applied event ``event_id`` (replays are skipped)."""
     return b":".join((NAMESPACE, b"evseen", escape(group), escape(event_id)))
+
+
+# --------------------------------------------------------------------------- rollouts
+
+
+def rollout_state_key(model: str) -> bytes:
+    """The hash of ``model``'s rollout state (``rev``, ``state`` JSON)."""
+    return b":".join((NAMESPACE, b"rollout", escape(model)))
+
+
+def rollout_history_key(model: str) -> bytes:
+    """The capped stream of ``model``'s rollout changes."""
+    return rollout_state_key(model) + b":history"
+
+
+def rollout_models_key() -> bytes:
+    """The set of models that have a rollout state."""
+    return NAMESPACE + b":rollouts"
+
+
+def rollout_channel(db: int) -> str:
+    """The pub/sub channel of rollout notices for Redis database ``db``.
+
+    Channels are server-wide, not per database, so each database gets its own; database
+    0 keeps the plain name.
+    """
+    channel = NAMESPACE.decode() + ":rollout"
+    return channel if db == 0 else f"{channel}:db{db}"
+
+
+# --------------------------------------------------------------------------- feedback
+
+
+def feedback_key(request_id: str) -> bytes:
+    """The hash attributing one prediction to its model, experiment, variant and version."""
+    return b":".join((NAMESPACE, b"feedback", escape(request_id)))
+
+
+def experiment_counters_key(model: str, experiment_id: str, variant: str) -> bytes:
+    """The hash of one variant's counters in one experiment."""
+    return b":".join(
+        (NAMESPACE, b"experiment", escape(model), escape(experiment_id), escape(variant))
+    )
+
+
+def experiment_latency_key(model: str, experiment_id: str, variant: str) -> bytes:
+    """The hash of one variant's latency histogram (bucket -> count) in one experiment."""
+    return experiment_counters_key(model, experiment_id, variant) + b":latency"
+
+
+def experiments_key(model: str) -> bytes:
+    """The sorted set of ``model``'s experiments, scored by when each was first seen."""
+    return b":".join((NAMESPACE, b"experiments", escape(model)))
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def prediction_stream_key(model: str) -> bytes:
+    """The capped stream of ``model``'s served predictions."""
+    return b":".join((NAMESPACE, b"predictions", escape(model)))
+
+
+def shadow_stream_key(model: str) -> bytes:
+    """The capped stream of ``model``'s shadow comparisons (primary and candidate answers)."""
+    return b":".join((NAMESPACE, b"shadow", escape(model)))

@@ -58,10 +58,14 @@ class RedisRuntime:
         )
         # The stream worker blocks on XREADGROUP, and control operations (rollout changes)
         # may wait on a busy Redis: they get their own, patient client.
-        self._worker_client = aioredis.Redis.from_url(self.url, socket_timeout=10)
+        self._worker_client = aioredis.Redis.from_url(
+            self.url, socket_timeout=settings.redis.worker_socket_timeout_ms / 1000
+        )
         self.control_client = self._worker_client
         # Prediction log and feedback writes happen off the request path.
-        self.background_client = aioredis.Redis.from_url(self.url, socket_timeout=0.5)
+        self.background_client = aioredis.Redis.from_url(
+            self.url, socket_timeout=settings.redis.background_socket_timeout_ms / 1000
+        )
         # The rollout follower's pub/sub connection waits for notices: no socket timeout.
         self.pubsub_client = aioredis.Redis.from_url(self.url)
         self.views = FeatureRegistry.from_settings(settings.features)

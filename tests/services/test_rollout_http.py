@@ -57,11 +57,11 @@ def rollout_gateway(two_versions: Path, serving_redis_url: str) -> Iterator[Serv
     )
     server.stop()
     # Leave no rollout of "fraud" behind for the gateways other modules start later.
-    from services.rollout.state import MODELS_KEY, history_key, state_key
+    from services.state.keys import rollout_history_key, rollout_models_key, rollout_state_key
 
     r = redis.Redis.from_url(serving_redis_url)
-    r.delete(state_key("fraud"), history_key("fraud"))
-    r.srem(MODELS_KEY, "fraud")
+    r.delete(rollout_state_key("fraud"), rollout_history_key("fraud"))
+    r.srem(rollout_models_key(), "fraud")
 
 
 def admin(server: ServerProcess, **body: object) -> dict[str, object]:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.rollout.assignment import BUCKETS, assign, bucket
-from services.rollout.state import RolloutState
+from services.rollout.transitions import RolloutState
 
 ids = st.text(min_size=1, max_size=40)
 percents = st.floats(min_value=0, max_value=100, allow_nan=False)

@@ -19,15 +19,11 @@ from services.registry.versions import ModelVersion
 from services.request.schema import ModelSchema, TensorSpec
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
-from services.rollout.prediction_log import (
-    PredictionEvent,
-    PredictionLog,
-    ShadowPair,
-    predictions_key,
-)
+from services.rollout.prediction_log import PredictionEvent, PredictionLog, ShadowPair
 from services.rollout.routing import RouteDecision, TrafficRouter
 from services.rollout.state import RolloutStore
 from services.runner.feeds import Feeds
+from services.state.keys import prediction_stream_key as predictions_key
 
 SCHEMA = ModelSchema(
     kind="tensor",

@@ -10,15 +10,9 @@ import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
 from services.rollout.follower import RolloutFollower
-from services.rollout.state import (
-    CHANNEL,
-    MODELS_KEY,
-    RolloutState,
-    RolloutStore,
-    channel_for,
-    history_key,
-    state_key,
-)
+from services.rollout.state import RolloutStore, channel_for
+from services.rollout.transitions import RolloutState
+from services.state.keys import rollout_history_key
 
 
 class FakeClock:
@@ -42,14 +36,6 @@ def clock() -> FakeClock:
 @pytest.fixture
 def store(aredis: aioredis.Redis, clock: FakeClock) -> RolloutStore:
     return RolloutStore(aredis, clock)
-
-
-def test_keys_are_exact_bytes() -> None:
-    assert state_key("fraud") == b"servekit:rollout:fraud"
-    assert history_key("fraud") == b"servekit:rollout:fraud:history"
-    assert state_key("a:history") == b"servekit:rollout:a%3Ahistory"
-    assert MODELS_KEY == b"servekit:rollouts"
-    assert CHANNEL == "servekit:rollout"
 
 
 async def test_missing_state(store: RolloutStore) -> None:
@@ -200,7 +186,7 @@ async def test_history_is_capped(aredis: aioredis.Redis) -> None:
     await store.start_canary("fraud", "v2", 1)
     for p in range(2, 16):
         await store.set_percent("fraud", p)
-    assert await aredis.xlen(history_key("fraud")) == 10
+    assert await aredis.xlen(rollout_history_key("fraud")) == 10
     assert (await store.history("fraud", 1))[0].state.percent == 15
 
 
@@ -291,8 +277,8 @@ async def test_notice_channel_is_per_database(redis_url: str) -> None:
     db0 = aioredis.Redis.from_url(urlunsplit(parts._replace(path="/0")))
     db5 = aioredis.Redis.from_url(urlunsplit(parts._replace(path="/5")))
     try:
-        assert channel_for(db0) == CHANNEL
-        assert channel_for(db5) == f"{CHANNEL}:db5"
+        assert channel_for(db0) == "servekit:rollout"
+        assert channel_for(db5) == "servekit:rollout:db5"
     finally:
         await db0.aclose()
         await db5.aclose()

@@ -17,13 +17,8 @@ from redis.backoff import NoBackoff
 
 from services.settings import CacheSettings
 from services.state import keys
-from services.state.cache import (
-    BreakerState,
-    CacheState,
-    PredictionCache,
-    decode_output,
-    encode_output,
-)
+from services.state.cache import PredictionCache, decode_output, encode_output
+from services.state.cache_policy import BreakerState, CacheState
 
 MODEL = "fraud"
 

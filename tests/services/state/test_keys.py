@@ -65,3 +65,33 @@ def test_realtime_and_stream_keys() -> None:
     assert keys.realtime_heartbeat_key("user_activity") == b"servekit:rtbeat:user_activity"
     assert keys.event_stream_key() == b"servekit:events"
     assert keys.event_seen_key("g", "e:1") == b"servekit:evseen:g:e%3A1"
+
+
+def test_rollout_keys() -> None:
+    assert keys.rollout_state_key("fraud") == b"servekit:rollout:fraud"
+    assert keys.rollout_history_key("fraud") == b"servekit:rollout:fraud:history"
+    assert keys.rollout_state_key("a:history") == b"servekit:rollout:a%3Ahistory"
+    assert keys.rollout_history_key("a") != keys.rollout_state_key("a:history")
+    assert keys.rollout_models_key() == b"servekit:rollouts"
+    assert keys.rollout_channel(0) == "servekit:rollout"
+    assert keys.rollout_channel(5) == "servekit:rollout:db5"
+
+
+def test_feedback_keys() -> None:
+    assert keys.feedback_key("req-1") == b"servekit:feedback:req-1"
+    assert keys.feedback_key("a:b%") == b"servekit:feedback:a%3Ab%25"
+    assert keys.experiment_counters_key("fraud", "exp:1", "candidate") == (
+        b"servekit:experiment:fraud:exp%3A1:candidate"
+    )
+    assert (
+        keys.experiment_latency_key("fraud", "e", "primary")
+        == b"servekit:experiment:fraud:e:primary:latency"
+    )
+    assert keys.experiments_key("fraud") == b"servekit:experiments:fraud"
+
+
+def test_prediction_and_shadow_stream_keys() -> None:
+    assert keys.prediction_stream_key("fraud") == b"servekit:predictions:fraud"
+    assert keys.prediction_stream_key("m:1") == b"servekit:predictions:m%3A1"
+    assert keys.shadow_stream_key("fraud") == b"servekit:shadow:fraud"
+    assert keys.shadow_stream_key("m:1") == b"servekit:shadow:m%3A1"

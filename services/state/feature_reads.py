@@ -1,0 +1,307 @@
+"""Online feature reads: every view a request needs, for every row, in one Lua call.
+
+One round trip, and one command to pack and parse. Batch views resolve their current
+version and read its rows inside the same script, so a reader sees the old snapshot or the
+new one, never a mix. A view whose entity has no data serves its defaults and flags the
+row ``missing``; a view older than its ``max_staleness_s`` flags it ``stale``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from redis.exceptions import NoScriptError
+
+from services.state import keys
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from services.state.features import FeatureMetrics, FeatureRegistry, FeatureSpec, FeatureView
+
+logger = logging.getLogger(__name__)
+
+# Reads every view of a request in one call. Batch views: resolve the current version and
+# read its rows in the same atomic step, so a load is seen whole or not at all.
+# ARGV: n_batch, then per batch view: pointer key, key prefix, n_fields, fields...,
+# n_entities, escaped entity ids...; then n_realtime, then per real-time view: heartbeat
+# key, n_specs, (code, key suffix, param) per spec, n_entities, state keys...
+# Spec codes: L = LRANGE suffix 0 param-1, C = ZCOUNT suffix param +inf, S = last_ts only.
+# Returns {batch, realtime}: batch per view {version|'', materialized_at|'', rows}, a row 0
+# when the entity has no hash, else the HMGET reply; realtime per view {heartbeat|'', rows},
+# a row 0 when the entity has no state, else {last_ts, one reply per L/C spec}.
+_READ = """
+local i = 2
+local batch = {}
+for v = 1, tonumber(ARGV[1]) do
+  local ptr, prefix, nf = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local fields = {}
+  for f = 1, nf do fields[f] = ARGV[i + 2 + f] end
+  i = i + 3 + nf
+  local ne = tonumber(ARGV[i])
+  i = i + 1
+  local cur = redis.call('HMGET', ptr, 'version', 'materialized_at')
+  local rows = {}
+  for e = 1, ne do
+    rows[e] = 0
+    if cur[1] then
+      local key = prefix .. cur[1] .. ':' .. ARGV[i + e - 1]
+      if redis.call('EXISTS', key) == 1 then rows[e] = redis.call('HMGET', key, unpack(fields)) end
+    end
+  end
+  i = i + ne
+  batch[v] = {cur[1] or '', cur[2] or '', rows}
+end
+local realtime = {}
+local nrt = tonumber(ARGV[i])
+i = i + 1
+for v = 1, nrt do
+  local beat = redis.call('GET', ARGV[i])
+  local ns = tonumber(ARGV[i + 1])
+  local specs = {}
+  for s = 1, ns do
+    local at = i + 2 + 3 * (s - 1)
+    specs[s] = {ARGV[at], ARGV[at + 1], ARGV[at + 2]}
+  end
+  i = i + 2 + 3 * ns
+  local ne = tonumber(ARGV[i])
+  i = i + 1
+  local rows = {}
+  for e = 1, ne do
+    local base = ARGV[i + e - 1]
+    local last = redis.call('HGET', base, 'last_ts')
+    rows[e] = 0
+    if last then
+      local row = {last}
+      for s = 1, ns do
+        local code, suffix, param = specs[s][1], specs[s][2], specs[s][3]
+        if code == 'L' then
+          row[#row + 1] = redis.call('LRANGE', base .. suffix, 0, tonumber(param) - 1)
+        elseif code == 'C' then
+          row[#row + 1] = redis.call('ZCOUNT', base .. suffix, param, '+inf')
+        end
+      end
+      rows[e] = row
+    end
+  end
+  i = i + ne
+  realtime[v] = {beat or '', rows}
+end
+return {batch, realtime}
+"""
+
+Row = list[float | None]
+"""One entity's values of a view's requested features (None: not stored, use the default)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RowFlags:
+    """Views whose entity was missing (defaults served) or whose data is stale, per row."""
+
+    missing: frozenset[str] = frozenset()
+    stale: frozenset[str] = frozenset()
+
+    @property
+    def ok(self) -> bool:
+        """Neither missing nor stale."""
+        return not (self.missing or self.stale)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What one read fetches: per view, the columns it fills and its unique entity ids."""
+
+    defaults: list[float]
+    views: list[FeatureView]
+    columns: dict[str, list[tuple[int, FeatureSpec]]]
+    entity_ids: dict[str, list[str]]
+
+    @property
+    def batch(self) -> list[FeatureView]:
+        return [v for v in self.views if v.kind == "batch"]
+
+    @property
+    def realtime(self) -> list[FeatureView]:
+        return [v for v in self.views if v.kind == "realtime"]
+
+
+def _plan(
+    registry: FeatureRegistry, requests: Sequence[Mapping[str, str]], wanted: Sequence[str]
+) -> _Plan:
+    resolved = registry.resolve(wanted)
+    views = list({view.name: view for view, _ in resolved}.values())
+    columns = {
+        v.name: [(j, spec) for j, (view, spec) in enumerate(resolved) if view.name == v.name]
+        for v in views
+    }
+    entity_ids = {
+        v.name: list(dict.fromkeys(r[v.entity] for r in requests if v.entity in r)) for v in views
+    }
+    return _Plan([spec.default for _, spec in resolved], views, columns, entity_ids)
+
+
+def _script_args(plan: _Plan, now: float) -> list[Any]:
+    """The read script's ARGV (layout above the script)."""
+    args: list[Any] = [len(plan.batch)]
+    for view in plan.batch:
+        v = view.name
+        fields = [spec.name for _, spec in plan.columns[v]]
+        ents = [keys.escape(e) for e in plan.entity_ids[v]]
+        args += [keys.view_pointer_key(v), keys.feature_key_prefix(v), len(fields)]
+        args += [*fields, len(ents), *ents]
+    args.append(len(plan.realtime))
+    for view in plan.realtime:
+        v = view.name
+        args += [keys.realtime_heartbeat_key(v), len(plan.columns[v])]
+        base = keys.realtime_state_key(v, "")
+        for _, spec in plan.columns[v]:
+            if spec.agg == "last_n_mean":
+                assert spec.field is not None
+                suffix = keys.realtime_last_key(v, "", spec.field)[len(base) :]
+                args += ["L", suffix, spec.n]
+            elif spec.agg == "count_window":
+                suffix = keys.realtime_window_key(v, "")[len(base) :]
+                args += ["C", suffix, f"({now - spec.window_s!r}"]
+            else:
+                args += ["S", "", ""]
+        ids = plan.entity_ids[v]
+        args += [len(ids), *(keys.realtime_state_key(v, e) for e in ids)]
+    return args
+
+
+def _realtime_row(specs: Sequence[tuple[int, FeatureSpec]], hit: Sequence[Any], now: float) -> Row:
+    """One entity's real-time values from its script reply (last_ts, then L/C replies)."""
+    last_ts, replies = float(hit[0]), iter(hit[1:])
+    row: Row = []
+    for _, spec in specs:
+        if spec.agg == "seconds_since_last":
+            row.append(max(0.0, now - last_ts))
+        elif spec.agg == "last_n_mean":
+            recent = next(replies)
+            row.append(sum(map(float, recent)) / len(recent) if recent else None)
+        else:
+            row.append(float(next(replies)))
+    return row
+
+
+class FeatureReader:
+    """Reads feature rows for requests with the one-call read script.
+
+    Args:
+        redis: an asyncio client.
+        registry: the declared views.
+        metrics: where missing and stale rows and data ages are counted.
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, registry: FeatureRegistry, metrics: FeatureMetrics
+    ) -> None:
+        self._redis = redis
+        self._registry = registry
+        self._metrics = metrics
+        self._sha: str | None = None
+        self._warned_unloaded: set[str] = set()
+
+    async def read(
+        self, requests: Sequence[Mapping[str, str]], wanted: Sequence[str], now: float
+    ) -> tuple[np.ndarray, list[RowFlags]]:
+        """Feature values for each request row, in the order of ``wanted``, at time ``now``.
+
+        Returns:
+            A float32 array (rows, len(wanted)) and per row its :class:`RowFlags`.
+        """
+        plan = _plan(self._registry, requests, wanted)
+        n = len(requests)
+        values = np.array([plan.defaults] * n, dtype=np.float32).reshape(n, len(plan.defaults))
+        if n == 0 or not plan.views:
+            return values, [RowFlags() for _ in range(n)]
+        batch_reply, realtime_reply = await self._call(_script_args(plan, now))
+        found: dict[str, dict[str, Row]] = {}
+        stale: dict[str, bool] = {}
+        for view, reply in zip(plan.batch, batch_reply, strict=True):
+            found[view.name], stale[view.name] = self._batch_rows(plan, view, reply, now)
+        for view, reply in zip(plan.realtime, realtime_reply, strict=True):
+            found[view.name], stale[view.name] = self._realtime_rows(plan, view, reply, now)
+        return values, self._fill(plan, requests, values, found, stale)
+
+    async def _call(self, args: list[Any]) -> Any:
+        try:
+            return await self._redis.evalsha(await self._script_sha(), 0, *args)
+        except NoScriptError:
+            # The server lost its script cache (restart, SCRIPT FLUSH): load it, once more.
+            self._sha = None
+            return await self._redis.evalsha(await self._script_sha(), 0, *args)
+
+    def _batch_rows(
+        self, plan: _Plan, view: FeatureView, reply: Any, now: float
+    ) -> tuple[dict[str, Row], bool]:
+        """A batch view's rows by entity id, and whether the view is stale."""
+        version, materialized_at, hits = reply
+        if not version:
+            if view.name not in self._warned_unloaded:
+                self._warned_unloaded.add(view.name)  # once: this runs per request
+                logger.warning("batch view %s has never been loaded", view.name)
+            return {}, False
+        age = now - float(materialized_at)
+        self._metrics.age.labels(view.name).set(age)
+        rows = {
+            e: [None if x is None else float(x) for x in hit]
+            for e, hit in zip(plan.entity_ids[view.name], hits, strict=True)
+            if hit != 0
+        }
+        return rows, age > view.max_staleness_s
+
+    def _realtime_rows(
+        self, plan: _Plan, view: FeatureView, reply: Any, now: float
+    ) -> tuple[dict[str, Row], bool]:
+        """A real-time view's rows by entity id, and whether the view is stale."""
+        beat, hits = reply
+        age = math.inf if not beat else now - float(beat)
+        self._metrics.age.labels(view.name).set(age if beat else -1)
+        specs = plan.columns[view.name]
+        rows = {
+            e: _realtime_row(specs, hit, now)
+            for e, hit in zip(plan.entity_ids[view.name], hits, strict=True)
+            if hit != 0
+        }
+        return rows, age > view.max_staleness_s
+
+    def _fill(
+        self,
+        plan: _Plan,
+        requests: Sequence[Mapping[str, str]],
+        values: np.ndarray,
+        found: Mapping[str, Mapping[str, Row]],
+        view_stale: Mapping[str, bool],
+    ) -> list[RowFlags]:
+        """Write the found values into ``values``; flag and count missing and stale rows."""
+        missing: list[set[str]] = [set() for _ in requests]
+        stale: list[set[str]] = [set() for _ in requests]
+        for i, request in enumerate(requests):
+            for view in plan.views:
+                v = view.name
+                got = found[v].get(request[view.entity]) if view.entity in request else None
+                if got is None:
+                    missing[i].add(v)
+                    continue
+                if view_stale[v]:
+                    stale[i].add(v)
+                for (j, _), x in zip(plan.columns[v], got, strict=True):
+                    if x is not None:
+                        values[i, j] = x
+        for view in plan.views:
+            if n_missing := sum(view.name in m for m in missing):
+                self._metrics.missing.labels(view.name).inc(n_missing)
+            if n_stale := sum(view.name in s for s in stale):
+                self._metrics.stale.labels(view.name).inc(n_stale)
+        return [RowFlags(frozenset(m), frozenset(s)) for m, s in zip(missing, stale, strict=True)]
+
+    async def _script_sha(self) -> str:
+        if self._sha is None:
+            self._sha = await self._redis.script_load(_READ)
+        return self._sha
