@@ -45,9 +45,10 @@ from services.errors import ModelLoadError, ServekitError
 from services.registry.versions import ModelRegistry, ModelVersion
 from services.request.catalog import ModelCatalog
 from services.runner.backends import Backend, create_backend, warm_up
-from services.runner.batching import AdaptiveBatcher, LaneLimits
+from services.runner.batching import AdaptiveBatcher
 from services.runner.budget import LoadBackoff, MeasureGate, MemoryBudget, PoolStats, heap_bytes
 from services.runner.feeds import Feeds, concat_feeds, split_outputs
+from services.runner.lanes import LaneLimits
 from services.runner.watchdog import StopSwitch
 from services.settings import BatchPolicy, Settings
 
