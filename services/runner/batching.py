@@ -1,7 +1,8 @@
 """An adaptive micro-batcher for the model runner, with one lane per (model, version).
 
-It follows the seed's policy (wait at most ``max_wait_ms``, batch at most
-``max_batch_size`` rows) without the faults of BentoML's dispatcher (see docs/design.md):
+Each model's policy caps a batch at ``max_batch_size`` rows and a request's wait at
+``max_wait_ms`` (32 rows and 10 ms by default); the batcher keeps it without the faults
+of BentoML's dispatcher (see docs/design.md):
 
 - A lone request on an idle lane goes at once: it lingers only when the recent arrival
   rate says more rows are due before its wait runs out, so no learned wait survives a
