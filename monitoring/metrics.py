@@ -1,22 +1,23 @@
 """servekit's Prometheus metrics, kept cheap on the hot path.
 
-BentoML's own metrics middleware is switched off (it costs ~1.5x in throughput, see
-shared/MEASURED.md); these replace it. Label children are cached so a request pays a dict
+BentoML's own metrics middleware is switched off (it costs ~1.5x in throughput; see
+docs/design.md); these replace it. Label children are cached so a request pays a dict
 lookup and an observe, and gauges that change often (queue depth, batcher counters) are
-read at scrape time by a collector instead of being set per request.
+read at scrape time by the collectors of ``monitoring.collectors`` instead of being set
+per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256)
+LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class ServingMetrics:
@@ -100,31 +101,3 @@ class ServingMetrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
-
-
-class CallbackCollector(Collector):
-    """Gauges and counters computed at scrape time from a callback.
-
-    The callback returns ``[(name, help, kind, [(labels dict, value), ...]), ...]`` with
-    kind "gauge" or "counter".
-    """
-
-    def __init__(
-        self, callback: Callable[[], list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]]
-    ) -> None:
-        self._callback = callback
-
-    def collect(self) -> Iterator[Any]:
-        for name, doc, kind, samples in self._callback():
-            labels = sorted(samples[0][0]) if samples else []
-            family: Any
-            if kind == "counter":
-                family = CounterMetricFamily(name, doc, labels=labels)
-            else:
-                family = GaugeMetricFamily(name, doc, labels=labels)
-            for lab, value in samples:
-                family.add_metric([lab[k] for k in labels], value)
-            yield family
-
-    def describe(self) -> Iterator[Any]:
-        return iter(())

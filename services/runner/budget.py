@@ -1,5 +1,5 @@
 """What a shared (multi-model) runner needs beyond a dedicated one: memory accounting,
-load retry backoff and the pool's metrics.
+load retry backoff and the pool's counters.
 
 - ``heap_bytes`` measures the bytes the process's allocator holds in use (glibc's
   ``mallinfo2``): the model pool reads it before and after creating a session, with
@@ -9,7 +9,8 @@ load retry backoff and the pool's metrics.
 - ``MemoryBudget`` keeps the books: measured bytes of loaded models plus reservations of
   loads in flight, never over the budget.
 - ``LoadBackoff`` remembers failed loads and when each may be tried again.
-- ``PoolCollector`` exports the pool's state to Prometheus at scrape time.
+- ``PoolStats`` counts loads, evictions and requests; ``monitoring.collectors`` exports
+  them at scrape time.
 """
 
 from __future__ import annotations
@@ -25,22 +26,12 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-)
-from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from services.runner.pool import ModelPool
+from monitoring.metrics import LOAD_BUCKETS
 
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-LOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 # -- measuring ------------------------------------------------------------------------
@@ -252,7 +243,7 @@ class LoadBackoff:
 
 @dataclass
 class PoolStats:
-    """The pool's counters, read by ``PoolCollector`` at scrape time."""
+    """The pool's counters, read by ``monitoring.collectors.PoolCollector`` at scrape time."""
 
     loads: collections.Counter[str] = field(default_factory=collections.Counter)  # outcome
     evictions: collections.Counter[str] = field(default_factory=collections.Counter)  # reason
@@ -274,79 +265,3 @@ class PoolStats:
         self.load_count += 1
         self.load_sum += seconds
         self.load_seconds.append(seconds)
-
-
-# -- metrics --------------------------------------------------------------------------
-
-
-class PoolCollector(Collector):
-    """The model pool's metrics, computed at scrape time (nothing on the request path).
-
-    Register with ``ServingMetrics.add_collector(PoolCollector(pool))``.
-    """
-
-    def __init__(self, pool: ModelPool) -> None:
-        self.pool = pool
-
-    def collect(self) -> Iterator[Any]:
-        pool, stats = self.pool, self.pool.stats
-        mem = pool.budget
-        if mem.budget is not None:
-            g = GaugeMetricFamily("servekit_pool_budget_bytes", "The pool's memory budget.")
-            g.add_metric([], mem.budget)
-            yield g
-        g = GaugeMetricFamily(
-            "servekit_pool_bytes",
-            "Bytes held by loaded models (resident) and reserved by loads in flight.",
-            labels=["kind"],
-        )
-        g.add_metric(["resident"], mem.resident_total)
-        g.add_metric(["reserved"], mem.reserved_total)
-        yield g
-        g = GaugeMetricFamily(
-            "servekit_model_resident_bytes",
-            "Bytes each loaded model's session holds, as measured at load.",
-            labels=["model", "version"],
-        )
-        loaded = g
-        for (model, version), lm in pool.loaded().items():
-            loaded.add_metric([model, version], lm.resident_bytes)
-        yield loaded
-        c = CounterMetricFamily(
-            "servekit_model_loads", "Model loads by outcome (ok, error).", labels=["outcome"]
-        )
-        for outcome, n in sorted(stats.loads.items()):
-            c.add_metric([outcome], n)
-        yield c
-        c = CounterMetricFamily(
-            "servekit_model_evictions",
-            "Models unloaded, by reason (budget, idle).",
-            labels=["reason"],
-        )
-        for reason, n in sorted(stats.evictions.items()):
-            c.add_metric([reason], n)
-        yield c
-        cumulative, running = [], 0
-        for le, n in zip(LOAD_BUCKETS, stats.load_buckets, strict=True):
-            running += n
-            cumulative.append((repr(le), running))
-        cumulative.append(("+Inf", stats.load_count))
-        yield HistogramMetricFamily(
-            "servekit_model_load_seconds",
-            "Time to load a model: fetch the artifact and create its session.",
-            buckets=cumulative,
-            sum_value=stats.load_sum,
-        )
-        for name, doc, counter in (
-            ("servekit_model_requests", "Requests per model version.", stats.requests),
-            ("servekit_model_rows", "Rows per model version.", stats.rows),
-            ("servekit_model_errors", "Failed requests per model version.", stats.errors),
-            ("servekit_model_timeouts", "Backend calls past their timeout.", stats.timeouts),
-        ):
-            c = CounterMetricFamily(name, doc, labels=["model", "version"])
-            for (model, version), n in sorted(counter.items()):
-                c.add_metric([model, version], n)
-            yield c
-
-    def describe(self) -> Iterator[Any]:
-        return iter(())

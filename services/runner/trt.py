@@ -1,8 +1,7 @@
 """TensorRT: building an fp16 engine from ONNX, and a runner backend for engines.
 
 Written against TensorRT 10's Python API (``tensorrt`` package; named tensors,
-``execute_async_v3``) and NOT verified here: servekit's machines have no TensorRT (the
-GPU machine it is sometimes lent has PyTorch CUDA but no TensorRT, shared/MEASURED.md).
+``execute_async_v3``) and not yet verified against a TensorRT installation.
 Every entry point says why it cannot run (``unavailable_reason``) instead of failing
 deep inside TensorRT. Device buffers are PyTorch CUDA tensors, so the backend needs
 ``torch`` with CUDA beside ``tensorrt``; install the ``gpu`` extra.

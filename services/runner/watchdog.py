@@ -14,8 +14,8 @@ A call is stopped when it has run past the deadline *and* spent at least half of
 the CPU of its thread, or when it has run past ``hard_factor`` times the deadline whatever
 it did. The CPU condition keeps a healthy call from being stopped because its thread was
 descheduled (a busy VM) or waited for the GIL between ``bind`` and the backend's release of
-it (other Python threads busy): measured here, both happen for a few milliseconds now and
-then. A call stuck without using the CPU (a lock, a device sync) is still stopped, at the
+it (other Python threads busy): on a busy host both happen for a few milliseconds now
+and then. A call stuck without using the CPU (a lock, a device sync) is still stopped, at the
 hard limit.
 
 The watchdog polls (one tick a millisecond) rather than being woken per call: waking a

@@ -1,9 +1,14 @@
-"""Both deployment shapes over real HTTP: the split shape (gateway + ModelRunner through
-bentoml.depends) answers exactly as the colocated one; a full queue sheds with 503."""
+"""Both deployment shapes: the gateway depends on ModelRunner only in the split shape;
+over real HTTP the split shape (gateway + ModelRunner through bentoml.depends) answers
+exactly as the colocated one; a full queue sheds with 503."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +16,40 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 RISKY = {"amount": 4000.0, "merchant_category": "crypto", "hour": 2, "channel": "online"}
 
-pytestmark = pytest.mark.slow
+
+def gateway_services(shape: str) -> dict[str, object]:
+    """The Gateway's dependencies and the services ``bentoml serve`` would start."""
+    code = (
+        "import json; from services.service import Gateway; "
+        "print(json.dumps({'dependencies': sorted(Gateway.dependencies), "
+        "'services': sorted(Gateway.all_services())}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "SERVEKIT_SHAPE": shape, "BENTOML_DO_NOT_TRACK": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_split_gateway_depends_on_the_runner() -> None:
+    assert gateway_services("split") == {
+        "dependencies": ["runner"],
+        "services": ["servekit", "servekit-runner"],
+    }
+
+
+def test_colocated_gateway_starts_no_runner() -> None:
+    assert gateway_services("colocated") == {"dependencies": [], "services": ["servekit"]}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +65,7 @@ def split_gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerP
     server.stop()
 
 
+@pytest.mark.slow
 def test_split_matches_colocated(gateway: ServerProcess, split_gateway: ServerProcess) -> None:
     payload = {"model": "fraud", "inputs": [GOOD, RISKY, GOOD], "request_id": "same"}
     a = httpx.post(f"{gateway.url}/predict", json=payload, timeout=10).json()
@@ -42,6 +76,7 @@ def test_split_matches_colocated(gateway: ServerProcess, split_gateway: ServerPr
     assert a == b
 
 
+@pytest.mark.slow
 def test_split_under_concurrency_batches_and_answers_all(split_gateway: ServerProcess) -> None:
     async def run() -> list[int]:
         async with aiohttp.ClientSession() as s:
@@ -60,6 +95,7 @@ def test_split_under_concurrency_batches_and_answers_all(split_gateway: ServerPr
     assert set(asyncio.run(run())) == {200}
 
 
+@pytest.mark.slow
 def test_full_queue_answers_503_with_retry_after(fraud_store: Path, serving_redis_url: str) -> None:
     server = ServerProcess(
         {

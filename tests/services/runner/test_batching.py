@@ -287,7 +287,7 @@ async def test_a_stopped_inline_call_reruns_on_a_thread_and_backs_off() -> None:
 async def test_an_unstoppable_untrusted_group_never_runs_inline() -> None:
     run = Recorder()
     batcher = make(run, inline_for=lambda g: False)
-    batcher._inline_below = 1.0  # every call counts as tiny
+    batcher.inline.below_s = 1.0  # every call counts as tiny
     for _ in range(5):
         await batcher.submit("m", feeds(1), 1)
     assert batcher.stats.inline_batches == 0

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
 
 from services.errors import ModelLoadError
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry, ModelVersion
-from services.runner.budget import PoolCollector, heap_bytes
+from services.runner.budget import heap_bytes
 from services.runner.pool import ModelPool
 from services.settings import MultiModelSettings, Settings
 from tests.fixtures.fake_backends import Heap, feeds, heap_factory
@@ -292,10 +291,10 @@ async def _run_budget_ops(
     await pool.close()
 
 
-# -- what GET /models and /metrics show -------------------------------------------------
+# -- what GET /models shows (/metrics: tests/monitoring/test_collectors.py) ------------
 
 
-async def test_describe_and_metrics(tmp_path: Path) -> None:
+async def test_describe(tmp_path: Path) -> None:
     heap = Heap()
     registry = fake_registry(tmp_path, {"a": 10 * KB, "gone": 10 * KB})
     registry.store.delete("gone/1/model.onnx")
@@ -310,13 +309,4 @@ async def test_describe_and_metrics(tmp_path: Path) -> None:
     assert {"last_used", "loaded_at", "load_seconds", "healthy"} <= a.keys()
     gone = info[("gone", "1")]
     assert gone["loaded"] is False and gone["state"] == "failed" and "missing" in gone["error"]
-    prom = CollectorRegistry()
-    prom.register(PoolCollector(pool))
-    text = generate_latest(prom).decode()
-    assert 'servekit_model_resident_bytes{model="a",version="1"} 10000.0' in text
-    assert 'servekit_model_loads_total{outcome="ok"} 1.0' in text
-    assert 'servekit_model_loads_total{outcome="error"} 1.0' in text
-    assert 'servekit_model_requests_total{model="a",version="1"} 2.0' in text
-    assert "servekit_model_load_seconds_count 1.0" in text
-    assert "servekit_pool_budget_bytes 100000.0" in text
     await pool.close()
