@@ -76,7 +76,7 @@ def build_colocated(
 ) -> tuple[Predictor, ModelPool]:
     """The colocated gateway's objects: registry, pool (preloaded), predictor."""
     registry = ModelRegistry(open_store(settings.serving))
-    catalog = ModelCatalog(registry)
+    catalog = ModelCatalog(registry, ttl_s=settings.serving.catalog_ttl_s)
     pool = ModelPool(registry, settings, catalog=catalog, on_batch=metrics.observe_batch)
     pool.preload(settings.serving.models)
     metrics.add_collector(PoolCollector(pool))
@@ -88,7 +88,7 @@ def build_split(
 ) -> Predictor:
     """The split gateway's predictor: models run in ``ModelRunner`` (``proxy``)."""
     registry = ModelRegistry(open_store(settings.serving))
-    catalog = ModelCatalog(registry)
+    catalog = ModelCatalog(registry, ttl_s=settings.serving.catalog_ttl_s)
     for name in settings.serving.models:
         catalog.pin(registry.get(name))
     return _predictor(settings, catalog, RemoteRunner(proxy), runtime, metrics)
@@ -129,7 +129,11 @@ def _runtime() -> tuple[RedisRuntime, ServingMetrics]:
 def _routing(runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics) -> None:
     """Rollout routing: the follower (pub/sub), the prediction log, feedback, admin."""
     rollout = SETTINGS.rollout
-    feedback = FeedbackStore(runtime.background_client, ttl_seconds=rollout.feedback_ttl_s)
+    feedback = FeedbackStore(
+        runtime.background_client,
+        ttl_seconds=rollout.feedback_ttl_s,
+        counter_ttl_seconds=rollout.counter_ttl_s,
+    )
     log = PredictionLog(runtime.background_client, maxlen=SETTINGS.redis.stream_maxlen)
     follower = RolloutFollower(runtime.pubsub_client, refresh_seconds=rollout.follower_refresh_s)
     router = TrafficRouter(
@@ -138,6 +142,10 @@ def _routing(runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetric
         log,
         feedback,
         predictor.catalog.resolve,
+        shadow_queue=rollout.shadow_queue,
+        shadow_timeout_s=rollout.shadow_timeout_s,
+        shadow_concurrency=rollout.shadow_concurrency,
+        feedback_limit=rollout.feedback_buffer,
         log_sample=rollout.prediction_log_sample,
     )
     AdminRoutes(
