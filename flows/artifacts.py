@@ -1,4 +1,4 @@
-"""Formatting shared by the rollout flows' markdown artifacts."""
+"""Keys and cell formatting shared by the flows' markdown artifacts."""
 
 from __future__ import annotations
 
