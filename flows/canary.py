@@ -1,8 +1,9 @@
-"""Canary promotion (DESIGN-DECISIONS.md, decision 8): ramp live traffic, gate, promote.
+"""Canary promotion: ramp live traffic to a candidate, gate each step, promote.
 
-Sends ``candidate`` a growing share of live traffic (default
-``SERVEKIT_ROLLOUT_CANARY_STEPS``: 5, 25, 50, 100 %), sticky per user. During each step it
-looks at the experiment's per-variant counters (``FeedbackStore``) every ``poll_s``:
+The second stage of a rollout (the strategy is in docs/design.md): it sends
+``candidate`` a growing share of live traffic (default ``SERVEKIT_ROLLOUT_CANARY_STEPS``),
+sticky per user. During each step it looks at the experiment's per-variant counters
+(``FeedbackStore``) every ``poll_s``:
 
 - candidate error rate over ``max_error_rate``: roll back at once;
 - once outcomes arrived, the business metric (share of positive outcomes) with the mSPRT:
@@ -30,24 +31,16 @@ import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 
-from flows.gates import (
-    REDIS_RETRIES,
-    CanaryCheck,
-    CanaryGateError,
-    Thresholds,
-    artifact_key,
-    canary_check,
-    format_ms,
-    format_percent,
-    promote_rollout,
-    rollback_rollout,
-)
+from flows.artifacts import artifact_key, format_ms, format_percent
+from flows.gates import CanaryCheck, CanaryGateError, Thresholds, canary_check
+from flows.rollout_tasks import REDIS_RETRIES, promote_rollout, rollback_rollout
 from services.errors import InvalidInputError
 from services.rollout.feedback import FeedbackStore
 from services.rollout.state import RolloutStore
 from services.rollout.statistics import VariantStats
-from services.settings import get_settings
+from services.settings import RolloutSettings, get_settings
 from services.state.redis_embedded import resolve_redis_url
 
 
@@ -60,6 +53,23 @@ class CanaryReport:
     experiment_id: str
     steps: list[CanaryCheck]
     promoted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepWatch:
+    """How each canary step is watched.
+
+    Attributes:
+        duration_s: time at the step.
+        poll_s: how often the counters are read.
+        stop_at_predictions: end the step once it saw this many candidate predictions.
+        higher_is_better: whether a positive outcome is good (conversions) or bad.
+    """
+
+    duration_s: float
+    poll_s: float
+    stop_at_predictions: int | None
+    higher_is_better: bool
 
 
 def _variant_row(name: str, v: VariantStats | None) -> str:
@@ -132,20 +142,14 @@ async def observe_canary_step(
     model: str,
     experiment_id: str,
     percent: float,
-    duration_s: float,
     thresholds: Thresholds,
-    *,
-    min_predictions: int,
-    min_outcomes: int,
-    stop_at_predictions: int | None,
+    watch: StepWatch,
     previous_p_value: float,
-    higher_is_better: bool,
-    poll_s: float,
     redis_url: str,
 ) -> CanaryCheck:
     """Watch one step; returns at the first breach or with the step's final look."""
     logger = get_run_logger()
-    deadline = time.monotonic() + duration_s
+    deadline = time.monotonic() + watch.duration_s
     p_value = previous_p_value
     async with aioredis.Redis.from_url(redis_url) as client:
         feedback = FeedbackStore(client)
@@ -156,17 +160,16 @@ async def observe_canary_step(
             got = variants["candidate"].predictions if "candidate" in variants else 0
             step_predictions = got - start_count
             final = time.monotonic() >= deadline or (
-                stop_at_predictions is not None and step_predictions >= stop_at_predictions
+                watch.stop_at_predictions is not None
+                and step_predictions >= watch.stop_at_predictions
             )
             check = canary_check(
                 variants,
                 thresholds,
                 percent=percent,
                 step_predictions=step_predictions,
-                min_predictions=min_predictions,
-                min_outcomes=min_outcomes,
                 previous_p_value=p_value,
-                higher_is_better=higher_is_better,
+                higher_is_better=watch.higher_is_better,
                 final=final,
             )
             p_value = check.p_value
@@ -180,7 +183,7 @@ async def observe_canary_step(
                     "" if check.passed else ": " + "; ".join(check.failures),
                 )
                 return check
-            await asyncio.sleep(min(poll_s, max(deadline - time.monotonic(), 0.0)))
+            await asyncio.sleep(min(watch.poll_s, max(deadline - time.monotonic(), 0.0)))
 
 
 @task(cache_policy=NO_CACHE)
@@ -195,13 +198,58 @@ async def publish_canary_artifact(
     )
 
 
-def _steps(steps: list[float] | None) -> list[float]:
-    chosen = list(get_settings().rollout.canary_steps if steps is None else steps)
-    if not chosen or any(not 0 < p <= 100 for p in chosen):
-        raise InvalidInputError("canary steps must be percents in (0, 100]", field="steps")
-    if any(b <= a for a, b in zip(chosen, chosen[1:], strict=False)):
-        raise InvalidInputError("canary steps must increase", field="steps")
-    return chosen
+def canary_plan(steps: list[float] | None, settings: RolloutSettings) -> list[float]:
+    """The canary's steps: ``steps`` checked by the settings' own rule, or the settings'.
+
+    Raises:
+        InvalidInputError: ``steps`` are not increasing percents in (0, 100].
+    """
+    if steps is None:
+        return list(settings.canary_steps)
+    try:
+        checked = settings.model_validate({**settings.model_dump(), "canary_steps": steps})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        raise InvalidInputError(message, field="steps") from exc
+    return list(checked.canary_steps)
+
+
+async def _ramp(
+    model: str,
+    candidate: str,
+    plan: list[float],
+    thresholds: Thresholds,
+    watch: StepWatch,
+    redis_url: str,
+    *,
+    promote: bool,
+) -> tuple[str, list[CanaryCheck]]:
+    """Run the steps in order; returns the experiment id and each step's final look.
+
+    Raises:
+        CanaryGateError: a step failed; the candidate was rolled back.
+    """
+    checks: list[CanaryCheck] = []
+    experiment_id = ""
+    for number, percent in enumerate(plan, start=1):
+        experiment_id = await set_canary_step(model, candidate, percent, redis_url)
+        p_value = checks[-1].p_value if checks else 1.0
+        check = await observe_canary_step(
+            model, experiment_id, percent, thresholds, watch, p_value, redis_url
+        )
+        checks.append(check)
+        if not check.passed:
+            reason = f"canary step {number} ({percent:g} %) failed: " + "; ".join(check.failures)
+            await publish_canary_artifact(model, candidate, number, check, f"rolled back: {reason}")
+            await rollback_rollout(model, reason, redis_url, "flow:canary")
+            raise CanaryGateError(reason, model=model, candidate=candidate, failures=check.failures)
+        if number < len(plan):
+            action = f"next step: {plan[number]:g} %"
+        else:
+            action = "promoting" if promote else "held at the last step"
+        await publish_canary_artifact(model, candidate, number, check, action)
+    return experiment_id, checks
 
 
 @flow(name="canary-promotion")
@@ -211,12 +259,12 @@ async def canary_promotion(
     steps: list[float] | None = None,
     step_duration_s: float | None = None,
     *,
-    min_predictions: int = 100,
-    min_outcomes: int = 100,
+    min_predictions: int | None = None,
+    min_outcomes: int | None = None,
     stop_at_predictions: int | None = None,
     poll_s: float = 60.0,
     higher_is_better: bool = True,
-    latency_slack_ms: float = 1.0,
+    latency_slack_ms: float | None = None,
     max_error_rate: float | None = None,
     max_p99_latency_ratio: float | None = None,
     promote: bool = True,
@@ -225,17 +273,12 @@ async def canary_promotion(
     """Ramp ``candidate`` through the canary steps, gating each; promote at the end.
 
     Args:
-        model: the model.
-        candidate: the version to ramp up.
-        steps: candidate traffic percent of each step, increasing (default: settings).
-        step_duration_s: time at each step (default: settings).
-        min_predictions: candidate predictions needed to judge errors and latency.
-        min_outcomes: outcomes per variant before the mSPRT is run.
-        stop_at_predictions: end a step as soon as it saw this many candidate predictions.
-        poll_s: how often to look at the counters during a step.
-        higher_is_better: whether a positive outcome is good (conversions) or bad.
-        latency_slack_ms: absolute allowance on top of the p99 latency ratio.
-        max_error_rate, max_p99_latency_ratio: override the settings.
+        model, candidate: the model and the version to ramp up.
+        steps: candidate traffic percent of each step, increasing (None: settings).
+        step_duration_s: time at each step (None: settings).
+        min_predictions, min_outcomes, latency_slack_ms, max_error_rate,
+            max_p99_latency_ratio: the gates (None: the rollout settings').
+        stop_at_predictions, poll_s, higher_is_better: how steps are watched (``StepWatch``).
         promote: promote after the last step (False: leave it at the last step).
         redis_url: the Redis holding rollout state and counters (default: settings).
 
@@ -247,47 +290,20 @@ async def canary_promotion(
     """
     settings = get_settings().rollout
     url = resolve_redis_url(redis_url)
-    plan = _steps(steps)
-    duration = settings.step_duration_s if step_duration_s is None else step_duration_s
+    plan = canary_plan(steps, settings)
     thresholds = Thresholds.from_settings(
         settings,
+        min_predictions=min_predictions,
+        min_outcomes=min_outcomes,
         latency_slack_ms=latency_slack_ms,
         max_error_rate=max_error_rate,
         max_p99_latency_ratio=max_p99_latency_ratio,
     )
-    checks: list[CanaryCheck] = []
-    experiment_id = ""
-    p_value = 1.0
-    for number, percent in enumerate(plan, start=1):
-        experiment_id = await set_canary_step(model, candidate, percent, url)
-        check = await observe_canary_step(
-            model,
-            experiment_id,
-            percent,
-            duration,
-            thresholds,
-            min_predictions=min_predictions,
-            min_outcomes=min_outcomes,
-            stop_at_predictions=stop_at_predictions,
-            previous_p_value=p_value,
-            higher_is_better=higher_is_better,
-            poll_s=poll_s,
-            redis_url=url,
-        )
-        checks.append(check)
-        p_value = check.p_value
-        if not check.passed:
-            reason = f"canary step {number} ({percent:g} %) failed: " + "; ".join(check.failures)
-            await publish_canary_artifact(model, candidate, number, check, f"rolled back: {reason}")
-            await rollback_rollout(model, reason, url, "flow:canary")
-            raise CanaryGateError(reason, model=model, candidate=candidate, failures=check.failures)
-        last = number == len(plan)
-        action = (
-            ("promoting" if promote else "held at the last step")
-            if last
-            else f"next step: {plan[number]:g} %"
-        )
-        await publish_canary_artifact(model, candidate, number, check, action)
+    duration = settings.step_duration_s if step_duration_s is None else step_duration_s
+    watch = StepWatch(duration, poll_s, stop_at_predictions, higher_is_better)
+    experiment_id, checks = await _ramp(
+        model, candidate, plan, thresholds, watch, url, promote=promote
+    )
     if promote:
         await promote_rollout(
             model, f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %", url, "flow:canary"

@@ -1,4 +1,4 @@
-"""Daily materialization of the batch feature views (DESIGN-DECISIONS.md, decision 5).
+"""Daily materialization of the batch feature views.
 
 Reads the last ``days`` of transactions (a Parquet or CSV file, or the synthetic
 generator when no source is given), computes ``user_stats`` and ``merchant_risk``, loads
@@ -11,15 +11,19 @@ Run once: ``python -m flows.materialize``; serve on its schedule:
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 
+from flows.recipes.batch_features import merchant_risk, user_stats
+from flows.recipes.synthetic import TransactionGenerator
 from services.errors import ServekitError
 from services.settings import get_settings
 from services.state.features import FeatureRegistry, FeatureStore, LoadResult
@@ -46,8 +50,6 @@ def read_transactions(
 
     logger = get_run_logger()
     if source is None:
-        from flows.recipes.synthetic import TransactionGenerator
-
         frame = TransactionGenerator(seed=0).history(days=days, n=synthetic_rows, end=as_of)
         logger.info("generated %d synthetic transactions", len(frame))
     else:
@@ -72,33 +74,14 @@ def read_transactions(
 
 @task
 def compute_user_stats(transactions: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per user: mean amount and number of transactions in the window."""
-    grouped = transactions.groupby("user_id")["amount"].agg(["mean", "count"])
-    return {
-        str(user): {"avg_amount_30d": float(row["mean"]), "txn_count_30d": int(row["count"])}
-        for user, row in grouped.iterrows()
-    }
+    """The ``user_stats`` view: per user, mean amount and number of transactions."""
+    return user_stats(transactions)
 
 
 @task
-def compute_merchant_risk(
-    transactions: pd.DataFrame, prior_weight: float = 50.0
-) -> dict[str, dict[str, float]]:
-    """Per merchant category: fraud rate, smoothed toward the overall rate.
-
-    ``(frauds + prior_weight * overall) / (count + prior_weight)``, so a category with few
-    transactions is not scored 0 or 1 by chance.
-    """
-    fraud = transactions["is_fraud"].astype(float)
-    overall = float(fraud.mean())
-    grouped = fraud.groupby(transactions["merchant_category"]).agg(["sum", "count"])
-    return {
-        str(category): {
-            "risk_score": (float(row["sum"]) + prior_weight * overall)
-            / (float(row["count"]) + prior_weight)
-        }
-        for category, row in grouped.iterrows()
-    }
+def compute_merchant_risk(transactions: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The ``merchant_risk`` view: per merchant category, the smoothed fraud rate."""
+    return merchant_risk(transactions)
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 15])
@@ -106,8 +89,6 @@ async def load_view(
     view: str, rows: dict[str, dict[str, float]], materialized_at: datetime, redis_url: str
 ) -> LoadResult:
     """Write ``rows`` as a new version of ``view`` and make it current atomically."""
-    import redis.asyncio as aioredis
-
     settings = get_settings().features
     client = aioredis.Redis.from_url(redis_url)
     try:
@@ -183,6 +164,4 @@ if __name__ == "__main__":
     if "--serve" in sys.argv[1:]:
         materialize.serve(name="daily", cron=SCHEDULE)
     else:
-        import asyncio
-
         asyncio.run(materialize())

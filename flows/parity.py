@@ -81,6 +81,32 @@ def compare(
         min_agreement: least agreement.
         primary: the output agreement is measured on (probabilities, embedding, ...).
     """
+    max_abs, max_rel, worst_scaled, worst = _errors(native, converted)
+    ref = native[primary]
+    agreement, min_cos = _agreement(task, ref, converted[primary])
+    passed = worst_scaled <= tolerance and (agreement is None or agreement >= min_agreement)
+    return ParityResult(
+        format=fmt,
+        rows=len(ref),
+        max_abs_err=max_abs,
+        max_rel_err=max_rel,
+        max_scaled_err=worst_scaled,
+        agreement=agreement,
+        tolerance=tolerance,
+        min_agreement=min_agreement,
+        min_cosine=min_cos,
+        passed=passed,
+        worst_output=worst,
+    )
+
+
+def _errors(
+    native: dict[str, np.ndarray], converted: dict[str, np.ndarray]
+) -> tuple[float, float, float, str]:
+    """Largest absolute, relative and scaled error over every output, and the worst output.
+
+    A non-finite converted value is an infinite error.
+    """
     max_abs = max_rel = worst_scaled = 0.0
     worst = ""
     for name, ref in native.items():
@@ -99,30 +125,19 @@ def compare(
         max_rel = max(max_rel, float((diff / np.maximum(np.abs(b), 1e-3)).max(initial=0.0)))
         if scaled >= worst_scaled:
             worst_scaled, worst = scaled, name
-    ref, out = native[primary], converted[primary]
-    agreement: float | None = None
-    min_cos: float | None = None
+    return max_abs, max_rel, worst_scaled, worst
+
+
+def _agreement(task: Task, ref: np.ndarray, out: np.ndarray) -> tuple[float | None, float | None]:
+    """(agreement, least cosine): label agreement for classifiers; retrieval agreement and
+    cosine for embeddings; neither for regressors."""
     if task == "classifier":
         ref_label = ref.argmax(axis=1) if ref.ndim == 2 else ref
         out_label = out.argmax(axis=1) if out.ndim == 2 else out
-        agreement = float(np.mean(ref_label == out_label))
-    elif task == "embedding":
-        agreement = _retrieval_agreement(ref, out)
-        min_cos = float(_cosine(ref, out).min())
-    passed = worst_scaled <= tolerance and (agreement is None or agreement >= min_agreement)
-    return ParityResult(
-        format=fmt,
-        rows=len(ref),
-        max_abs_err=max_abs,
-        max_rel_err=max_rel,
-        max_scaled_err=worst_scaled,
-        agreement=agreement,
-        tolerance=tolerance,
-        min_agreement=min_agreement,
-        min_cosine=min_cos,
-        passed=passed,
-        worst_output=worst,
-    )
+        return float(np.mean(ref_label == out_label)), None
+    if task == "embedding":
+        return _retrieval_agreement(ref, out), float(_cosine(ref, out).min())
+    return None, None
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,10 +1,11 @@
 """The whole rollout of a candidate: shadow validation -> canary -> promotion.
 
-Decision 8's strategy as one parent flow: shadow first (zero user impact), then a
-traffic canary with metric gates, then promotion. Its "When to Reconsider" is an option:
-with ``skip_canary_if_identical`` (default on), a candidate whose shadow answers were
-identical to the primary's on every mirrored request skips the canary and is promoted
-at once (a blue-green switch). Which path was taken is written to a markdown artifact.
+The rollout strategy (docs/design.md) as one parent flow: shadow first (zero user
+impact), then a traffic canary with metric gates, then promotion. A candidate whose
+shadow answers were identical to the primary's on every mirrored request gains nothing
+from a canary: with ``skip_canary_if_identical`` (default on) it skips the canary and is
+promoted at once (a blue-green switch). Which path was taken is written to a markdown
+artifact.
 
 Run once: ``python -m flows.rollout MODEL CANDIDATE``.
 """
@@ -20,12 +21,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import artifact_key
 from flows.canary import CanaryReport, canary_promotion
-from flows.gates import ShadowGateResult, artifact_key, promote_rollout
+from flows.gates import ShadowGateResult
+from flows.rollout_tasks import promote_rollout
 from flows.shadow import shadow_validation
 from services.state.redis_embedded import resolve_redis_url
 
-Path = Literal["canary", "blue-green"]
+RolloutPath = Literal["canary", "blue-green"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,7 @@ class RolloutReport:
     candidate: str
     shadow: ShadowGateResult
     canary: CanaryReport | None
-    path: Path
+    path: RolloutPath
     promoted: bool
 
 
@@ -93,8 +96,7 @@ async def rollout(
     """Shadow ``candidate``, then canary it (unless its answers were identical), promote.
 
     Args:
-        model: the model.
-        candidate: the version to roll out.
+        model, candidate: the model and the version to roll out.
         skip_canary_if_identical: promote straight after the shadow stage when every
             mirrored answer equalled the primary's (blue-green).
         shadow_window_s: the shadow window (default: settings).
@@ -117,7 +119,7 @@ async def rollout(
         get_run_logger().info(
             "%s version %s answered identically in shadow: skipping the canary", model, candidate
         )
-        path: Path = "blue-green"
+        path: RolloutPath = "blue-green"
         if promote:
             await promote_rollout(
                 model, "shadow outputs identical: blue-green switch", url, "flow:rollout"

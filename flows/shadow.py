@@ -1,11 +1,12 @@
-"""Shadow validation (DESIGN-DECISIONS.md, decision 8): mirror traffic, compare, gate.
+"""Shadow validation: mirror live traffic to a candidate, compare, gate.
 
-Puts ``candidate`` in shadow mode, lets the gateways mirror live traffic to it for the
-window (default ``SERVEKIT_ROLLOUT_SHADOW_WINDOW_S``: one day), then compares the logged
-pairs (``servekit:shadow:{model}``) with the primary's answers: latency p50/p99, error
-rate and agreement (labels for classifiers, relative error for regressors). A markdown
-artifact holds the table. On a failed gate the candidate is rolled back and the run fails
-with ``ShadowGateError``; on a pass the model stays in shadow mode for the next stage.
+The first stage of a rollout (the strategy is in docs/design.md): it puts ``candidate``
+in shadow mode, lets the gateways mirror live traffic to it for the window (default
+``SERVEKIT_ROLLOUT_SHADOW_WINDOW_S``), then compares the logged pairs
+(``servekit:shadow:{model}``) with the primary's answers: latency p50/p99, error rate and
+agreement (labels for classifiers, relative error for regressors). A markdown artifact
+holds the table. On a failed gate the candidate is rolled back and the run fails with
+``ShadowGateError``; on a pass the model stays in shadow mode for the next stage.
 
 Run once: ``python -m flows.shadow MODEL CANDIDATE``.
 """
@@ -15,24 +16,17 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import NoReturn
 
 import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.gates import (
-    REDIS_RETRIES,
-    ShadowGateError,
-    ShadowGateResult,
-    Thresholds,
-    artifact_key,
-    compare_shadow,
-    format_ms,
-    format_percent,
-    rollback_rollout,
-    shadow_gate,
-)
+from flows.artifacts import artifact_key, format_ms, format_percent
+from flows.gates import ShadowGateError, ShadowGateResult, Thresholds, shadow_gate
+from flows.rollout_tasks import REDIS_RETRIES, rollback_rollout
+from flows.shadow_comparison import compare_shadow
 from services.rollout.prediction_log import PredictionLog, ShadowPair
 from services.rollout.state import RolloutStore
 from services.settings import get_settings
@@ -60,7 +54,7 @@ def shadow_markdown(result: ShadowGateResult, *, action: str) -> str:
         f"| error rate | - | {format_percent(c.error_rate)} | | <= {t.max_error_rate:.2%} |",
         f"| agreement | | {format_percent(c.agreement)} | | >= {t.min_agreement:.2%} |",
         f"| mean relative error | | {c.mean_relative_error:.4g} | | |",
-        f"| pairs | | {c.pairs} | | >= {result.min_pairs} |",
+        f"| pairs | | {c.pairs} | | >= {t.min_pairs} |",
         "",
     ]
     lines += [f"- FAILED: {f}" for f in result.failures] or ["- every gate passed"]
@@ -146,14 +140,13 @@ def judge_shadow(
     candidate: str,
     pairs: list[ShadowPair],
     thresholds: Thresholds,
-    min_pairs: int,
     label_output: str | None,
 ) -> ShadowGateResult:
     """Compare the pairs and apply the shadow gate."""
     comparison = compare_shadow(
-        pairs, label_output=label_output, regression_rtol=thresholds.regression_rtol
+        pairs, regression_rtol=thresholds.regression_rtol, label_output=label_output
     )
-    result = shadow_gate(model, candidate, comparison, thresholds, min_pairs=min_pairs)
+    result = shadow_gate(model, candidate, comparison, thresholds)
     logger = get_run_logger()
     logger.info(
         "shadow %s v%s: %d pairs, error rate %.2f%%, agreement %.2f%%, identical=%s",
@@ -179,18 +172,31 @@ async def publish_shadow_artifact(result: ShadowGateResult, action: str) -> None
     )
 
 
+async def _reject(result: ShadowGateResult, rollback: bool, redis_url: str) -> NoReturn:
+    """Publish the failed comparison, roll the candidate back when asked, and raise."""
+    reason = "shadow gate failed: " + "; ".join(result.failures)
+    await publish_shadow_artifact(
+        result, f"rolled back ({reason})" if rollback else "left in shadow mode"
+    )
+    if rollback:
+        await rollback_rollout(result.model, reason, redis_url, "flow:shadow")
+    raise ShadowGateError(
+        reason, model=result.model, candidate=result.candidate, failures=result.failures
+    )
+
+
 @flow(name="shadow-validation")
 async def shadow_validation(
     model: str,
     candidate: str,
     window_s: float | None = None,
     *,
-    min_pairs: int = 100,
+    min_pairs: int | None = None,
     stop_at_pairs: int | None = None,
     poll_s: float = 30.0,
     label_output: str | None = None,
-    regression_rtol: float = 1e-3,
-    latency_slack_ms: float = 1.0,
+    regression_rtol: float | None = None,
+    latency_slack_ms: float | None = None,
     max_error_rate: float | None = None,
     max_p99_latency_ratio: float | None = None,
     min_agreement: float | None = None,
@@ -200,17 +206,14 @@ async def shadow_validation(
     """Shadow ``candidate`` for the window, compare it with the primary, gate.
 
     Args:
-        model: the model.
-        candidate: the version to validate.
-        window_s: how long to shadow (default: the rollout settings' shadow window).
-        min_pairs: fewer mirrored requests than this fails the gate (not enough data).
+        model, candidate: the model and the version to validate.
+        window_s: how long to shadow (None: the rollout settings' shadow window).
+        min_pairs, regression_rtol, latency_slack_ms, max_error_rate,
+            max_p99_latency_ratio, min_agreement: the gate (None: the rollout settings').
         stop_at_pairs: end the window as soon as this many pairs arrived.
         poll_s: how often to look at the pair stream while waiting.
         label_output: the classifier output to compare (default: ``label`` or the first
             integer output; without one, the first output as a regression).
-        regression_rtol: relative error under which regression outputs agree.
-        latency_slack_ms: absolute allowance on top of the p99 latency ratio.
-        max_error_rate, max_p99_latency_ratio, min_agreement: override the settings.
         rollback_on_failure: roll the candidate back when the gate fails.
         redis_url: the Redis holding rollout state and streams (default: settings).
 
@@ -224,8 +227,9 @@ async def shadow_validation(
     url = resolve_redis_url(redis_url)
     thresholds = Thresholds.from_settings(
         settings,
-        latency_slack_ms=latency_slack_ms,
+        min_pairs=min_pairs,
         regression_rtol=regression_rtol,
+        latency_slack_ms=latency_slack_ms,
         max_error_rate=max_error_rate,
         max_p99_latency_ratio=max_p99_latency_ratio,
         min_agreement=min_agreement,
@@ -234,16 +238,11 @@ async def shadow_validation(
     since = await begin_shadow(model, candidate, url)
     await wait_for_pairs(model, candidate, since, window, stop_at_pairs, poll_s, url)
     pairs = await read_pairs(model, candidate, since, stop_at_pairs, url)
-    result = judge_shadow(model, candidate, pairs, thresholds, min_pairs, label_output)
-    if result.passed:
-        await publish_shadow_artifact(result, "kept in shadow mode for the next stage")
-        return result
-    reason = "shadow gate failed: " + "; ".join(result.failures)
-    action = f"rolled back ({reason})" if rollback_on_failure else "left in shadow mode"
-    await publish_shadow_artifact(result, action)
-    if rollback_on_failure:
-        await rollback_rollout(model, reason, url, "flow:shadow")
-    raise ShadowGateError(reason, model=model, candidate=candidate, failures=result.failures)
+    result = judge_shadow(model, candidate, pairs, thresholds, label_output)
+    if not result.passed:
+        await _reject(result, rollback_on_failure, url)
+    await publish_shadow_artifact(result, "kept in shadow mode for the next stage")
+    return result
 
 
 if __name__ == "__main__":

@@ -336,6 +336,27 @@ class RolloutSettings(BaseSettings):
         ge=60,
         description="How long an experiment's per-variant counters outlive their last write.",
     )
+    latency_slack_ms: float = Field(
+        1.0,
+        ge=0,
+        description="Gate: milliseconds allowed on top of the p99 latency ratio, so that "
+        "sub-millisecond noise on fast models does not fail a gate.",
+    )
+    regression_rtol: float = Field(
+        1e-3, ge=0, description="Gate: relative error under which shadow regression outputs agree."
+    )
+    min_pairs: int = Field(
+        100, ge=0, description="Gate: fewest shadow pairs to judge; fewer fails the shadow gate."
+    )
+    min_predictions: int = Field(
+        100,
+        ge=0,
+        description="Gate: fewest candidate predictions to judge a canary step's error rate "
+        "and latency; fewer at the step's end fails it.",
+    )
+    min_outcomes: int = Field(
+        100, ge=0, description="Gate: outcomes per variant before the canary's mSPRT is run."
+    )
 
     @field_validator("canary_steps")
     @classmethod

@@ -4,7 +4,7 @@
 hour, channel) and three batch features from the feature store (the user's 30-day mean
 amount and count, the merchant category's smoothed fraud rate), exported to ONNX with
 skl2onnx and registered as the production version. The training features are computed
-by the same code as ``flows/materialize.py``. Needs the ``demo`` extra (scikit-learn,
+by the same code as the daily materialization (``flows.recipes.batch_features``). Needs the ``demo`` extra (scikit-learn,
 skl2onnx); serving needs neither.
 
 Run ``python -m flows.recipes.demo_models`` (``make models`` does) to build what is missing.
@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from flows.recipes.batch_features import merchant_risk, user_stats
 from flows.recipes.synthetic import CHANNELS, MERCHANT_CATEGORIES, TransactionGenerator
+from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry, ModelVersion
 from services.request.schema import FieldSpec, ModelSchema, RecordEncoder, TensorSpec
+from services.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +111,9 @@ def train_fraud(
 def batch_features(
     gen: TransactionGenerator, days: int = 30, n: int = 50_000
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """The batch views as ``flows/materialize.py`` computes them from ``gen``'s history."""
-    from flows.materialize import compute_merchant_risk, compute_user_stats
-
+    """The batch views as the daily materialization computes them from ``gen``'s history."""
     history = gen.history(days=days, n=n)
-    return compute_user_stats.fn(history), compute_merchant_risk.fn(history)
+    return user_stats(history), merchant_risk(history)
 
 
 def vectors(
@@ -160,9 +161,6 @@ def ensure_demo_models(registry: ModelRegistry) -> list[ModelVersion]:
 
 def main() -> None:
     """Build the demo models into the configured model store."""
-    from services.registry.stores import open_store
-    from services.settings import get_settings
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     registry = ModelRegistry(open_store(get_settings().serving))
     built = ensure_demo_models(registry)

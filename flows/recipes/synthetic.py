@@ -35,7 +35,6 @@ CHANNELS: tuple[str, ...] = ("pos", "online", "atm")
 _CATEGORY_RISK = np.array([-1.0, -0.8, -0.6, 0.2, 0.6, 0.0, 1.2, 1.8])
 _CATEGORY_WEIGHTS = np.array([0.28, 0.2, 0.14, 0.08, 0.1, 0.12, 0.05, 0.03])
 _CHANNEL_RISK = np.array([-0.6, 0.8, 0.2])
-_CHANNEL_WEIGHTS = np.array([0.55, 0.38, 0.07])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,28 +4,26 @@ The package ships the safetensors weights and the tokenizer, so nothing is fetch
 model hub (``HF_HUB_OFFLINE=1`` is set before transformers is imported). The model is
 loaded with PyTorch, wrapped so that its output is the sentence embedding
 (mean pooling over unpadded tokens, then L2 norm, as sentence-transformers does), and
-converted by the conversion flow (``flows.convert``). Needs the ``convert`` extra.
+converted by the conversion flow (``flows.conversion``). Needs the ``convert`` extra.
 
 ``ensure_text_model(registry)`` builds and registers it when the registry lacks it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from flows.conversion import convert_flow
+from flows.native import TorchModel
+from services.registry.versions import ModelRegistry, ModelVersion, Stage
 from services.request.schema import ModelSchema, TensorSpec
-
-if TYPE_CHECKING:
-    from services.registry.versions import ModelRegistry, ModelVersion, Stage
-    from services.settings import ConvertSettings
-
-logger = logging.getLogger(__name__)
+from services.request.tokenizer import TextEncoder
+from services.settings import ConvertSettings
 
 TEXT_MODEL = "text-embed"
 EMBEDDING_DIM = 384
@@ -112,12 +110,10 @@ def load_embedder() -> Any:
     return SentenceEmbedder(bert).eval()
 
 
-def parity_feeds(texts: list[str] | None = None) -> dict[str, np.ndarray]:
+def parity_feeds() -> dict[str, np.ndarray]:
     """Token tensors of the held-out parity texts, padded to their longest."""
-    from services.request.tokenizer import TextEncoder
-
     enc = TextEncoder(tokenizer_json(), input_names=TOKEN_INPUTS)
-    return enc.encode(texts or PARITY_TEXTS)
+    return enc.encode(PARITY_TEXTS)
 
 
 def ensure_text_model(
@@ -144,8 +140,6 @@ def build_text_model(
     progress: Callable[[str], None] | None = None,
 ) -> ModelVersion | None:
     """Convert ``text-embed`` through the conversion flow and register a new version."""
-    from flows.convert import TorchModel, convert_flow
-
     native = TorchModel(
         load_embedder(),
         schema=TEXT_SCHEMA,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.recipes.synthetic import TransactionGenerator
@@ -59,8 +60,14 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness() -> Iterator[None]:
-    """Every flow in this folder runs against a temporary local Prefect API."""
-    with prefect_test_harness():
+    """Every flow in this folder runs against a temporary local Prefect API.
+
+    Tasks are also tested alone, outside any flow run: their logs stay local.
+    """
+    with (
+        prefect_test_harness(),
+        temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}),
+    ):
         yield
 
 

@@ -12,12 +12,7 @@ import redis.asyncio as aioredis
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from flows.materialize import (
-    EmptySourceError,
-    compute_merchant_risk,
-    materialize,
-    materialize_deployment,
-)
+from flows.materialize import EmptySourceError, materialize, materialize_deployment
 from services.settings import FeatureSettings
 from services.state.features import FeatureRegistry, FeatureStore
 
@@ -100,15 +95,6 @@ async def test_empty_window_fails_the_run(
     with pytest.raises(EmptySourceError):
         await materialize(source=str(path), as_of=AS_OF + timedelta(days=365), redis_url=redis_url)
     assert await store(aredis).current_version("user_stats") is None
-
-
-def test_merchant_risk_is_smoothed_toward_the_overall_rate() -> None:
-    frame = pd.DataFrame(
-        {"merchant_category": ["a"] * 2 + ["b"] * 98, "is_fraud": [True] * 2 + [False] * 98}
-    )
-    risk = compute_merchant_risk.fn(frame, prior_weight=50.0)
-    assert risk["a"]["risk_score"] == pytest.approx((2 + 50 * 0.02) / 52)
-    assert risk["b"]["risk_score"] == pytest.approx((0 + 50 * 0.02) / 148)
 
 
 def test_deployment_runs_daily_at_two() -> None:

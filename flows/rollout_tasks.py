@@ -1,0 +1,48 @@
+"""Prefect tasks that change a model's rollout state, and the retry policy of Redis tasks.
+
+Every task of the rollout flows that reads or writes Redis takes ``REDIS_RETRIES``:
+Redis and network failures are retried, refusals (a stale revision, an unknown version)
+are not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from redis.exceptions import RedisError
+
+from services.rollout.state import RolloutStore
+
+
+def retry_on_redis(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry Redis and network failures, not refusals."""
+    return isinstance(getattr(state, "data", None), (RedisError, OSError))
+
+
+REDIS_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 5, 15],
+    "retry_condition_fn": retry_on_redis,
+    "cache_policy": NO_CACHE,
+}
+"""Task options of every task that reads or writes Redis."""
+
+
+@task(**REDIS_RETRIES)
+async def rollback_rollout(model: str, reason: str, redis_url: str, actor: str) -> None:
+    """Drop the candidate, recording why; the primary keeps serving."""
+    async with aioredis.Redis.from_url(redis_url) as client:
+        await RolloutStore(client).rollback(model, reason=reason[:1000], actor=actor)
+    get_run_logger().warning("rolled back %s: %s", model, reason)
+
+
+@task(**REDIS_RETRIES)
+async def promote_rollout(model: str, reason: str, redis_url: str, actor: str) -> str:
+    """Make the candidate the primary; returns the new primary."""
+    async with aioredis.Redis.from_url(redis_url) as client:
+        state = await RolloutStore(client).promote(model, reason=reason[:1000], actor=actor)
+    get_run_logger().info("promoted %s: version %s is primary (%s)", model, state.primary, reason)
+    return state.primary
