@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from flows.parity import Task
-from services.request.schema import ModelSchema
+from services.registry.schema import ModelSchema
 from services.runner.feeds import Feeds
 from services.runner.trt import Profile
 

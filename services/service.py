@@ -31,9 +31,9 @@ from monitoring.metrics import ServingMetrics
 from services.edge import bentoml_fixes
 from services.edge.admin import AdminRoutes
 from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
+from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry
-from services.request.catalog import ModelCatalog
 from services.request.predictor import LocalRunner, Predictor, Runner
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower

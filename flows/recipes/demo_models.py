@@ -19,9 +19,10 @@ import numpy as np
 
 from flows.recipes.batch_features import merchant_risk, user_stats
 from flows.recipes.synthetic import CHANNELS, MERCHANT_CATEGORIES, TransactionGenerator
+from services.registry.schema import FieldSpec, ModelSchema, TensorSpec
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry, ModelVersion
-from services.request.schema import FieldSpec, ModelSchema, RecordEncoder, TensorSpec
+from services.request.encoding import RecordEncoder
 from services.settings import get_settings
 
 logger = logging.getLogger(__name__)

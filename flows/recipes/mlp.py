@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from services.registry.schema import ModelSchema, TensorSpec
 from services.registry.versions import ModelRegistry, ModelVersion
-from services.request.schema import ModelSchema, TensorSpec
 
 
 def mlp_onnx(d_in: int, hidden: int, *, seed: int = 0) -> bytes:

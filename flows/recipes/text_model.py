@@ -20,8 +20,8 @@ import numpy as np
 
 from flows.conversion import convert_flow
 from flows.native import TorchModel
+from services.registry.schema import ModelSchema, TensorSpec
 from services.registry.versions import ModelRegistry, ModelVersion, Stage
-from services.request.schema import ModelSchema, TensorSpec
 from services.request.tokenizer import TextEncoder
 from services.settings import ConvertSettings
 

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from services.errors import BadRequestError, InvalidInputError, PayloadTooLargeError
-from services.request.schema import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorSpec
+from services.registry.schema import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorSpec
 
 
 @dataclass

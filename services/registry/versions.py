@@ -27,8 +27,8 @@ from services.errors import (
     InvalidInputError,
     ModelNotFoundError,
 )
+from services.registry.schema import ModelSchema
 from services.registry.stores import ArtifactStore, BentoModelStore
-from services.request.schema import ModelSchema
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from redis.exceptions import RedisError
 
-from services.request.schema import ModelSchema, RecordEncoder
+from services.registry.schema import ModelSchema
+from services.request.encoding import RecordEncoder
 from services.state.coalesce import TickCoalescer
 
 if TYPE_CHECKING:

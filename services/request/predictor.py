@@ -16,10 +16,10 @@ import numpy as np
 
 from monitoring.metrics import ServingMetrics
 from services.errors import InvalidInputError, PayloadTooLargeError, ServekitError
+from services.registry.catalog import ModelCatalog
 from services.registry.versions import ModelVersion
 from services.request.assembly import VectorAssembler
-from services.request.catalog import ModelCatalog
-from services.request.schema import decode_predictions
+from services.request.encoding import decode_predictions
 from services.request.tokenizer import TextEncoder
 from services.rollout.routing import RouteDecision
 from services.runner.feeds import Feeds

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from services.errors import ModelLoadError
-from services.request.schema import NUMPY_TO_OIP, TensorSpec
+from services.registry.schema import NUMPY_TO_OIP, TensorSpec
 from services.runner.watchdog import StopSwitch
 
 if TYPE_CHECKING:

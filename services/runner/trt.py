@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from services.errors import ModelLoadError
-from services.request.schema import NUMPY_TO_OIP, TensorSpec
+from services.registry.schema import NUMPY_TO_OIP, TensorSpec
 
 logger = logging.getLogger(__name__)
 

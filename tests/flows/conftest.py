@@ -27,10 +27,10 @@ from prefect.settings import PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW, temporary
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.recipes.synthetic import TransactionGenerator
+from services.registry.catalog import ModelCatalog
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry, ModelVersion
-from services.request.catalog import ModelCatalog
-from services.request.schema import RecordEncoder
+from services.request.encoding import RecordEncoder
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog

@@ -8,7 +8,7 @@ import numpy as np
 
 from flows.native import NativeModel, SklearnModel
 from flows.recipes.mlp import expected, mlp_onnx, mlp_schema
-from services.request.schema import ModelSchema, TensorSpec
+from services.registry.schema import ModelSchema, TensorSpec
 from services.runner.feeds import Feeds
 
 

@@ -14,9 +14,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.conversion import STEPS, convert_flow
 from flows.native import TorchModel
 from flows.parity import ParityError
+from services.registry.schema import ModelSchema, TensorSpec
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
-from services.request.schema import ModelSchema, TensorSpec
 from services.runner.backends import OnnxRuntimeBackend
 from services.runner.trt import unavailable_reason
 from services.settings import ConvertSettings

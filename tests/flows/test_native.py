@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flows.native import TorchModel
-from services.request.schema import ModelSchema, TensorSpec
+from services.registry.schema import ModelSchema, TensorSpec
 from services.runner.backends import OnnxRuntimeBackend
 from tests.flows.conversion_models import held_out, sklearn_native, softmax_mlp, softmax_schema
 

@@ -10,7 +10,7 @@ import pytest
 
 from services.edge.oip import decode_request, encode_response
 from services.errors import BadRequestError, InvalidInputError, PayloadTooLargeError
-from services.request.schema import TensorSpec
+from services.registry.schema import TensorSpec
 
 SPECS = [TensorSpec(name="features", datatype="FP32", shape=[-1, 4])]
 

@@ -215,9 +215,9 @@ async def test_predictor_serves_embeddings_through_the_batcher(
 ) -> None:
     """Concurrent requests of different lengths share padded batches; answers do not change."""
     from monitoring.metrics import ServingMetrics
+    from services.registry.catalog import ModelCatalog
     from services.registry.stores import LocalStore
     from services.registry.versions import ModelRegistry
-    from services.request.catalog import ModelCatalog
     from services.request.predictor import LocalRunner, Predictor
     from services.runner.pool import ModelPool
     from services.settings import Settings

@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from services.registry.schema import ModelSchema, TensorSpec
 from services.registry.versions import ModelVersion
-from services.request.schema import ModelSchema, TensorSpec
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionEvent, PredictionLog, ShadowPair

@@ -9,7 +9,7 @@ import pytest
 
 from flows.recipes.demo_models import FRAUD_SCHEMA
 from services.errors import InvalidInputError
-from services.request.schema import RecordEncoder, decode_predictions
+from services.request.encoding import RecordEncoder, decode_predictions
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 

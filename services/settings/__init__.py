@@ -1,0 +1,67 @@
+"""All of servekit's configuration, read from the environment (prefix ``SERVEKIT_``).
+
+No other module reads ``os.environ``: they take a settings object (or the part of it they
+need) in their constructor. ``get_settings()`` returns the process-wide instance.
+
+One class per area, each with its own prefix and module (serving, state, rollout, convert):
+
+- ``SERVEKIT_REDIS_*``     Redis (cache, features, rollout state, prediction stream)
+- ``SERVEKIT_BATCH_*``     the runner's adaptive micro-batcher
+- ``SERVEKIT_CACHE_*``     the Redis prediction cache
+- ``SERVEKIT_FEATURES_*``  the feature store (views, event stream, real-time worker)
+- ``SERVEKIT_ROLLOUT_*``   shadow and canary rollouts, their gates, A/B analysis
+- ``SERVEKIT_CONVERT_*``   the conversion flow: opset, parity tolerances, variants, TensorRT
+- ``SERVEKIT_*``           serving: shape, models, limits, model store, admin token
+- ``SERVEKIT_MULTIMODEL_*`` the shared runner's pool: memory budget, idle unload, isolation
+"""
+
+from __future__ import annotations
+
+import functools
+
+from pydantic import BaseModel, Field
+
+from services.settings.convert import ConvertSettings
+from services.settings.rollout import RolloutSettings
+from services.settings.serving import (
+    BatchPolicy,
+    BatchSettings,
+    ModelLimits,
+    MultiModelSettings,
+    ServingSettings,
+)
+from services.settings.state import CacheSettings, FeatureSettings, RedisSettings
+
+__all__ = [
+    "BatchPolicy",
+    "BatchSettings",
+    "CacheSettings",
+    "ConvertSettings",
+    "FeatureSettings",
+    "ModelLimits",
+    "MultiModelSettings",
+    "RedisSettings",
+    "RolloutSettings",
+    "ServingSettings",
+    "Settings",
+    "get_settings",
+]
+
+
+class Settings(BaseModel):
+    """Every area's settings, read once."""
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    multimodel: MultiModelSettings = Field(default_factory=MultiModelSettings)
+    convert: ConvertSettings = Field(default_factory=ConvertSettings)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,165 @@
+"""Serving settings: the gateway, the model runner, batching and the multi-model pool."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchPolicy(BaseModel):
+    """Batching policy for one model (default: wait at most 10 ms, batch at most 32)."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most rows in one backend call.")
+    max_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description="Longest a request may be held waiting for a batch to fill. A lone "
+        "request on an idle runner is never held.",
+    )
+
+
+class BatchSettings(BaseSettings):
+    """The runner's adaptive micro-batcher."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_BATCH_", extra="ignore")
+
+    enabled: bool = Field(True, description="Off: every request runs alone (batch of its rows).")
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    queue_limit: int = Field(
+        4096, ge=1, description="Most rows queued; past it requests get 503 + Retry-After."
+    )
+    per_model: dict[str, BatchPolicy] = Field(
+        default_factory=dict, description='JSON, e.g. {"text-embed": {"max_batch_size": 64}}'
+    )
+    runner_max_latency_ms: int = Field(
+        60_000,
+        ge=1,
+        description="Split shape: max_latency_ms of ModelRunner.infer, the longest BentoML's "
+        "batching dispatcher keeps a request waiting before refusing it with 503.",
+    )
+
+    def policy_for(self, model: str) -> BatchPolicy:
+        """The batching policy of ``model``: its override, else the defaults."""
+        if model in self.per_model:
+            return self.per_model[model]
+        return BatchPolicy(max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms)
+
+
+class ServingSettings(BaseSettings):
+    """The gateway and the model runner."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_", extra="ignore")
+
+    shape: Literal["colocated", "split"] = Field(
+        "colocated",
+        description="colocated: pool and batcher in the gateway's process; split: a "
+        "ModelRunner BentoML service reached with bentoml.depends.",
+    )
+    model_store: str = Field(
+        "model_store",
+        description="Local folder, s3://bucket/prefix, or bentoml (the BentoML model store).",
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto).")
+    models: list[str] = Field(
+        default_factory=lambda: ["fraud"],
+        description="Models preloaded and pinned at start-up (JSON list or comma-separated).",
+    )
+    max_records: int = Field(256, ge=1, description="Most records in one /predict request.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    ort_threads: int = Field(
+        1, ge=1, le=64, description="ONNX Runtime intra-op threads per session."
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference, e.g. "
+        '["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"].',
+    )
+    admin_token: str | None = Field(
+        None, description="Bearer token of the admin routes; unset: off."
+    )
+    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes of the gateway.")
+    catalog_ttl_s: float = Field(
+        10.0, gt=0, description="How long a resolved model version is reused before re-reading."
+    )
+    s3_connect_timeout_s: float = Field(2.0, gt=0, description="S3 connect timeout.")
+    s3_read_timeout_s: float = Field(10.0, gt=0, description="S3 read timeout.")
+    s3_max_attempts: int = Field(2, ge=1, le=10, description="S3 attempts per call (retries + 1).")
+
+
+class ModelLimits(BaseModel):
+    """Isolation limits of one model on a shared runner."""
+
+    max_concurrency: int = Field(1, ge=1, le=64, description="Backend calls running at once.")
+    timeout_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="Longest one backend call may run; past it its requests get 503 and the "
+        "model is unhealthy until the call returns. None: no limit.",
+    )
+    queue_limit: int = Field(
+        1024, ge=1, description="Rows of this model waiting; past it its requests get 503."
+    )
+
+
+class MultiModelSettings(BaseSettings):
+    """The model pool on a shared (multi-model) runner: memory budget, eviction, isolation."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_MULTIMODEL_", extra="ignore")
+
+    memory_budget_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Most bytes the loaded sessions (as measured) plus loads in flight may "
+        "hold; least recently used models are evicted to stay under it. None: no budget.",
+    )
+    idle_timeout_s: float | None = Field(
+        3600.0, gt=0, description="A model unused this long is unloaded (never a pinned one)."
+    )
+    sweep_interval_s: float = Field(60.0, gt=0, description="How often idle models are sought.")
+    load_timeout_s: float = Field(
+        30.0, gt=0, description="Longest a request waits for its model to load (or for room)."
+    )
+    load_threads: int = Field(4, ge=1, le=64, description="Threads fetching artifacts.")
+    estimate_ratio: float = Field(
+        1.5,
+        gt=0,
+        description="Before a first load, session bytes are estimated as estimate_fixed_bytes "
+        "+ this x artifact size (raised by what loads measure); reserved while loading.",
+    )
+    estimate_fixed_bytes: int = Field(256 * 1024, ge=0, description="See estimate_ratio.")
+    retry_backoff_s: float = Field(
+        1.0, gt=0, description="A failed load is retried after this, doubling per failure."
+    )
+    retry_backoff_max_s: float = Field(60.0, gt=0, description="Cap of the retry backoff.")
+    threads: int = Field(
+        4, ge=1, le=256, description="Threads running backend calls, shared by all models."
+    )
+    inline_deadline_ms: float = Field(
+        20.0,
+        ge=0,
+        le=1000,
+        description="A tiny model whose backend can be stopped (ONNX Runtime) runs inline on "
+        "the event loop (a worker-thread hop costs several times its call) under a watchdog: "
+        "a call that has run past this and spent half of it on the CPU (or past 10x this, "
+        "whatever it did) is stopped, re-run on a worker thread under the model's timeout, "
+        "and the model stays off the inline path for a backoff (1 s, doubling). 0: such "
+        "models always run on worker threads.",
+    )
+    inline_unpinned: bool = Field(
+        False,
+        description="Also let unpinned models whose backends cannot be stopped run inline, "
+        "unwatched, when their calls are tiny. A model that then hangs stalls every model "
+        "and cannot be timed out: only for trusted models.",
+    )
+    limits: ModelLimits = Field(default_factory=ModelLimits, description="Per-model defaults.")
+    per_model: dict[str, ModelLimits] = Field(
+        default_factory=dict, description='Overrides, JSON: {"big": {"timeout_s": 120}}'
+    )
+
+    def limits_for(self, model: str) -> ModelLimits:
+        """The isolation limits of ``model``."""
+        return self.per_model.get(model, self.limits)
