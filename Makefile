@@ -24,7 +24,7 @@ $(VENV)/.serve: $(VENV)/bin/activate pyproject.toml constraints.txt
 
 # Everything the test suite needs, torch included (CPU build: torch==2.13.0).
 $(VENV)/.dev: $(VENV)/.serve
-	$(PIP) install -q -c constraints.txt -e ".[demo,convert,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[demo,convert,monitoring,dev]"
 	touch $@
 
 models: $(VENV)/.serve
