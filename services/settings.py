@@ -13,6 +13,7 @@ One class per area, each with its own prefix, in the style of Prefect's settings
 - ``SERVEKIT_CONVERT_*``   the conversion flow: opset, parity tolerances, variants, TensorRT
 - ``SERVEKIT_*``           serving: shape, models, limits, model store, admin token
 - ``SERVEKIT_MULTIMODEL_*`` the shared runner's pool: memory budget, idle unload, isolation
+- ``SERVEKIT_AUTOSCALE_*`` the GPU sampler behind the autoscaling metrics
 """
 
 from __future__ import annotations
@@ -369,6 +370,16 @@ class ConvertSettings(BaseSettings):
     ort_threads: int = Field(2, ge=1, le=64, description="ONNX Runtime threads while probing.")
 
 
+class AutoscaleSettings(BaseSettings):
+    """The GPU sampler (NVML) that exports the model process's GPUs on /metrics."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVEKIT_AUTOSCALE_", extra="ignore")
+
+    gpu_sampler: bool = Field(True, description="Sample GPUs; no NVML or GPU: no GPU series.")
+    gpu_interval_s: float = Field(1.0, gt=0, le=60, description="Seconds between GPU samples.")
+    gpu_window_s: float = Field(300.0, gt=0, description="GPU utilization moving-average window.")
+
+
 class Settings(BaseModel):
     """Every area's settings, read once."""
 
@@ -380,6 +391,7 @@ class Settings(BaseModel):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     multimodel: MultiModelSettings = Field(default_factory=MultiModelSettings)
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
+    autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
 
 
 @functools.lru_cache(maxsize=1)
