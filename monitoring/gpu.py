@@ -171,6 +171,7 @@ class GpuSampler(Collector):
         reader: the NVML reader; None opens the real one (``PynvmlReader.open``) on start.
         interval_s: seconds between samples.
         window_s: window of the utilization moving average.
+        enabled: False turns the sampler off (no NVML call, no series; status says so).
         clock: monotonic seconds (tests pass a fake clock).
     """
 
@@ -180,6 +181,7 @@ class GpuSampler(Collector):
         *,
         interval_s: float = 1.0,
         window_s: float = 300.0,
+        enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.interval_s = interval_s
@@ -190,7 +192,7 @@ class GpuSampler(Collector):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._states: list[_DeviceState] = []
-        self.reason: str | None = "not started"
+        self.reason: str | None = "not started" if enabled else "turned off by settings"
 
     def open(self) -> bool:
         """Open the reader and list the GPUs; False (and ``reason`` set) where there are none.

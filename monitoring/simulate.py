@@ -51,7 +51,25 @@ POLICIES: dict[str, Mode] = {
 
 @dataclass(frozen=True)
 class SimOptions:
-    """A simulation's trace and world. Defaults are documented in ``servekit autoscale simulate``."""
+    """A simulation's trace and world (the defaults are assumptions: set your own).
+
+    Args:
+        trace: ``diurnal`` or ``spike``; ``seed`` seeds its noise (``noise``: 3 % per step).
+        hours, step_s: 24 h in 15 s steps (the HPA's sync period).
+        peak_rps, peak_to_trough, trough_hour: 6,000 requests/s at 16:00, 600 at 04:00.
+        spike_factor, spike_start_hour, spike_minutes: 5x from 11:00 for 30 minutes.
+        cache_hit_rate: 30 % of requests answered from the prediction cache.
+        replica_capacity: 500 rows/s one replica infers at saturation (a GPU replica of a
+            mid-sized model; measure yours and pass it, the policy uses the same figure).
+        cost_swing: 10 % swing over the day in the work per request (inputs get longer
+            in the evening); 0 makes the request rate an exact measure of load.
+        queue_limit: rows queued per replica before 503 (servekit's batch queue limit).
+        cold_start_s: 120 s from a scale-up to a replica that serves (pod start, model
+            load onto the GPU).
+        slo_p99_ms, base_latency_ms: 100 ms p99 target; 2 ms outside the queue.
+        gpu_window_s, rate_window_s: what the policy's metrics average over (the 5-minute
+            GPU mean; 2-minute request and in-flight rates), as the manifests' queries do.
+    """
 
     trace: Trace = "diurnal"
     seed: int = 0
@@ -73,6 +91,12 @@ class SimOptions:
     base_latency_ms: float = 2.0
     gpu_window_s: float = 300.0
     rate_window_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.trace not in TRACES:
+            raise ValueError(f"trace must be one of {TRACES}, not {self.trace!r}")
+        if self.step_s <= 0 or self.hours * 3600 < 60:
+            raise ValueError("need step_s > 0 and at least a minute of trace")
 
     @property
     def steps(self) -> int:

@@ -178,6 +178,13 @@ def test_a_reader_without_gpus_means_no_series() -> None:
     assert scrape(s) == {}
 
 
+def test_a_sampler_turned_off_never_opens_nvml(reader: FakeReader) -> None:
+    s = GpuSampler(reader, enabled=False)
+    assert not s.start()
+    assert s.status() == {"available": False, "reason": "turned off by settings"}
+    assert scrape(s) == {}
+
+
 def _real_nvml_works() -> bool:
     try:
         PynvmlReader.open().close()
@@ -230,3 +237,22 @@ def test_real_gpus_are_sampled() -> None:
         assert 0 <= d["utilization_percent"] <= 100
         assert 0 < d["memory_used_bytes"] <= d["memory_total_bytes"]
         assert d["uuid"].startswith(("GPU-", "MIG-"))
+
+
+def test_the_sampler_joins_the_gateways_metrics(reader: FakeReader) -> None:
+    """As the service wires it: one more collector on the serving metrics' registry."""
+    from monitoring.metrics import ServingMetrics
+
+    metrics = ServingMetrics()
+    s = GpuSampler(reader)
+    metrics.add_collector(s)
+    assert b"servekit_gpu" not in metrics.render()  # not started: nothing yet
+    assert s.start()
+    s.stop()
+    assert b"servekit_gpu" not in metrics.render()  # stopped: no stale series
+    s = GpuSampler(FakeReader())
+    metrics.add_collector(s)
+    s.open()
+    s.sample_once()
+    text = metrics.render().decode()
+    assert 'servekit_gpu_utilization_5m_percent{gpu="0",name="NVIDIA H100",uuid="GPU-aaaa"}' in text
