@@ -24,7 +24,7 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
     axes[0].legend(loc="upper left")
     options = result["options"]
     slo = options["slo_p99_ms"]
-    for name, run in result["policies"].items():
+    for i, (name, run) in enumerate(result["policies"].items()):
         series, color = run["minutes"], COLORS.get(name)
         s = run["summary"]
         label = f"{name}: {s['slo_minutes_breached']} min over SLO, {s['replica_hours']} replica-h"
@@ -33,7 +33,8 @@ def write_plot(result: dict[str, Any], path: Path) -> None:
         p99 = [v if v is not None else float("nan") for v in series["p99_ms"]]
         axes[3].plot(hours, p99, color=color, lw=0.8, label=name)
         breached = [h for h, b in zip(hours, series["breached"], strict=True) if b]
-        axes[3].scatter(breached, [slo * 0.3] * len(breached), color=color, marker="|", s=60)
+        tick_y = slo * (0.12 + 0.06 * i)  # one row of ticks per policy, under the curves
+        axes[3].scatter(breached, [tick_y] * len(breached), color=color, marker="|", s=60)
     axes[1].set_ylabel("replicas")
     axes[1].legend(loc="upper left")
     target = result["policy"]["target_percent"]
