@@ -1,5 +1,5 @@
 """The GPU sampler: moving average, collector and status with a fake NVML reader; the
-no-GPU path against this machine's real NVML (or its absence)."""
+no-GPU path against the host's real NVML (or its absence); real GPUs where there are some."""
 
 from __future__ import annotations
 
