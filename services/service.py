@@ -27,6 +27,7 @@ import bentoml
 from redis.exceptions import RedisError
 
 from monitoring.collectors import PoolCollector, RouterCollector
+from monitoring.gpu import GpuSampler
 from monitoring.metrics import ServingMetrics
 from services.edge import bentoml_fixes
 from services.edge.admin import AdminRoutes
@@ -126,6 +127,26 @@ def _runtime() -> tuple[RedisRuntime, ServingMetrics]:
     return runtime, metrics
 
 
+def _gpu_sampler(settings: Settings) -> GpuSampler:
+    """This process's GPUs, sampled at ~1 Hz (no NVML or GPU: no series and a reason)."""
+    auto = settings.autoscale
+    sampler = GpuSampler(
+        interval_s=auto.gpu_interval_s, window_s=auto.gpu_window_s, enabled=auto.gpu_sampler
+    )
+    sampler.start()
+    return sampler
+
+
+def _gpu_route(sampler: GpuSampler, metrics: ServingMetrics) -> None:
+    """``GET /gpu`` says what the sampler sees (or why it sees nothing); series on /metrics."""
+    metrics.add_collector(sampler)
+
+    async def gpu_status(body: bytes, scope: dict[str, Any]) -> HTTPResponse:
+        return json_response(sampler.status())
+
+    app.add_route("GET", "/gpu", gpu_status)
+
+
 def _routing(runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics) -> None:
     """Rollout routing: the follower (pub/sub), the prediction log, feedback, admin."""
     rollout = SETTINGS.rollout
@@ -179,6 +200,7 @@ class ModelRunner:
         settings = get_settings()
         self.pool = ModelPool(ModelRegistry(open_store(settings.serving)), settings)
         self.pool.preload(settings.serving.models)
+        self.gpu_sampler = _gpu_sampler(settings)
         _freeze()
 
     @bentoml.api(
@@ -194,6 +216,11 @@ class ModelRunner:
     def loaded(self) -> dict[str, Any]:
         """The runner's resident versions."""
         return resident_versions(self.pool)
+
+    @bentoml.api
+    def gpu(self) -> dict[str, Any]:
+        """The runner's GPUs as sampled (or why none are)."""
+        return self.gpu_sampler.status()
 
 
 @bentoml.service(name="servekit", workers=SETTINGS.serving.workers, **_TRIMS)
@@ -213,6 +240,8 @@ class Gateway:
             self.predictor = build_split(SETTINGS, self.runner, self.redis, metrics)
         else:
             self.predictor, self.pool = build_colocated(SETTINGS, self.redis, metrics)
+            # Colocated, the gateway's process owns the GPU: it samples and exports it.
+            _gpu_route(_gpu_sampler(SETTINGS), metrics)
         if SETTINGS.rollout.enabled:
             _routing(self.redis, self.predictor, metrics)
         app.bind(

@@ -8,17 +8,20 @@ group lives in its own module and joins ``app`` here.
     servekit rollout canary fraud 2 --percent 5
     servekit rollout promote fraud
     servekit experiment report fraud
+    servekit autoscale simulate --trace spike --out /tmp/sim
 """
 
 from __future__ import annotations
 
 import typer
 
+from services.cli.autoscale import autoscale_app
 from services.cli.experiment import experiment_app
 from services.cli.rollout import rollout_app
 
 app = typer.Typer(name="servekit", help="servekit: model serving on BentoML.", no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment", no_args_is_help=True)
+app.add_typer(autoscale_app, name="autoscale", no_args_is_help=True)
 
 __all__ = ["app"]

@@ -13,6 +13,7 @@ One class per area, each with its own prefix and module (serving, state, rollout
 - ``SERVEKIT_CONVERT_*``   the conversion flow: opset, parity tolerances, variants, TensorRT
 - ``SERVEKIT_*``           serving: shape, models, limits, model store, admin token
 - ``SERVEKIT_MULTIMODEL_*`` the shared runner's pool: memory budget, idle unload, isolation
+- ``SERVEKIT_AUTOSCALE_*`` the GPU sampler behind the autoscaling metrics
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 
 from pydantic import BaseModel, Field
 
+from services.settings.autoscale import AutoscaleSettings
 from services.settings.convert import ConvertSettings
 from services.settings.rollout import RolloutSettings
 from services.settings.serving import (
@@ -33,6 +35,7 @@ from services.settings.serving import (
 from services.settings.state import CacheSettings, FeatureSettings, RedisSettings
 
 __all__ = [
+    "AutoscaleSettings",
     "BatchPolicy",
     "BatchSettings",
     "CacheSettings",
@@ -59,6 +62,7 @@ class Settings(BaseModel):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     multimodel: MultiModelSettings = Field(default_factory=MultiModelSettings)
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
+    autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
 
 
 @functools.lru_cache(maxsize=1)

@@ -287,3 +287,18 @@ def test_v2_binary_nan_is_422(client: httpx.Client) -> None:
         headers={"Inference-Header-Content-Length": str(len(head))},
     )
     expect_error(resp, 422, "inputs[0].data")
+
+
+def test_gpu_route_says_why_there_are_no_gpu_series(client: httpx.Client) -> None:
+    """Without NVML or a GPU the gateway exports no GPU series and ``GET /gpu`` says why."""
+    import shutil
+
+    body = client.get("/gpu").json()
+    metrics = client.get("/metrics").text
+    if shutil.which("nvidia-smi") is None:
+        assert body["available"] is False
+        assert body["reason"]
+        assert "servekit_gpu_utilization_percent" not in metrics
+    else:  # pragma: no cover - a machine with a GPU
+        assert body["available"] is True
+        assert "servekit_gpu_utilization_percent" in metrics
