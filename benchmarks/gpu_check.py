@@ -82,25 +82,26 @@ def parity(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     }
 
 
-def nvml_summary() -> dict[str, Any]:
-    try:
-        import pynvml
-    except ImportError:
-        return {"skipped": "nvidia-ml-py is not installed"}
-    try:
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
-        util = pynvml.nvmlDeviceGetUtilizationRates(h)
-        mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-        name = pynvml.nvmlDeviceGetName(h)
-        return {
-            "name": name.decode() if isinstance(name, bytes) else name,
-            "gpu_util_pct": util.gpu,
-            "mem_used_mib": mem.used >> 20,
-            "mem_total_mib": mem.total >> 20,
-        }
-    except pynvml.NVMLError as exc:
-        return {"skipped": f"NVML: {exc}"}
+def start_gpu_sampler() -> Any:
+    """servekit's own NVML sampler (the gateway's ``/metrics`` and ``GET /gpu``), run for
+    real while the backends are measured (without a GPU its status says why)."""
+    from monitoring.gpu import GpuSampler
+
+    sampler = GpuSampler(interval_s=0.5, window_s=300.0)
+    if not sampler.start():
+        log(f"GPU sampler: {sampler.status().get('reason')}")
+    return sampler
+
+
+def gpu_sampler_summary(sampler: Any) -> dict[str, Any]:
+    """What the sampler saw during the run, and the series it exports."""
+    status = sampler.status()
+    if not status.get("available"):
+        return {"skipped": status.get("reason")}
+    series = sorted({family.name for family in sampler.collect()})
+    sampler.stop()
+    log(f"GPU sampler: {status}")
+    return {"status": status, "series": series}
 
 
 Runner = Callable[[Feeds], np.ndarray]
@@ -277,13 +278,14 @@ def main() -> int:
     ort_runners(onnx_bytes, runners, skipped)
     tensorrt_runner(onnx_bytes, runners, skipped)
     torch_cuda_runners(embedder, text_model.load_embedder, runners, skipped)
+    sampler = start_gpu_sampler()
     rows = measure(runners, reference, parity_feeds, args.seconds)
     print_table(rows, skipped)
     doc = {
         "sequence": SEQUENCE,
         "rows": rows,
         "skipped": skipped,
-        "nvml": nvml_summary(),
+        "gpu_sampler": gpu_sampler_summary(sampler),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command GPU check for text-embed: TensorRT engine, parity, latency table
-# (ORT CPU vs CUDA EP vs TensorRT, and PyTorch CUDA where TensorRT is absent).
+# (ORT CPU vs CUDA EP vs TensorRT, and PyTorch CUDA where TensorRT is absent), with
+# servekit's NVML sampler running during the measurements (GPU utilization, memory, power).
 # Finishes within 8 minutes or is stopped; every absent part is skipped with its reason.
 #
 #   bash benchmarks/gpu_check.sh [--model-dir DIR]
