@@ -171,21 +171,43 @@ async def _streams(
         ev.shadows.append(shadow_facts(model, candidate, pairs))
 
 
+def _compare(primary: Any, candidate: Any) -> tuple[bool, bool]:
+    """(equal on every output both sides logged, both logged the same outputs)."""
+    if isinstance(primary, dict) and isinstance(candidate, dict):
+        shared = primary.keys() & candidate.keys()
+        return bool(shared) and all(primary[k] == candidate[k] for k in shared), (
+            primary.keys() == candidate.keys()
+        )
+    return primary == candidate, True
+
+
 def shadow_facts(model: str, candidate: str, pairs: list[ShadowPair]) -> ShadowFacts:
     """The pairs of ``candidate``, reduced: errors, identical answers, latencies."""
     mine = [p for p in pairs if p.candidate_version == candidate]
     answered = [p for p in mine if not p.candidate_error and p.candidate_output is not None]
+    compared = [_compare(p.primary_output, p.candidate_output) for p in answered]
+    outputs = ""
+    mismatched = [p for p, (_, same) in zip(answered, compared, strict=True) if not same]
+    if mismatched:
+        p = mismatched[0]
+        outputs = f"primary: {_names(p.primary_output)}; candidate: {_names(p.candidate_output)}"
     return ShadowFacts(
         model=model,
         candidate=candidate,
         pairs=len(mine),
         errors=len(mine) - len(answered),
-        identical=sum(p.candidate_output == p.primary_output for p in answered),
+        identical=sum(equal for equal, _ in compared),
         primary_ms=tuple(p.primary_latency_ms for p in mine),
         candidate_ms=tuple(
             p.candidate_latency_ms for p in answered if p.candidate_latency_ms is not None
         ),
+        mismatched=len(mismatched),
+        outputs=outputs,
     )
+
+
+def _names(output: Any) -> str:
+    return ", ".join(sorted(output)) if isinstance(output, dict) else type(output).__name__
 
 
 def _text(value: Any) -> str | None:

@@ -105,7 +105,11 @@ class Signal:
 
 @dataclass(frozen=True, slots=True)
 class ShadowFacts:
-    """A model's newest shadow pairs, reduced to what the report judges."""
+    """A model's newest shadow pairs, reduced to what the report judges.
+
+    ``identical`` counts pairs equal on every output both sides logged; ``mismatched``
+    counts pairs whose two sides logged different outputs (``outputs`` names them).
+    """
 
     model: str
     candidate: str
@@ -114,6 +118,8 @@ class ShadowFacts:
     identical: int
     primary_ms: tuple[float, ...]
     candidate_ms: tuple[float, ...]
+    mismatched: int = 0
+    outputs: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,7 @@ def _latency_row(s: DecisionSettings, gates: RolloutSettings, facts: ShadowFacts
     sig = Signal(
         "rollouts", "shadow latency vs primary", facts.model,
         f"candidate p99 ≤ {ratio:g} × primary + {slack:g} ms (the shadow gate)",
-        f"newest {facts.pairs} shadow pairs (candidate {facts.candidate})",
+        f"newest {facts.pairs} shadow pairs (candidate {facts.candidate}), latencies as logged",
     )  # fmt: skip
     if len(facts.candidate_ms) < s.min_samples:
         return sig.no_data(
@@ -153,6 +153,15 @@ def _identical_row(ev: Evidence, s: DecisionSettings, facts: ShadowFacts) -> Row
     value = f"{facts.identical} of {facts.pairs} identical ({facts.errors} failed)"
     if facts.identical < facts.pairs or facts.errors:
         return sig.fine(value, "answers differ: a canary measures what they change", share)
+    if facts.mismatched:
+        return sig.reconsider(
+            value,
+            "identical on every output both sides log, but the two sides log different "
+            f"outputs ({facts.outputs}), so the rollout flow's identical check fails and it "
+            "runs the full canary: once the shadow gate passes, promote by hand "
+            f"(servekit rollout promote {facts.model})",
+            share,
+        )
     if state is not None and state.mode == "canary" and state.candidate == facts.candidate:
         return sig.reconsider(
             value,

@@ -42,6 +42,15 @@ def test_shadow_facts_count_identical_answers_of_the_candidate_only() -> None:
     facts = shadow_facts("fraud", "2", pairs)
     assert (facts.pairs, facts.errors, facts.identical) == (3, 1, 1)
     assert facts.candidate_ms == (2.0, 2.0) and len(facts.primary_ms) == 3
+    assert facts.mismatched == 0
+
+
+def test_shadow_facts_compare_the_outputs_both_sides_logged() -> None:
+    # The gateway logs the primary's served output; the candidate's pair holds all of them.
+    pairs = [_pair(i, {"label": [1], "probabilities": [[0.2, 0.8]]}) for i in range(3)]
+    facts = shadow_facts("fraud", "2", pairs)
+    assert (facts.identical, facts.mismatched) == (3, 3)
+    assert facts.outputs == "primary: label; candidate: label, probabilities"
 
 
 def test_parity_facts_read_the_registered_report(tmp_path: Path) -> None:

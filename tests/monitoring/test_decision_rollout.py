@@ -100,6 +100,14 @@ def test_identical_shadow_answers_make_a_canary_pointless() -> None:
     assert "answers differ" in _rows(differ, "shadow answers identical")[0].action
 
 
+def test_identical_answers_the_rollout_flow_cannot_see_are_flagged() -> None:
+    facts = ShadowFacts(
+        "m", "2", 100, 0, 100, (1.0,) * 100, (1.0,) * 100, 100, "primary: p; candidate: l, p"
+    )
+    (row,) = _rows(Evidence(scrapes=[scrape(0.0)], shadows=[facts]), "shadow answers identical")
+    assert row.verdict is Verdict.RECONSIDER and "primary: p; candidate: l, p" in row.action
+
+
 def test_a_rollout_without_pairs_is_not_enough_data() -> None:
     ev = Evidence(scrapes=[scrape(0.0)], rollouts=[RolloutFacts("m", "shadow", "1", "2", 0.0)])
     (row,) = _rows(ev, "shadow answers identical")
