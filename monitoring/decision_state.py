@@ -110,7 +110,7 @@ def _age(seconds: float) -> str:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 3600:.3g} h"
 
 
 def _freshness_row(ev: Evidence, s: DecisionSettings, view: ViewFacts) -> Row:
