@@ -6,7 +6,7 @@ request path pays nothing for it.
   and shed requests; the memory books; loads and evictions; requests, rows, errors and
   timeouts per model version.
 - ``RouterCollector``: rollout routing: shadow requests, the prediction log, feedback
-  writes and the candidate's share per model.
+  writes, the candidate's share per model and requests per assignment unit.
 
 Register them with ``ServingMetrics.add_collector``.
 """
@@ -146,7 +146,7 @@ class RouterCollector(Collector):
     """Rollout routing's metrics, computed at scrape time.
 
     Args:
-        router: the traffic router (shadow requests, feedback writes).
+        router: the traffic router (shadow requests, feedback writes, assignment units).
         log: the prediction log (entries appended, written, dropped, buffered).
         follower: the rollout follower (each model's mode and candidate share).
     """
@@ -191,6 +191,14 @@ class RouterCollector(Collector):
         for model, state in self.follower.states.items():
             g.add_metric([state.mode, model], float(state.percent))
         yield g
+        c = CounterMetricFamily(
+            "servekit_assignments",
+            "Served requests by assignment unit (user: hashed by user id; request: anonymous).",
+            labels=["model", "unit"],
+        )
+        for (model, unit), n in sorted(router.assignments.items()):
+            c.add_metric([model, unit], float(n))
+        yield c
 
     def describe(self) -> Iterator[Any]:
         return iter(())

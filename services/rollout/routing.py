@@ -150,6 +150,9 @@ class TrafficRouter:
         """Feedback writes that failed (Redis down or slow)."""
         self.feedback_dropped = 0
         """Feedback writes skipped because too many were in flight."""
+        self.assignments: dict[tuple[str, Unit], int] = {}
+        """Served requests per (model, assignment unit): ``user`` when hashed by user id,
+        ``request`` when anonymous; the anonymous share is a signal of the design."""
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -265,6 +268,9 @@ class TrafficRouter:
             inputs: the feature rows (array or nested lists), or None.
             output: the answer, JSON-encodable (numpy arrays included), or None.
         """
+        # Counted here, after the model resolved, so client-made names cannot add series.
+        key = (mv.name, decision.unit)
+        self.assignments[key] = self.assignments.get(key, 0) + 1
         sampled = decision.active or self._rng.random() < self._log_sample
         if sampled:
             self._log_event(decision, mv, request_id, latency_ms, error, inputs, output)

@@ -3,7 +3,8 @@
 No other module reads ``os.environ``: they take a settings object (or the part of it they
 need) in their constructor. ``get_settings()`` returns the process-wide instance.
 
-One class per area, each with its own prefix and module (serving, state, rollout, convert):
+One class per area, each with its own prefix and module (serving, state, rollout, convert,
+decisions):
 
 - ``SERVEKIT_REDIS_*``     Redis (cache, features, rollout state, prediction stream)
 - ``SERVEKIT_BATCH_*``     the runner's adaptive micro-batcher
@@ -14,6 +15,7 @@ One class per area, each with its own prefix and module (serving, state, rollout
 - ``SERVEKIT_*``           serving: shape, models, limits, model store, admin token
 - ``SERVEKIT_MULTIMODEL_*`` the shared runner's pool: memory budget, idle unload, isolation
 - ``SERVEKIT_AUTOSCALE_*`` the GPU sampler behind the autoscaling metrics
+- ``SERVEKIT_DECISIONS_*`` the decision-health report: gateway, window, thresholds
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from services.settings.autoscale import AutoscaleSettings
 from services.settings.convert import ConvertSettings
+from services.settings.decisions import DecisionSettings
 from services.settings.rollout import RolloutSettings
 from services.settings.serving import (
     BatchPolicy,
@@ -40,6 +43,7 @@ __all__ = [
     "BatchSettings",
     "CacheSettings",
     "ConvertSettings",
+    "DecisionSettings",
     "FeatureSettings",
     "ModelLimits",
     "MultiModelSettings",
@@ -63,6 +67,7 @@ class Settings(BaseModel):
     multimodel: MultiModelSettings = Field(default_factory=MultiModelSettings)
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
     autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
+    decisions: DecisionSettings = Field(default_factory=DecisionSettings)
 
 
 @functools.lru_cache(maxsize=1)

@@ -108,6 +108,7 @@ def router_parts(states: dict[str, object]) -> tuple[object, object, object]:
         shadow_queued=6,
         feedback_errors=1,
         feedback_dropped=2,
+        assignments={("fraud", "user"): 11, ("fraud", "request"): 12},
     )
     log = types.SimpleNamespace(appended=7, written=8, dropped=9, buffered=10)
     return router, log, types.SimpleNamespace(states=states)
@@ -130,6 +131,8 @@ def test_router_metrics() -> None:
         "servekit_prediction_log_buffered 10.0",
         "servekit_feedback_write_failures_total 3.0",
         'servekit_rollout_percent{mode="canary",model="fraud"} 5.0',
+        'servekit_assignments_total{model="fraud",unit="request"} 12.0',
+        'servekit_assignments_total{model="fraud",unit="user"} 11.0',
     ]
 
 

@@ -221,6 +221,7 @@ async def test_record_logs_the_event_and_counts_the_variant(
     stats = await FeedbackStore(aredis).variant_stats("m", decision.experiment_id)
     assert stats["candidate"].predictions == 1 and stats["candidate"].version == "2"
     assert (await FeedbackStore(aredis).record_outcome("req-1", 1)).variant == "candidate"
+    assert router.assignments == {("m", "user"): 1}
 
 
 async def test_log_reads_after_an_id_and_caps_the_stream(aredis: aioredis.Redis) -> None:
@@ -250,3 +251,15 @@ async def test_log_fails_open_when_redis_is_down() -> None:
     assert (log.written, log.dropped, log.buffered) == (0, 4, 0)
     assert log.flush_errors >= 1
     await dead.aclose()
+
+
+async def test_record_counts_requests_per_assignment_unit(
+    aredis: aioredis.Redis, follower: RolloutFollower
+) -> None:
+    router = _router(follower, aredis, FakeRunner(), log_sample=0.0)
+    for user_id, request_id in (("u1", "r1"), (None, "r2"), (None, "r3")):
+        decision = router.decide("m", user_id, request_id)
+        router.record(decision, PRIMARY, request_id, 1.0, False, None, None)
+    assert router.assignments == {("m", "user"): 1, ("m", "request"): 2}
+    await router.drain()
+    await router.close()
