@@ -87,6 +87,35 @@ def test_series_names_resolve_to_their_family() -> None:
     assert catalog.for_series("servekit_queue_rows") is catalog.family("servekit_queue_rows")
 
 
+def test_promql_names_skip_functions_keywords_labels_and_durations() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (le, model) (rate(servekit_batch_rows_bucket"
+        '{model=~"a|b", version!="x{y}"}[5m] offset 1h))) / ignoring (version) group_left '
+        'sum without (job) (increase(servekit_errors_total{status=~"5.."}[1h:5m]))'
+        ' > bool 0 and on (model) absent(up) or label_replace(vector(1), "dst", "$1", "s", "(.*)")'
+    )
+    names = catalog.promql_names(expr)
+    assert names.series == {
+        "servekit_batch_rows_bucket": {"model", "version"},
+        "servekit_errors_total": {"status"},
+        "up": set(),
+    }
+    assert names.grouping == {"le", "model", "version", "job"}
+    assert catalog.expression_problems("sum by (model) (rate(servekit_errors_total[5m]))") == [
+        "grouping by 'model', which no series here has"
+    ]
+    assert catalog.expression_problems('servekit_errors_total{model="x"} + servekit_nope') == [
+        "servekit_errors_total: no label 'model'",
+        "servekit_nope: not in the catalog nor the external allow-list",
+    ]
+    assert catalog.expression_problems("rate(servekit_request_latency_seconds[5m])") == [
+        "servekit_request_latency_seconds: not in the catalog nor the external allow-list"
+    ]  # a histogram is read through _bucket, _sum and _count
+    dcgm = {"DCGM_FI_DEV_GPU_UTIL": {"gpu", "pod"}}
+    assert catalog.expression_problems("avg by (pod) (DCGM_FI_DEV_GPU_UTIL)", dcgm) == []
+    assert catalog.expression_problems("job:x:ratio > 0", recorded={"job:x:ratio"}) == []
+
+
 # -- every exporter, in process -----------------------------------------------------------
 
 
