@@ -348,6 +348,7 @@ def expression_problems(
     expr: str,
     external: Mapping[str, Collection[str]] | None = None,
     recorded: Collection[str] = (),
+    target_labels: Collection[str] = TARGET_LABELS,
 ) -> list[str]:
     """What in a PromQL expression servekit does not export: unknown series, label names
     a series does not carry, grouping by a label none of its series has.
@@ -356,10 +357,13 @@ def expression_problems(
         expr: the expression (dashboard variables already substituted).
         external: series of other exporters that are allowed, with their label names.
         recorded: series that recording rules produce (their labels are not checked).
+        target_labels: labels the scrape adds to every series (Kubernetes service
+            discovery adds namespace and pod, for instance).
     """
     external = external or {}
     found = promql_names(expr)
-    out, allowed = [], set(TARGET_LABELS)
+    targets = set(target_labels)
+    out, allowed = [], set(targets)
     for name, matchers in found.series.items():
         family = for_series(name)
         if family is not None:
@@ -372,7 +376,7 @@ def expression_problems(
             out.append(f"{name}: not in the catalog nor the external allow-list")
             continue
         allowed |= labels
-        out += [f"{name}: no label {m!r}" for m in sorted(matchers - labels - TARGET_LABELS)]
+        out += [f"{name}: no label {m!r}" for m in sorted(matchers - labels - targets)]
     if not set(found.series) & set(recorded):
         out += [f"grouping by {g!r}, which no series here has" for g in found.grouping - allowed]
     return out

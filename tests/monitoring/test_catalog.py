@@ -116,6 +116,22 @@ def test_promql_names_skip_functions_keywords_labels_and_durations() -> None:
     assert catalog.expression_problems("job:x:ratio > 0", recorded={"job:x:ratio"}) == []
 
 
+def test_the_autoscaling_queries_read_exported_series() -> None:
+    """KEDA's triggers and prometheus-adapter's rule, against the catalog (their scrape
+    runs in Kubernetes, whose service discovery adds namespace and pod)."""
+    from tests.monitoring.test_autoscaling_promql import shipped_queries
+
+    dcgm = {"DCGM_FI_DEV_GPU_UTIL": {"gpu", "UUID", "pod", "namespace"}}
+    found = {
+        name: catalog.expression_problems(
+            expr, dcgm, target_labels={"job", "instance", "namespace", "pod"}
+        )
+        for name, expr in shipped_queries().items()
+    }
+    assert {k: v for k, v in found.items() if v} == {}
+    assert len(found) >= 4
+
+
 # -- every exporter, in process -----------------------------------------------------------
 
 
