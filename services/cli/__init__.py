@@ -17,11 +17,13 @@ import typer
 
 from services.cli.autoscale import autoscale_app
 from services.cli.experiment import experiment_app
+from services.cli.report import report_app
 from services.cli.rollout import rollout_app
 
 app = typer.Typer(name="servekit", help="servekit: model serving on BentoML.", no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment", no_args_is_help=True)
+app.add_typer(report_app, name="report", no_args_is_help=True)
 app.add_typer(autoscale_app, name="autoscale", no_args_is_help=True)
 
 __all__ = ["app"]
