@@ -31,6 +31,7 @@ from monitoring.gpu import GpuSampler
 from monitoring.metrics import ServingMetrics
 from services.edge import bentoml_fixes
 from services.edge.admin import AdminRoutes
+from services.edge.docs import ApiDocs
 from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
@@ -147,7 +148,9 @@ def _gpu_route(sampler: GpuSampler, metrics: ServingMetrics) -> None:
     app.add_route("GET", "/gpu", gpu_status)
 
 
-def _routing(runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics) -> None:
+def _routing(
+    runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics
+) -> RolloutFollower:
     """Rollout routing: the follower (pub/sub), the prediction log, feedback, admin."""
     rollout = SETTINGS.rollout
     feedback = FeedbackStore(
@@ -185,6 +188,19 @@ def _routing(runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetric
 
     app.on_first_request.append(lambda: _spawn(start()))
     predictor.router = router
+    return follower
+
+
+def _docs(runtime: RedisRuntime, predictor: Predictor, follower: RolloutFollower | None) -> None:
+    """``GET /docs`` and ``/docs.json``, rebuilt when models are loaded or rolled out."""
+    ApiDocs(
+        app,
+        predictor,
+        rollout_states=(lambda: follower.states) if follower is not None else None,
+        event_fields=sorted(runtime.views.event_fields),
+        entities=sorted(runtime.views.entities),
+        ttl_s=SETTINGS.serving.catalog_ttl_s,
+    ).register(app)
 
 
 @bentoml.service(
@@ -242,8 +258,10 @@ class Gateway:
             self.predictor, self.pool = build_colocated(SETTINGS, self.redis, metrics)
             # Colocated, the gateway's process owns the GPU: it samples and exports it.
             _gpu_route(_gpu_sampler(SETTINGS), metrics)
+        follower = None
         if SETTINGS.rollout.enabled:
-            _routing(self.redis, self.predictor, metrics)
+            follower = _routing(self.redis, self.predictor, metrics)
+        _docs(self.redis, self.predictor, follower)
         app.bind(
             self.predictor,
             max_body_bytes=SETTINGS.serving.max_body_bytes,
