@@ -31,6 +31,7 @@ from monitoring.gpu import GpuSampler
 from monitoring.metrics import ServingMetrics
 from services.edge import bentoml_fixes
 from services.edge.admin import AdminRoutes
+from services.edge.bentoml_client import client_routes, publish_routes
 from services.edge.docs import ApiDocs
 from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.registry.catalog import ModelCatalog
@@ -45,6 +46,7 @@ from services.rollout.state import RolloutStore
 from services.runner.pool import ModelPool
 from services.runner.split import RemoteRunner, resident_versions, run_items
 from services.settings import Settings, get_settings
+from services.state.features import FeatureRegistry
 from services.state.runtime import RedisRuntime
 
 logger = logging.getLogger(__name__)
@@ -203,6 +205,14 @@ def _docs(runtime: RedisRuntime, predictor: Predictor, follower: RolloutFollower
     ).register(app)
 
 
+def _client_routes() -> list[dict[str, Any]]:
+    """The raw routes BentoML's HTTP client finds on ``/schema.json``."""
+    views = FeatureRegistry.from_settings(SETTINGS.features)
+    return client_routes(
+        event_fields=sorted(views.event_fields), admin=SETTINGS.serving.admin_token is not None
+    )
+
+
 @bentoml.service(
     name="servekit-runner",
     workers=1,
@@ -269,3 +279,7 @@ class Gateway:
         )
         self.predictor.ready = True
         _freeze()
+
+
+# bentoml.SyncHTTPClient / AsyncHTTPClient discover the raw routes on /schema.json.
+publish_routes(Gateway, _client_routes)
