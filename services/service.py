@@ -31,6 +31,8 @@ from monitoring.gpu import GpuSampler
 from monitoring.metrics import ServingMetrics
 from services.edge import bentoml_fixes
 from services.edge.admin import AdminRoutes
+from services.edge.bentoml_client import client_routes, publish_routes
+from services.edge.docs import ApiDocs
 from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
 from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
@@ -44,6 +46,7 @@ from services.rollout.state import RolloutStore
 from services.runner.pool import ModelPool
 from services.runner.split import RemoteRunner, resident_versions, run_items
 from services.settings import Settings, get_settings
+from services.state.features import FeatureRegistry
 from services.state.runtime import RedisRuntime
 
 logger = logging.getLogger(__name__)
@@ -147,7 +150,9 @@ def _gpu_route(sampler: GpuSampler, metrics: ServingMetrics) -> None:
     app.add_route("GET", "/gpu", gpu_status)
 
 
-def _routing(runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics) -> None:
+def _routing(
+    runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics
+) -> RolloutFollower:
     """Rollout routing: the follower (pub/sub), the prediction log, feedback, admin."""
     rollout = SETTINGS.rollout
     feedback = FeedbackStore(
@@ -185,6 +190,27 @@ def _routing(runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetric
 
     app.on_first_request.append(lambda: _spawn(start()))
     predictor.router = router
+    return follower
+
+
+def _docs(runtime: RedisRuntime, predictor: Predictor, follower: RolloutFollower | None) -> None:
+    """``GET /docs`` and ``/docs.json``, rebuilt when models are loaded or rolled out."""
+    ApiDocs(
+        app,
+        predictor,
+        rollout_states=(lambda: follower.states) if follower is not None else None,
+        event_fields=sorted(runtime.views.event_fields),
+        entities=sorted(runtime.views.entities),
+        ttl_s=SETTINGS.serving.catalog_ttl_s,
+    ).register(app)
+
+
+def _client_routes() -> list[dict[str, Any]]:
+    """The raw routes BentoML's HTTP client finds on ``/schema.json``."""
+    views = FeatureRegistry.from_settings(SETTINGS.features)
+    return client_routes(
+        event_fields=sorted(views.event_fields), admin=SETTINGS.serving.admin_token is not None
+    )
 
 
 @bentoml.service(
@@ -242,8 +268,10 @@ class Gateway:
             self.predictor, self.pool = build_colocated(SETTINGS, self.redis, metrics)
             # Colocated, the gateway's process owns the GPU: it samples and exports it.
             _gpu_route(_gpu_sampler(SETTINGS), metrics)
+        follower = None
         if SETTINGS.rollout.enabled:
-            _routing(self.redis, self.predictor, metrics)
+            follower = _routing(self.redis, self.predictor, metrics)
+        _docs(self.redis, self.predictor, follower)
         app.bind(
             self.predictor,
             max_body_bytes=SETTINGS.serving.max_body_bytes,
@@ -251,3 +279,7 @@ class Gateway:
         )
         self.predictor.ready = True
         _freeze()
+
+
+# bentoml.SyncHTTPClient / AsyncHTTPClient discover the raw routes on /schema.json.
+publish_routes(Gateway, _client_routes)

@@ -71,8 +71,8 @@ class GatewayApp:
 
     Routes: ``POST /predict``, ``GET /models``, ``GET /metrics``, and the Open Inference
     Protocol v2 subset (``/v2``, ``/v2/health/{live,ready}``, ``/v2/models/{m}[/versions/{v}]``
-    with ``/ready`` and ``/infer``). Extra routes (admin, events, feedback) are added with
-    ``add_route``.
+    with ``/ready`` and ``/infer``). Extra routes (admin, events, feedback, gpu, docs) are
+    added with ``add_route``.
     """
 
     def __init__(self) -> None:
@@ -105,6 +105,10 @@ class GatewayApp:
     ) -> None:
         """Add ``handler(body: bytes, scope) -> HTTPResponse`` at a fixed path."""
         self._routes[(method, path)] = handler
+
+    def routes(self) -> list[tuple[str, str]]:
+        """The fixed (method, path) routes (the v2 model routes are matched by pattern)."""
+        return list(self._routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
