@@ -184,6 +184,8 @@ _ROUTER = tuple(
          "Feedback records that failed or were dropped."),
         ("servekit_rollout_percent", "gauge", ("mode", "model"),
          "Candidate share per model and mode."),
+        ("servekit_assignments_total", "counter", ("model", "unit"),
+         "Served requests by assignment unit (user: hashed by user id; request: anonymous)."),
     )
 )  # fmt: skip
 

@@ -164,6 +164,7 @@ def _fake_router() -> tuple[Any, Any, Any]:
         shadow_queued=0,
         feedback_errors=0,
         feedback_dropped=0,
+        assignments={("fraud", "user"): 3, ("fraud", "request"): 1},
     )
     log = types.SimpleNamespace(appended=1, written=1, dropped=0, buffered=0)
     state = types.SimpleNamespace(mode="canary", percent=5.0)
