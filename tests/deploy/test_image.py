@@ -69,6 +69,7 @@ def gateway_image(
         "WORK": str(work / "ctx"),
         "IMAGE_DIR": str(work / "out"),
         "GATEWAY_BENTO": tag,
+        "LATEST": "0",
     }
     out = subprocess.run(
         ["bash", "deploy/image/build.sh", "gateway"],
@@ -174,6 +175,21 @@ def test_image_runs_as_non_root_with_a_healthcheck(
     podman("healthcheck", "run", gateway_container.name)
 
 
+def test_image_reads_s3_credentials_from_a_mounted_file(
+    gateway_image: BuiltImage, tmp_path: Path
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIDSERVEKIT\naws_secret_access_key = x\n")
+    creds.chmod(0o644)
+    probe = "import boto3; print(boto3.Session().get_credentials().access_key)"
+    key = podman(
+        "run", "--rm", "--runtime", "runc", "--health-interval", "disable",
+        "-v", f"{creds}:/run/secrets/aws/credentials:ro",
+        gateway_image.ref, "python", "-c", probe,
+    )  # fmt: skip
+    assert key.strip() == "AKIDSERVEKIT"
+
+
 def test_image_is_lean_and_exported(gateway_image: BuiltImage) -> None:
     size = int(podman("image", "inspect", "-f", "{{.Size}}", gateway_image.ref))
     assert size <= MAX_SERVING_BYTES, f"{size / 1e6:.0f} MB"
@@ -182,7 +198,10 @@ def test_image_is_lean_and_exported(gateway_image: BuiltImage) -> None:
         "print([m for m in ('torch', 'evidently', 'sklearn', 'prefect') if u.find_spec(m)]"
         " + [c for c in ('gcc', 'cc', 'g++') if shutil.which(c)])"
     )
-    found = podman("run", "--rm", "--runtime", "runc", gateway_image.ref, "python", "-c", probe)
+    found = podman(
+        "run", "--rm", "--runtime", "runc", "--health-interval", "disable",
+        gateway_image.ref, "python", "-c", probe,
+    )  # fmt: skip
     assert found.strip() == "[]"
     digest = run(
         ["skopeo", "inspect", "--format", "{{.Digest}}", f"oci-archive:{gateway_image.archive}"]
