@@ -12,7 +12,8 @@
 # bentoml), CA_BUNDLE (a CA bundle mounted into the build steps only, for a TLS-intercepting
 # proxy; default: the system bundle when present; empty: none), IMAGE_DIR (.servekit/images,
 # where the archives go), WORK (.servekit/image), BASE_IMAGE, CUDA_BASE_IMAGE, EXPORT (0: skip
-# the archives), GATEWAY_BENTO and MULTIMODEL_BENTO (the bentos' tags).
+# the archives), LATEST (0: do not move the :latest tags), GATEWAY_BENTO and MULTIMODEL_BENTO
+# (the bentos' tags).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/image/containers.conf}"
@@ -27,6 +28,7 @@ CA_BUNDLE="${CA_BUNDLE-$([ -r "$SYSTEM_CA" ] && echo "$SYSTEM_CA")}"
 GATEWAY_BENTO="${GATEWAY_BENTO:-servekit:latest}"
 MULTIMODEL_BENTO="${MULTIMODEL_BENTO:-servekit-multimodel:latest}"
 EXPORT="${EXPORT:-1}"
+LATEST="${LATEST:-1}"
 HERE=deploy/image
 
 stage() { printf '[image %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -130,7 +132,7 @@ serving_image() { # NAME BENTO CONTAINERFILE [buildah args...]
   stage "$name: buildah build ($file)"
   build "localhost/servekit-$name:$version" "$file" "$ctx" "${envs[@]}" "$@" \
     --label "servekit.bento=${bento%%:*}:$version"
-  podman tag "localhost/servekit-$name:$version" "localhost/servekit-$name:latest"
+  if [ "$LATEST" = 1 ]; then podman tag "localhost/servekit-$name:$version" "localhost/servekit-$name:latest"; fi
   export_archive "localhost/servekit-$name:$version" "servekit-$name" "$version"
   report "localhost/servekit-$name:$version" "$IMAGE_DIR/servekit-$name.oci.tar"
 }
@@ -142,7 +144,7 @@ flows_image() {
   stage_flows "$ctx"
   stage "flows: buildah build ($HERE/Containerfile.flows)"
   build "localhost/servekit-flows:$version" "$HERE/Containerfile.flows" "$ctx"
-  podman tag "localhost/servekit-flows:$version" localhost/servekit-flows:latest
+  if [ "$LATEST" = 1 ]; then podman tag "localhost/servekit-flows:$version" localhost/servekit-flows:latest; fi
   export_archive "localhost/servekit-flows:$version" servekit-flows "$version"
   report "localhost/servekit-flows:$version" "$IMAGE_DIR/servekit-flows.oci.tar"
 }
