@@ -10,25 +10,41 @@ import yaml
 
 from tests.conftest import ROOT
 
-PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==(\S+)$")
+REQUIREMENT = re.compile(r"^([A-Za-z0-9_.\-]+)(?:==(\S+))?$")
 
 
-def pins(path: Path) -> dict[str, str]:
-    """name -> version of every ``name==version`` line (names normalized as pip does)."""
-    found = {}
+def requirements(path: Path) -> dict[str, str | None]:
+    """name -> pinned version (None when unpinned) of each requirement line, names
+    normalized as pip does; options (-r, -c) and comments are skipped."""
+    found: dict[str, str | None] = {}
     for line in path.read_text().splitlines():
-        m = PIN.match(line.strip())
+        m = REQUIREMENT.match(line.strip())
         if m:
             found[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
     return found
 
 
-@pytest.mark.parametrize("name", ["bento.txt", "flows.txt", "gpu.txt"])
-def test_requirements_are_pinned_to_constraints(name: str) -> None:
+def pins(path: Path) -> dict[str, str]:
+    return {n: v for n, v in requirements(path).items() if v is not None}
+
+
+def test_bento_requirements_are_pinned_to_constraints() -> None:
+    """The bento declares its own pins (its image and venv get no constraints file)."""
     constraints = pins(ROOT / "constraints.txt")
-    declared = pins(ROOT / "requirements" / name)
-    assert declared
+    declared = requirements(ROOT / "requirements" / "bento.txt")
+    assert declared and None not in declared.values()
     assert {n: v for n, v in declared.items() if constraints.get(n) != v} == {}
+
+
+@pytest.mark.parametrize("name", ["flows.txt", "gpu.txt"])
+def test_image_requirements_are_pinned_by_constraints(name: str) -> None:
+    """flows.txt and gpu.txt name packages; constraints.txt holds every version."""
+    constraints = pins(ROOT / "constraints.txt")
+    declared = requirements(ROOT / "requirements" / name)
+    assert declared
+    assert [
+        n for n, v in declared.items() if n not in constraints or v not in (None, constraints[n])
+    ] == []
 
 
 def test_serving_requirements_hold_no_training_stack() -> None:
@@ -40,7 +56,7 @@ def test_serving_requirements_hold_no_training_stack() -> None:
 def test_flows_requirements_extend_the_serving_ones_without_torch() -> None:
     text = (ROOT / "requirements" / "flows.txt").read_text()
     assert "-r bento.txt" in text.splitlines()
-    assert "torch" not in pins(ROOT / "requirements" / "flows.txt")
+    assert "torch" not in requirements(ROOT / "requirements" / "flows.txt")
 
 
 @pytest.mark.parametrize("bentofile", ["bentofile.yaml", "bentos/multimodel/bentofile.yaml"])
