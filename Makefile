@@ -11,7 +11,16 @@ export BENTOML_HOME ?= $(CURDIR)/.servekit/bentoml
 export BENTOML_DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: models-text serve test test-fast check lint types models redis redis-stop bench bento clean
+# Images (deploy/image/): a local Debian base made with debootstrap, then buildah; nothing is
+# pulled from a container registry. CA_BUNDLE is mounted into the build steps only (for a
+# TLS-intercepting proxy), never copied into an image; empty: none.
+CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+IMAGE_DIR ?= .servekit/images
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/image/containers.conf
+IMAGE_BUILD = PYTHON=$(PY) CA_BUNDLE="$(CA_BUNDLE)" IMAGE_DIR=$(IMAGE_DIR) deploy/image/build.sh
+
+.PHONY: models-text serve test test-fast check lint types models redis redis-stop bench bento \
+	bentos image image-base image-gateway image-multimodel image-flows image-gpu clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +86,31 @@ bench: $(VENV)/.dev models
 bento: $(VENV)/.serve models
 	$(PY) -c "from services.registry.versions import ModelRegistry; from services.registry.stores import LocalStore; print(ModelRegistry(LocalStore('model_store')).export_to_bentoml('fraud'))"
 	$(VENV)/bin/bentoml build
+
+# Both bundles: the default (gateway + fraud model) and bentos/multimodel.
+bentos: bento
+	$(VENV)/bin/bentoml build -f bentos/multimodel/bentofile.yaml .
+
+# The serving images of both bundles and the flows image, each exported as an OCI archive
+# under $(IMAGE_DIR) with its size, digest and layers printed.
+image: bentos
+	$(IMAGE_BUILD) gateway multimodel flows
+
+image-base: $(VENV)/.serve
+	PYTHON=$(PY) deploy/image/base.sh
+
+image-gateway: bento
+	$(IMAGE_BUILD) gateway
+
+image-multimodel: bentos
+	$(IMAGE_BUILD) multimodel
+
+image-flows: $(VENV)/.serve
+	$(IMAGE_BUILD) flows
+
+# Unverified recipe: needs NVIDIA's CUDA runtime image in local storage (a registry pull).
+image-gpu: bento
+	$(IMAGE_BUILD) gpu
 
 clean:
 	rm -rf .servekit .pytest_cache .ruff_cache .mypy_cache

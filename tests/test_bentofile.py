@@ -1,4 +1,5 @@
-"""`bentoml build` of the root bentofile.yaml packs the gateway and the fraud model."""
+"""`bentoml build` of both bundles: the root bentofile.yaml packs the gateway and the fraud
+model; bentos/multimodel packs the gateway alone, its models coming from a registry."""
 
 from __future__ import annotations
 
@@ -31,4 +32,24 @@ def test_bentoml_build(fraud_store: Path) -> None:
     src = Path(bento.path) / "src"
     assert (src / "services" / "service.py").exists()
     assert not (src / "tests").exists()
+    bentoml.delete(tag)
+
+
+def test_multimodel_bentoml_build() -> None:
+    import bentoml
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", "bentos/multimodel/bentofile.yaml",
+         "--output", "tag", "."],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    bento = bentoml.get(tag)
+    assert bento.tag.name == "servekit-multimodel"
+    assert list(bento.info.models) == []  # models come from the mounted registry
+    envs = {env.name: env.value for env in bento.info.envs}
+    assert envs["SERVEKIT_MODELS"] == "[]" and envs["SERVEKIT_MODEL_STORE"] == "/models"
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime==" in requirements and "torch" not in requirements
     bentoml.delete(tag)
