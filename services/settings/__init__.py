@@ -3,7 +3,8 @@
 No other module reads ``os.environ``: they take a settings object (or the part of it they
 need) in their constructor. ``get_settings()`` returns the process-wide instance.
 
-One class per area, each with its own prefix and module (serving, state, rollout, convert):
+One class per area, each with its own prefix and module (serving, state, rollout, convert,
+monitoring):
 
 - ``SERVEKIT_REDIS_*``     Redis (cache, features, rollout state, prediction stream)
 - ``SERVEKIT_BATCH_*``     the runner's adaptive micro-batcher
@@ -13,6 +14,7 @@ One class per area, each with its own prefix and module (serving, state, rollout
 - ``SERVEKIT_CONVERT_*``   the conversion flow: opset, parity tolerances, variants, TensorRT
 - ``SERVEKIT_*``           serving: shape, models, limits, model store, admin token
 - ``SERVEKIT_MULTIMODEL_*`` the shared runner's pool: memory budget, idle unload, isolation
+- ``SERVEKIT_MONITORING_*`` drift reports: reference samples, windows, reports location
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import functools
 from pydantic import BaseModel, Field
 
 from services.settings.convert import ConvertSettings
+from services.settings.monitoring import MonitoringSettings, parse_duration
 from services.settings.rollout import RolloutSettings
 from services.settings.serving import (
     BatchPolicy,
@@ -39,12 +42,14 @@ __all__ = [
     "ConvertSettings",
     "FeatureSettings",
     "ModelLimits",
+    "MonitoringSettings",
     "MultiModelSettings",
     "RedisSettings",
     "RolloutSettings",
     "ServingSettings",
     "Settings",
     "get_settings",
+    "parse_duration",
 ]
 
 
@@ -59,6 +64,7 @@ class Settings(BaseModel):
     rollout: RolloutSettings = Field(default_factory=RolloutSettings)
     multimodel: MultiModelSettings = Field(default_factory=MultiModelSettings)
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
 
 @functools.lru_cache(maxsize=1)
