@@ -8,6 +8,7 @@ group lives in its own module and joins ``app`` here.
     servekit rollout canary fraud 2 --percent 5
     servekit rollout promote fraud
     servekit experiment report fraud
+    servekit report drift fraud --window 1h --out reports/fraud
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import typer
 
 from services.cli.experiment import experiment_app
+from services.cli.report import report_app
 from services.cli.rollout import rollout_app
 
 app = typer.Typer(name="servekit", help="servekit: model serving on BentoML.", no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment", no_args_is_help=True)
+app.add_typer(report_app, name="report", no_args_is_help=True)
 
 __all__ = ["app"]
