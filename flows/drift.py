@@ -63,8 +63,14 @@ def list_models() -> list[str]:
 async def read_traffic(model: str, start: float, end: float, redis_url: str) -> WindowTraffic:
     """``model``'s logged traffic in ``[start, end]``, by version."""
     async with aioredis.Redis.from_url(redis_url) as client:
+        settings = get_settings()
         traffic = await read_window(
-            PredictionLog(client), model, start, end, max_rows=get_settings().monitoring.max_rows
+            PredictionLog(client),
+            model,
+            start,
+            end,
+            max_rows=settings.monitoring.max_rows,
+            stream_maxlen=settings.redis.stream_maxlen,
         )
     served = ", ".join(f"v{v} ({traffic.versions[v].rows} rows)" for v in traffic.served())
     get_run_logger().info("%s served %s in the window", model, served or "nothing")

@@ -156,6 +156,8 @@ def build_report(
         drift_share=settings.drift_share,
     )
     where = f"{mv.name} v{mv.version}"
+    if traffic is not None:
+        result.notes.extend(traffic.notes)
     if traffic is None or rows == 0:
         result.status = "no_traffic"
         result.message = f"no logged traffic of {where} in the window"

@@ -37,6 +37,7 @@ class VersionTraffic:
         predictions: per row, the prediction as ``/predict`` answered it.
         requests: logged requests that answered.
         errors: logged requests that failed (no rows).
+        notes: what limits the window (a trimmed stream, rows left out).
     """
 
     version: str
@@ -44,6 +45,7 @@ class VersionTraffic:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
     errors: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -66,6 +68,7 @@ class VersionTraffic:
     def newest(self, max_rows: int) -> None:
         """Keep only the newest ``max_rows`` rows."""
         if self.rows > max_rows:
+            self.notes.append(f"only the newest {max_rows} of {self.rows} rows were read")
             del self.inputs[:-max_rows]
             del self.predictions[:-max_rows]
 
@@ -109,18 +112,30 @@ def window_bounds(window_s: float, end: float | None = None) -> tuple[float, flo
 
 
 async def read_window(
-    log: PredictionLog, model: str, start: float, end: float, *, max_rows: int
+    log: PredictionLog,
+    model: str,
+    start: float,
+    end: float,
+    *,
+    max_rows: int,
+    stream_maxlen: int | None = None,
 ) -> WindowTraffic:
     """Read ``model``'s logged requests in ``[start, end]``, keeping each version's newest
     ``max_rows`` rows.
 
     Entries are found by stream id (the time they were written, a few milliseconds after
-    the request) and kept by the request's own time stamp.
+    the request) and kept by the request's own time stamp. Given the stream's cap
+    (``SERVEKIT_REDIS_STREAM_MAXLEN``), a window that reaches past the oldest entry of a
+    full stream is noted: the report then covers less time than asked.
     """
     traffic = WindowTraffic(model, start, end)
     since = f"{max(int(start * 1000) - 1, 0)}-{2**64 - 1}"
+    entries, oldest = 0, None
     while True:
         page = await log.read(model, since_id=since, count=_PAGE)
+        entries += len(page)
+        if page and oldest is None:
+            oldest = page[0][1].ts
         for entry_id, event in page:
             since = entry_id
             if start <= event.ts <= end:
@@ -128,8 +143,15 @@ async def read_window(
                 version.add(event)
         if len(page) < _PAGE or (page and page[-1][1].ts > end):
             break
+    trimmed = stream_maxlen is not None and entries >= stream_maxlen and oldest is not None
     for version in traffic.versions.values():
         version.newest(max_rows)
+        if trimmed:
+            since_text = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(oldest))
+            version.notes.append(
+                f"the prediction stream is full (SERVEKIT_REDIS_STREAM_MAXLEN={stream_maxlen}): "
+                f"the window starts at its oldest entry, {since_text}"
+            )
     logger.info(
         "%s: %s in the window",
         model,

@@ -107,7 +107,14 @@ def drift(
 
     async def read(client: aioredis.Redis) -> WindowTraffic:
         log = PredictionLog(client)
-        return await read_window(log, model, start, end, max_rows=settings.monitoring.max_rows)
+        return await read_window(
+            log,
+            model,
+            start,
+            end,
+            max_rows=settings.monitoring.max_rows,
+            stream_maxlen=settings.redis.stream_maxlen,
+        )
 
     traffic = run_redis(read)
     if mv is None:

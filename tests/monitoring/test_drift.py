@@ -117,8 +117,10 @@ def test_no_traffic_and_too_little_traffic(fraud: tuple[ModelRegistry, ModelVers
     assert none.status == "no_traffic" and "no logged traffic" in none.message
     x = fraud_rows(20, seed=14)
     few = VersionTraffic(mv.version, [r.tolist() for r in x], served(registry, mv, x))
+    few.notes.append("the prediction stream is full")
     report = build_report(mv, reference, few, start=0, end=1, settings=SETTINGS)
     assert report.result.status == "too_little_traffic" and report.html is None
+    assert report.result.notes == ["the prediction stream is full"]
     assert "SERVEKIT_MONITORING_MIN_ROWS" in report.result.message
 
 

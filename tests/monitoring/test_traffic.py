@@ -58,6 +58,21 @@ async def test_read_window_groups_rows_by_version(aredis: aioredis.Redis) -> Non
 
     newest = await read_window(log, "fraud", start, end, max_rows=2)
     assert newest.versions["1"].features().tolist() == [[2, 3], [4, 5]]  # type: ignore[union-attr]
+    assert newest.versions["1"].notes == ["only the newest 2 of 3 rows were read"]
+    assert traffic.versions["1"].notes == []
+
+
+async def test_a_full_stream_is_noted(aredis: aioredis.Redis) -> None:
+    log = PredictionLog(aredis)
+    now = time.time()
+    for _ in range(5):
+        log.append(_event("1", [[1.0, 2.0]], now))
+    await log.flush()
+    traffic = await read_window(log, "fraud", now - 3600, now + 1, max_rows=10, stream_maxlen=5)
+    (note,) = traffic.versions["1"].notes
+    assert "SERVEKIT_REDIS_STREAM_MAXLEN=5" in note and "oldest entry" in note
+    roomy = await read_window(log, "fraud", now - 3600, now + 1, max_rows=10, stream_maxlen=100)
+    assert roomy.versions["1"].notes == []
 
 
 async def test_an_empty_stream_is_no_traffic(aredis: aioredis.Redis) -> None:
