@@ -34,15 +34,24 @@ from monitoring.drift_metrics import DriftSummary, export_summary
 from monitoring.drift_store import HTML_FILE, JSON_FILE, reports_store, save_report
 from monitoring.reference import ReferenceSample
 from monitoring.traffic import VersionTraffic, WindowTraffic, read_window, window_bounds
+from services.errors import StoreError
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry, ModelVersion
 from services.rollout.prediction_log import PredictionLog
 from services.settings import get_settings, parse_duration
 from services.state.redis_embedded import resolve_redis_url
 
+
+def retry_on_store(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry store and network failures, not an unknown
+    model or version."""
+    return isinstance(getattr(state, "data", None), (StoreError, OSError))
+
+
 STORE_RETRIES: dict[str, Any] = {
     "retries": 3,
     "retry_delay_seconds": [1, 5, 15],
+    "retry_condition_fn": retry_on_store,
     "cache_policy": NO_CACHE,
 }
 """Task options of the tasks that read the registry or write the reports location."""

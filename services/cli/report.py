@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 import typer
 from rich.table import Table
 
-from monitoring.drift import DriftResult, build_report, load_reference
+from monitoring.drift import DriftReport, DriftResult, build_report, load_reference
 from monitoring.drift_store import write_report
 from monitoring.traffic import WindowTraffic, read_window, window_bounds
 from services.cli.common import Model, console, err_console, run_redis
@@ -104,19 +104,7 @@ def drift(
     registry = ModelRegistry(open_store(settings.serving))
     mv = _version(registry, model, version)
     start, end = window_bounds(window_s)
-
-    async def read(client: aioredis.Redis) -> WindowTraffic:
-        log = PredictionLog(client)
-        return await read_window(
-            log,
-            model,
-            start,
-            end,
-            max_rows=settings.monitoring.max_rows,
-            stream_maxlen=settings.redis.stream_maxlen,
-        )
-
-    traffic = run_redis(read)
+    traffic = _read(model, start, end)
     if mv is None:
         served = traffic.served()
         if not served:
@@ -131,6 +119,28 @@ def drift(
         end=end,
         settings=settings.monitoring,
     )
+    _finish(report, out, fail_on_drift)
+
+
+def _read(model: str, start: float, end: float) -> WindowTraffic:
+    """The model's logged traffic in the window, from the configured Redis."""
+    settings = get_settings()
+
+    async def read(client: aioredis.Redis) -> WindowTraffic:
+        return await read_window(
+            PredictionLog(client),
+            model,
+            start,
+            end,
+            max_rows=settings.monitoring.max_rows,
+            stream_maxlen=settings.redis.stream_maxlen,
+        )
+
+    return run_redis(read)
+
+
+def _finish(report: DriftReport, out: Path, fail_on_drift: bool) -> None:
+    """Write the files, print the table and the verdict, and exit with its code."""
     written = write_report(report, out)
     result = report.result
     _print_result(result)

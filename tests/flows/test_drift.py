@@ -286,3 +286,20 @@ def test_real_text_model_drifts_on_length_and_embedding(tmp_path: Path) -> None:
     moved_traffic.inputs = [None] * moved_traffic.rows
     unlogged = build_report(mv, reference, moved_traffic, start=0, end=1, settings=settings)
     assert unlogged.result.drift_detected and TEXT_LENGTH not in unlogged.result.columns
+
+
+async def test_unknown_version_fails_at_once_and_no_traffic_reports_nothing(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.errors import ModelNotFoundError
+
+    monkeypatch.setenv("SERVEKIT_MODEL_STORE", str(tmp_path / "empty"))
+    get_settings.cache_clear()
+    try:
+        assert await drift_report(model="ghost", window=60, redis_url=redis_url) == []
+        t0 = time.perf_counter()
+        with pytest.raises(ModelNotFoundError):
+            await drift_report(model="ghost", version=2, window="1m", redis_url=redis_url)
+        assert time.perf_counter() - t0 < 5  # refused, not retried
+    finally:
+        get_settings.cache_clear()
