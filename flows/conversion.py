@@ -7,7 +7,9 @@ Steps (each a Prefect task; the flow only orchestrates)::
     execution provider) -> optional fp16 / int8 variants -> a TensorRT fp16 engine where
     TensorRT and a CUDA GPU are present, else a recorded skip saying why
     -> parity of every format against the native model on a held-out batch
-    -> latency of every format at batch 1, 8, 32 -> register (with parity + latency).
+    -> latency of every format at batch 1, 8, 32 -> reference sample for drift reports
+    (the served variant's answers on the reference inputs) -> register (with parity,
+    latency and the reference).
 
 A failed parity check raises ``flows.parity.ParityError`` (the run is Failed) and
 registers nothing. The report is a Prefect markdown artifact ``convert-<model>``.
@@ -30,12 +32,27 @@ from flows.native import NativeModel
 from flows.onnx_graph import check_onnx, export_onnx, optimize_onnx
 from flows.parity import ParityError
 from flows.variants import build_variant
+from monitoring.reference import ReferenceSample, reference_from_artifact, summarize
 from services.registry.versions import ModelRegistry, ModelVersion, Stage
 from services.request.tokenizer import TOKENIZER_FILE
+from services.runner.feeds import Feeds
 from services.settings import ConvertSettings, get_settings
 
 Progress = Callable[[str], None]
 STEPS = ["export", "check", "optimize", "variants", "tensorrt", "parity", "latency", "register"]
+
+
+@task(cache_policy=NO_CACHE)
+def take_reference(
+    native: NativeModel, artifact: bytes, feeds: Feeds, rows: int
+) -> ReferenceSample | None:
+    """The reference sample of drift reports: up to ``rows`` rows of ``feeds`` and the
+    served artifact's answers on them (None for a raw tensor model, whose traffic is not
+    logged)."""
+    sample = reference_from_artifact(native.schema, artifact, feeds, rows=rows, source="convert")
+    if sample is not None:
+        get_run_logger().info("reference sample: %d rows", sample.rows)
+    return sample
 
 
 @task(retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
@@ -49,8 +66,10 @@ def register_version(
     report: ConversionReport,
     stage: Stage,
     variant: str,
+    reference: ReferenceSample | None = None,
 ) -> ModelVersion:
-    """Register the artifact (and a text model's tokenizer) with its parity and latency."""
+    """Register the artifact (and a text model's tokenizer, and the reference sample) with
+    its parity and latency."""
     versions = [int(v.version) for v in registry.list_versions(name) if v.version.isdigit()]
     version = str(max(versions, default=0) + 1)
     metrics: dict[str, Any] = dict(native.metrics)
@@ -69,6 +88,8 @@ def register_version(
         # text model without its tokenizer.
         registry.store.put(f"{name}/{version}/{TOKENIZER_FILE}", raw)
         metrics["tokenizer"] = {"file": TOKENIZER_FILE, "sha256": hashlib.sha256(raw).hexdigest()}
+    if reference is not None:
+        metrics["reference"] = summarize(reference)
     mv = registry.register(
         name,
         artifact,
@@ -79,6 +100,7 @@ def register_version(
         metrics=metrics,
         parity=report.parity_dict(),
         description=native.description,
+        reference=None if reference is None else reference.to_bytes(),
     )
     get_run_logger().info("registered %s version %s (%s)", name, mv.version, variant)
     return mv
@@ -118,8 +140,10 @@ def _register(
     report: ConversionReport,
     s: ConvertSettings,
     stage: Stage,
+    reference: ReferenceSample | None,
 ) -> None:
-    """Register the served variant, and the TensorRT engine when asked to."""
+    """Register the served variant, and the TensorRT engine when asked to (both with the
+    reference sample)."""
     name = report.model
     report.registered = register_version(
         registry,
@@ -130,6 +154,7 @@ def _register(
         report=report,
         stage=stage,
         variant=s.serve_variant,
+        reference=reference,
     )
     if "tensorrt" in artifacts and s.register_engine:
         report.engine_version = register_version(
@@ -141,6 +166,7 @@ def _register(
             report=report,
             stage="staging",
             variant="tensorrt-fp16",
+            reference=reference,
         )
 
 
@@ -153,6 +179,8 @@ def convert_flow(
     settings: ConvertSettings | None = None,
     stage: Stage = "staging",
     progress: Progress | None = None,
+    reference_feeds: Feeds | None = None,
+    reference_rows: int | None = None,
 ) -> ConversionReport:
     """Convert ``native`` to ONNX (and TensorRT where possible), check parity, register.
 
@@ -163,6 +191,10 @@ def convert_flow(
         settings: opset, tolerances, variants, TensorRT, latency probe.
         stage: the registered version's stage.
         progress: called with each finished step's name (the CLI's progress bar).
+        reference_feeds: inputs of the reference sample stored for drift reports
+            (default: the held-out batch); a few thousand representative rows make the
+            reports meaningful.
+        reference_rows: most rows of the sample (default: the monitoring settings').
 
     Raises:
         ParityError: a format is outside its tolerance; nothing is registered.
@@ -187,8 +219,14 @@ def convert_flow(
     for fmt, data in artifacts.items():
         report.latency[fmt] = measure_latency(fmt, data, native.feeds, s)
     done("latency")
+    sample = take_reference(
+        native,
+        artifacts[s.serve_variant],
+        native.feeds if reference_feeds is None else reference_feeds,
+        reference_rows or get_settings().monitoring.reference_rows,
+    )
     report.seconds = time.perf_counter() - t0
-    _register(registry, native, artifacts, report, s, stage)
+    _register(registry, native, artifacts, report, s, stage, sample)
     done("register")
     publish_report(report)
     get_run_logger().info("converted %s in %.1f s", name, report.seconds)

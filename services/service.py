@@ -27,6 +27,7 @@ import bentoml
 from redis.exceptions import RedisError
 
 from monitoring.collectors import PoolCollector, RouterCollector
+from monitoring.drift_metrics import DriftCollector
 from monitoring.gpu import GpuSampler
 from monitoring.metrics import ServingMetrics
 from services.edge import bentoml_fixes
@@ -116,7 +117,7 @@ def _predictor(
 
 
 def _runtime() -> tuple[RedisRuntime, ServingMetrics]:
-    """Metrics, the Redis runtime and its ``/events`` route."""
+    """Metrics (drift results included), the Redis runtime and its ``/events`` route."""
     metrics = ServingMetrics()
     runtime = RedisRuntime(SETTINGS, metrics.registry)
 
@@ -127,6 +128,8 @@ def _runtime() -> tuple[RedisRuntime, ServingMetrics]:
     app.add_route("POST", "/events", events)
     app.readiness.append(runtime.health)
     app.on_first_request.append(runtime.start)
+    metrics.add_collector(drift := DriftCollector(runtime.background_client, SETTINGS.monitoring))
+    app.on_first_request.append(drift.start)
     return runtime, metrics
 
 

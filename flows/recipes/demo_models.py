@@ -4,8 +4,12 @@
 hour, channel) and three batch features from the feature store (the user's 30-day mean
 amount and count, the merchant category's smoothed fraud rate), exported to ONNX with
 skl2onnx and registered as the production version. The training features are computed
-by the same code as the daily materialization (``flows.recipes.batch_features``). Needs the ``demo`` extra (scikit-learn,
-skl2onnx); serving needs neither.
+by the same code as the daily materialization (``flows.recipes.batch_features``). Needs the
+``demo`` extra (scikit-learn, skl2onnx); serving needs neither.
+
+Each build stores the version's reference sample for drift reports (``reference.npz``):
+held-out transactions assembled as the gateway assembles them from a materialized feature
+store (every synthetic user has a 30-day history), and the model's answers on them.
 
 Run ``python -m flows.recipes.demo_models`` (``make models`` does) to build what is missing.
 """
@@ -19,6 +23,7 @@ import numpy as np
 
 from flows.recipes.batch_features import merchant_risk, user_stats
 from flows.recipes.synthetic import CHANNELS, MERCHANT_CATEGORIES, TransactionGenerator
+from monitoring.reference import ReferenceSample, reference_from_artifact, summarize
 from services.registry.schema import FieldSpec, ModelSchema, TensorSpec
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry, ModelVersion
@@ -142,11 +147,36 @@ def vectors(
     return np.hstack([request, feats])
 
 
-def ensure_demo_models(registry: ModelRegistry) -> list[ModelVersion]:
-    """Build and register the demo models that the registry lacks."""
+def fraud_reference(data: bytes, rows: int, seed: int = 0) -> ReferenceSample:
+    """The fraud model's reference sample: ``rows`` held-out transactions with the batch
+    features of their users and categories, and the ONNX model's probabilities on them."""
+    gen = TransactionGenerator(seed=seed)
+    users, merchants = batch_features(gen)
+    records = gen.records(rows, seed=seed + 300)
+    x = vectors(records, users, merchants, unknown_share=0.0)
+    sample = reference_from_artifact(
+        FRAUD_SCHEMA, data, {"features": x}, rows=rows, source="demo-models"
+    )
+    assert sample is not None  # a tabular model always has one
+    return sample
+
+
+def ensure_demo_models(
+    registry: ModelRegistry, reference_rows: int | None = None
+) -> list[ModelVersion]:
+    """Build and register the demo models that the registry lacks.
+
+    Args:
+        registry: where to register them.
+        reference_rows: rows of each version's reference sample (default: the monitoring
+            settings').
+    """
     built = []
     if "fraud" not in registry.list_models():
         data, metrics = train_fraud()
+        rows = reference_rows or get_settings().monitoring.reference_rows
+        reference = fraud_reference(data, rows)
+        metrics["reference"] = summarize(reference)
         mv = registry.register(
             "fraud",
             data,
@@ -154,6 +184,7 @@ def ensure_demo_models(registry: ModelRegistry) -> list[ModelVersion]:
             stage="production",
             metrics=metrics,
             description="Demo fraud classifier trained on servekit's synthetic transactions.",
+            reference=reference.to_bytes(),
         )
         logger.info("built demo model fraud v%s (ROC AUC %.3f)", mv.version, metrics["roc_auc"])
         built.append(mv)

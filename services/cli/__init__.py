@@ -9,6 +9,7 @@ group lives in its own module and joins ``app`` here.
     servekit rollout promote fraud
     servekit experiment report fraud
     servekit autoscale simulate --trace spike --out /tmp/sim
+    servekit report drift fraud --window 1h --out reports/fraud
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Layout in the artifact store::
 
     <model>/<version>/meta.json       ModelVersion as JSON (written last: the commit mark)
     <model>/<version>/<artifact>      model.onnx or model.plan
+    <model>/<version>/reference.npz   optional: the reference sample of drift reports (input
+                                      features and predictions, written at registration)
 
 Versions are increasing integers ("1", "2", ...), as in Triton's model repository. The
 artifact's sha256 is recorded at registration and verified at every load. Only ONNX and
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 ModelFormat = Literal["onnx", "tensorrt"]
 Stage = Literal["staging", "production", "archived"]
 _ARTIFACT_FILE = {"onnx": "model.onnx", "tensorrt": "model.plan"}
+REFERENCE_FILE = "reference.npz"
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -99,8 +102,13 @@ class ModelRegistry:
         metrics: dict[str, Any] | None = None,
         parity: dict[str, Any] | None = None,
         description: str | None = None,
+        reference: bytes | None = None,
     ) -> ModelVersion:
-        """Store ``artifact`` as a new version of ``name`` and return its metadata."""
+        """Store ``artifact`` as a new version of ``name`` and return its metadata.
+
+        ``reference``: the version's reference sample for drift reports (an opaque blob,
+        ``monitoring.reference`` writes and reads it), stored beside the artifact.
+        """
         validate_model_name(name)
         existing = self._versions(name)
         if version is None:
@@ -123,6 +131,8 @@ class ModelRegistry:
             description=description,
         )
         self.store.put(f"{name}/{version}/{art}", artifact)
+        if reference is not None:  # before the metadata, which commits the version
+            self.store.put(f"{name}/{version}/{REFERENCE_FILE}", reference)
         self._write_meta(mv)
         logger.info("registered %s version %s (%s, %d bytes)", name, version, format, len(artifact))
         return mv
@@ -198,6 +208,19 @@ class ModelRegistry:
             )
         return data
 
+    # -- reference samples -----------------------------------------------------------
+    def put_reference(self, name: str, version: str, data: bytes) -> None:
+        """Store (or replace) the reference sample of a registered version."""
+        self._read_meta(name, version)  # ModelNotFoundError for an unknown version
+        self.store.put(f"{name}/{version}/{REFERENCE_FILE}", data)
+
+    def load_reference(self, mv: ModelVersion) -> bytes | None:
+        """The version's reference sample, or None when it was registered without one."""
+        try:
+            return self.store.get(f"{mv.name}/{mv.version}/{REFERENCE_FILE}")
+        except KeyError:
+            return None
+
     # -- BentoML model store --------------------------------------------------------
     def export_to_bentoml(self, name: str, version: str | None = None) -> str:
         """Save a version into BentoML's model store as ``servekit-<name>:<version>``,
@@ -207,22 +230,30 @@ class ModelRegistry:
 
         mv = self.get(name, version)
         tag = f"{BentoModelStore.PREFIX}{mv.name}:{mv.version}"
+        reference = self.load_reference(mv)
+        labels = {
+            "servekit": "true",
+            "sha256": mv.sha256,
+            "format": mv.format,
+            # A reference sample stored after an export makes the next export redo it.
+            "reference": "none" if reference is None else hashlib.sha256(reference).hexdigest(),
+        }
         try:
             existing = bentoml.models.get(tag)
-            if existing.info.labels.get("sha256") == mv.sha256:
+            current = existing.info.labels
+            if all(current.get(k) == labels[k] for k in ("sha256", "reference")):
                 return tag
             bentoml.models.delete(tag)
         except NotFound:
             pass
         data = self.load_artifact(mv)
-        # Files beside the artifact (a text model's tokenizer.json, ...) travel with it.
+        # Files beside the artifact (a text model's tokenizer.json, the reference sample)
+        # travel with it.
         prefix = f"{mv.name}/{mv.version}/"
         extras = [
             k for k in self.store.list(prefix) if k[len(prefix) :] not in (mv.artifact, "meta.json")
         ]
-        with bentoml.models.create(
-            tag, labels={"servekit": "true", "sha256": mv.sha256, "format": mv.format}
-        ) as bm:
+        with bentoml.models.create(tag, labels=labels) as bm:
             root = Path(bm.path)
             for key in extras:
                 target = root / key[len(prefix) :]

@@ -4,7 +4,7 @@ No other module reads ``os.environ``: they take a settings object (or the part o
 need) in their constructor. ``get_settings()`` returns the process-wide instance.
 
 One class per area, each with its own prefix and module (serving, state, rollout, convert,
-decisions):
+autoscale, decisions, monitoring):
 
 - ``SERVEKIT_REDIS_*``     Redis (cache, features, rollout state, prediction stream)
 - ``SERVEKIT_BATCH_*``     the runner's adaptive micro-batcher
@@ -16,6 +16,7 @@ decisions):
 - ``SERVEKIT_MULTIMODEL_*`` the shared runner's pool: memory budget, idle unload, isolation
 - ``SERVEKIT_AUTOSCALE_*`` the GPU sampler behind the autoscaling metrics
 - ``SERVEKIT_DECISIONS_*`` the decision-health report: gateway, window, thresholds
+- ``SERVEKIT_MONITORING_*`` drift reports: reference samples, windows, reports location
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydantic import BaseModel, Field
 from services.settings.autoscale import AutoscaleSettings
 from services.settings.convert import ConvertSettings
 from services.settings.decisions import DecisionSettings
+from services.settings.monitoring import MonitoringSettings, parse_duration
 from services.settings.rollout import RolloutSettings
 from services.settings.serving import (
     BatchPolicy,
@@ -46,12 +48,14 @@ __all__ = [
     "DecisionSettings",
     "FeatureSettings",
     "ModelLimits",
+    "MonitoringSettings",
     "MultiModelSettings",
     "RedisSettings",
     "RolloutSettings",
     "ServingSettings",
     "Settings",
     "get_settings",
+    "parse_duration",
 ]
 
 
@@ -68,6 +72,7 @@ class Settings(BaseModel):
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
     autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
     decisions: DecisionSettings = Field(default_factory=DecisionSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
 
 
 @functools.lru_cache(maxsize=1)

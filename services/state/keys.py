@@ -28,6 +28,8 @@ Layout::
     servekit:experiments:{model}                   experiments by first sight (sorted set)
     servekit:predictions:{model}                   served predictions (stream, capped)
     servekit:shadow:{model}                        shadow comparisons (stream, capped)
+    servekit:drift                                 latest drift result per version (hash:
+                                                   {model}:{version} -> small JSON)
 """
 
 from __future__ import annotations
@@ -179,3 +181,17 @@ def prediction_stream_key(model: str) -> bytes:
 def shadow_stream_key(model: str) -> bytes:
     """The capped stream of ``model``'s shadow comparisons (primary and candidate answers)."""
     return b":".join((NAMESPACE, b"shadow", escape(model)))
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def drift_results_key() -> bytes:
+    """The hash of the latest drift result of every reported version (field:
+    :func:`drift_field`, value: a small JSON the gateways export as metrics)."""
+    return NAMESPACE + b":drift"
+
+
+def drift_field(model: str, version: str) -> bytes:
+    """The field of one version's result in :func:`drift_results_key`."""
+    return escape(model) + b":" + escape(version)

@@ -184,3 +184,34 @@ def test_tensorrt_skip_is_recorded_with_its_reason(registry: ModelRegistry) -> N
     report = convert_flow("mlp-skip", native, registry, settings=FAST)
     assert report.tensorrt == {"built": False, "skipped": reason}
     assert registry.get("mlp-skip").parity["tensorrt"]["skipped"] == reason
+
+
+def test_a_tabular_conversion_registers_its_reference_sample(registry: ModelRegistry) -> None:
+    from monitoring.reference import ReferenceSample
+    from services.registry.schema import FieldSpec
+
+    native = sklearn_native()
+    native.schema = native.schema.model_copy(
+        update={
+            "kind": "tabular",
+            "fields": [FieldSpec(name=f"f{i}", dtype="float") for i in range(6)],
+        }
+    )
+    many = np.random.default_rng(5).normal(size=(300, 6)).astype(np.float32)
+    mv = convert_flow(
+        "gbt-ref", native, registry, settings=FAST, reference_feeds={"features": many},
+        reference_rows=250,
+    ).registered  # fmt: skip
+    assert mv is not None and mv.metrics["reference"]["rows"] == 250
+    raw = registry.load_reference(mv)
+    assert raw is not None
+    sample = ReferenceSample.from_bytes(raw)
+    assert sample.feature_names == tuple(f"f{i}" for i in range(6)) and sample.source == "convert"
+    np.testing.assert_array_equal(sample.features, many[:250])
+    served = OnnxRuntimeBackend(registry.load_artifact(mv), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        sample.outputs, served.run({"features": many[:250]})["probabilities"], atol=1e-6
+    )
+    # A raw tensor model is served over v2 infer, which is not logged: no sample.
+    plain = convert_flow("gbt-plain", sklearn_native(), registry, settings=FAST).registered
+    assert plain is not None and registry.load_reference(plain) is None

@@ -95,3 +95,10 @@ def test_prediction_and_shadow_stream_keys() -> None:
     assert keys.prediction_stream_key("m:1") == b"servekit:predictions:m%3A1"
     assert keys.shadow_stream_key("fraud") == b"servekit:shadow:fraud"
     assert keys.shadow_stream_key("m:1") == b"servekit:shadow:m%3A1"
+
+
+def test_drift_result_keys() -> None:
+    assert keys.drift_results_key() == b"servekit:drift"
+    assert keys.drift_field("fraud", "3") == b"fraud:3"
+    # A ':' inside a model name cannot pass for the version separator.
+    assert keys.drift_field("a:b", "c") == b"a%3Ab:c" != keys.drift_field("a", "b:c")
