@@ -12,8 +12,10 @@ what the fixture stands for. An unmarked block that fails names its README line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -83,13 +85,12 @@ def live(
     with log.open("wb") as out:
         materialize = subprocess.Popen(
             [sys.executable, "-m", "flows.materialize"], cwd=ROOT, env=env, stdout=out,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         server = ServerProcess({**env, "SERVEKIT_TEST_LOG": str(tmp / "gateway.log")})
     except BaseException:
-        materialize.kill()
-        materialize.wait()
+        _kill_session(materialize)
         raise
     try:
         code = materialize.wait(timeout=240)
@@ -97,12 +98,17 @@ def live(
         env["SERVEKIT_DECISIONS_URL"] = server.url  # the report's default gateway is :3000
         yield Live(server, env, tmp)
     finally:
-        if materialize.poll() is None:
-            materialize.kill()
-            materialize.wait()
+        _kill_session(materialize)
         server.stop()
         client.flushdb()
         client.close()
+
+
+def _kill_session(proc: subprocess.Popen[bytes]) -> None:
+    """Stop ``proc`` and what it started (the flow's temporary Prefect server)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def test_readme_markers_are_well_formed() -> None:
