@@ -39,6 +39,7 @@ from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry
 from services.request.predictor import LocalRunner, Predictor, Runner
+from services.rollout.attribution import AttributionWriter
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
@@ -175,6 +176,7 @@ def _routing(
         feedback_limit=rollout.feedback_buffer,
         log_sample=rollout.prediction_log_sample,
     )
+    predictor.attribution = AttributionWriter(feedback)
     store = RolloutStore(runtime.control_client, history_maxlen=rollout.history_maxlen)
     AdminRoutes(store, feedback, SETTINGS.serving.admin_token).register(app)
     metrics.add_collector(RouterCollector(router, log, follower))
@@ -190,6 +192,7 @@ def _routing(
 
     app.on_first_request.append(lambda: _spawn(start()))
     predictor.router = router
+    predictor.rollout_states = lambda: follower.states
     return follower
 
 
