@@ -4,10 +4,11 @@
     servekit models register fraud --file model.onnx [--schema-from 1] [--stage staging]
     servekit models train-demo fraud --seed 7
 
-Only ONNX files are registered (nothing is unpickled at serving time): export a
-scikit-learn model with skl2onnx first. A new version takes the input schema of an
-existing version of its model (fields, features, tensors, labels), and its graph must
-take and give that schema's tensors.
+An ONNX file is registered as it is; a scikit-learn pickle (.joblib, .pkl) goes through
+the conversion flow (ONNX export, parity against the native model) and only its ONNX
+graph is registered: nothing is unpickled at serving time. A new version takes the input
+schema of an existing version of its model (fields, features, tensors, labels), and its
+graph must take and give that schema's tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, cast
 
+import numpy as np
 import redis
 import typer
 from redis.exceptions import RedisError
@@ -22,6 +24,7 @@ from rich.table import Table
 
 from services.cli.common import Model, console, err_console, open_registry
 from services.errors import ServekitError
+from services.registry.schema import ModelSchema
 from services.registry.versions import ModelRegistry, ModelVersion, Stage, check_onnx_artifact
 from services.settings import get_settings
 from services.state import keys
@@ -110,7 +113,10 @@ def _schema_source(registry: ModelRegistry, model: str, version: str | None) -> 
 @models_app.command("register")
 def models_register(
     model: Model,
-    file: Annotated[Path, typer.Option("--file", "-f", help="The ONNX model file.")],
+    file: Annotated[
+        Path,
+        typer.Option("--file", "-f", help="An ONNX file, or a scikit-learn .joblib/.pkl."),
+    ],
     schema_from: Annotated[
         str | None,
         typer.Option(
@@ -120,16 +126,14 @@ def models_register(
     stage: StageOption = "staging",
     description: Annotated[str | None, typer.Option("--description")] = None,
 ) -> None:
-    """Register an ONNX file as a new version of MODEL, with an existing version's schema."""
+    """Register an ONNX file (or a converted scikit-learn pickle) as a new version of
+    MODEL, with the input schema of an existing version."""
     new_stage = _stage(stage)
-    if file.suffix.lower() in _NATIVE:
-        raise _fail(
-            f"{file} is a native (pickled) model: servekit registers ONNX only and never "
-            "unpickles; export it first (skl2onnx: convert_sklearn(model, initial_types="
-            "[('features', FloatTensorType([None, n]))], options={id(model): {'zipmap': False}}))"
-        )
     if not file.is_file():
         raise _fail(f"no such file: {file}")
+    if file.suffix.lower() in _NATIVE:
+        _register_native(model, file, schema_from, new_stage)
+        return
     registry = open_registry()
     source = _schema_source(registry, model, schema_from)
     artifact = file.read_bytes()
@@ -147,6 +151,59 @@ def models_register(
     except ServekitError as exc:
         raise _fail(f"{file} not registered: {exc.message}") from exc
     _registered(mv, source)
+
+
+def _register_native(model: str, file: Path, schema_from: str | None, stage: Stage) -> None:
+    """A scikit-learn pickle goes through the conversion flow (ONNX export, parity against
+    the native model, latency) and only its ONNX graph is registered."""
+    registry = open_registry()
+    source = _schema_source(registry, model, schema_from)
+    schema = source.model_schema
+    try:
+        import joblib
+
+        from flows.convert import SklearnModel, convert_flow
+    except ImportError as exc:
+        raise _fail(f"converting a native model needs the 'demo' extra: {exc}") from exc
+    # The user's own file, loaded here in the CLI to export it; the server never unpickles.
+    try:
+        estimator = joblib.load(file)
+    except Exception as exc:  # a broken or foreign pickle raises anything
+        raise _fail(f"{file} is not a loadable scikit-learn model: {exc}") from exc
+    native = SklearnModel(
+        estimator,
+        schema,
+        {schema.inputs[0].name: holdout_rows(schema)},
+        task="classifier" if schema.labels else "regressor",
+        description=f"converted from {file.name}",
+    )
+    try:
+        report = convert_flow(model, native, registry, stage=stage)
+    except (ServekitError, RuntimeError, ValueError) as exc:
+        message = exc.message if isinstance(exc, ServekitError) else str(exc)
+        raise _fail(f"{file} not registered: {message}") from exc
+    if report.registered is None:
+        raise _fail(f"{file} not registered: the conversion registered no version")
+    _registered(report.registered, source)
+
+
+def holdout_rows(schema: ModelSchema, n: int = 256, seed: int = 0) -> np.ndarray:
+    """Rows for the parity check, drawn within each field's range (categories as indexes);
+    parity compares the native model with its ONNX graph, so any in-range rows will do."""
+    rng = np.random.default_rng(seed)
+    width = int(schema.inputs[0].shape[-1])
+    if len(schema.fields) != width:
+        return rng.standard_normal((n, width)).astype(np.float32)
+    columns: list[np.ndarray] = []
+    for f in schema.fields:
+        if f.dtype == "category":
+            columns.append(rng.integers(0, len(f.categories or [0]), n).astype(np.float32))
+            continue
+        low = f.min if f.min is not None else 0.0
+        high = min(f.max if f.max is not None else low + 1000.0, low + 1000.0)
+        column = rng.uniform(low, high, n)
+        columns.append(np.round(column) if f.dtype == "int" else column)
+    return np.stack(columns, axis=1).astype(np.float32)
 
 
 def _registered(mv: ModelVersion, source: ModelVersion | None) -> None:

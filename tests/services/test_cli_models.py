@@ -85,7 +85,7 @@ def test_list_register_and_refusals(store: Path, tmp_path: Path) -> None:
     pickled = tmp_path / "model.joblib"
     pickled.write_bytes(b"\x80\x04")
     result = invoke("models", "register", "fraud", "--file", str(pickled))
-    assert result.exit_code == 1 and "ONNX only" in result.output
+    assert result.exit_code == 1 and "not a loadable scikit-learn model" in result.output
 
     result = invoke("models", "register", "fraud", "--file", str(tmp_path / "none.onnx"))
     assert result.exit_code == 1 and "no such file" in result.output
@@ -112,3 +112,27 @@ def test_train_demo_registers_a_retrained_staging_version(store: Path) -> None:
 
     result = invoke("models", "train-demo", "text-embed", "--seed", "1")
     assert result.exit_code == 2 and "no demo recipe" in result.output
+
+
+@pytest.mark.slow
+def test_a_scikit_learn_model_is_registered_through_the_conversion(
+    store: Path, tmp_path: Path
+) -> None:
+    import joblib
+    import numpy as np
+    from prefect.testing.utilities import prefect_test_harness
+    from sklearn.linear_model import LogisticRegression
+
+    from services.cli.models import holdout_rows
+
+    schema = ModelRegistry(LocalStore(store)).get("fraud", "1").model_schema
+    x = holdout_rows(schema, n=2000, seed=1)
+    y = (x[:, 0] > 500).astype(np.int64)  # large amounts are "fraud"
+    path = tmp_path / "model.joblib"
+    joblib.dump(LogisticRegression(max_iter=1000).fit(x, y), path)
+    with prefect_test_harness():
+        result = invoke("models", "register", "fraud", "--file", str(path))
+    assert result.exit_code == 0, result.output
+    assert "registered fraud version 2 (staging" in result.output
+    mv = ModelRegistry(LocalStore(store)).get("fraud", "2")
+    assert mv.format == "onnx" and mv.parity is not None
