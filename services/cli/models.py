@@ -26,6 +26,7 @@ from services.cli.common import Model, console, err_console, open_registry
 from services.errors import ServekitError
 from services.registry.schema import ModelSchema
 from services.registry.versions import ModelRegistry, ModelVersion, Stage, check_onnx_artifact
+from services.rollout.transitions import RolloutState, served_stage
 from services.settings import get_settings
 from services.state import keys
 
@@ -48,13 +49,11 @@ def _stage(stage: str) -> Stage:
     return cast(Stage, stage)
 
 
-def _served_versions() -> dict[str, str]:
-    """Each model's rollout primary (what the gateways serve), when a Redis is configured."""
+def _rollout_states() -> dict[str, RolloutState]:
+    """Every model's rollout state (what the gateways serve), when a Redis is configured."""
     url = get_settings().redis.url
     if url is None:
         return {}
-    from services.rollout.transitions import RolloutState
-
     try:
         client = redis.Redis.from_url(url, socket_timeout=2)
         names = [n.decode() for n in client.smembers(keys.rollout_models_key())]  # type: ignore[union-attr]
@@ -63,7 +62,7 @@ def _served_versions() -> dict[str, str]:
         err_console.print(f"[yellow]warning:[/] rollout state not readable ({exc})")
         return {}
     return {
-        n: RolloutState.model_validate_json(raw).primary  # type: ignore[arg-type]
+        n: RolloutState.model_validate_json(raw)  # type: ignore[arg-type]
         for n, raw in zip(names, raws, strict=True)
         if raw is not None
     }
@@ -75,18 +74,19 @@ def models_list() -> None:
     try:
         registry = open_registry()
         names = registry.list_models()
-        served = _served_versions()
+        states = _rollout_states()
         table = Table(title=f"models in {registry.store.url}")
         for column in ("model", "version", "stage", "served", "format", "created", "metrics"):
             table.add_column(column)
         for name in names:
-            default = registry.get(name).version
+            state = states.get(name)
+            served = state.primary if state is not None else registry.get(name).version
             for v in registry.list_versions(name):
                 table.add_row(
                     name,
                     v.version,
-                    v.stage,
-                    "yes" if v.version == served.get(name, default) else "",
+                    served_stage(v.version, v.stage, state),
+                    _serving(v.version, served, state),
                     v.format,
                     v.created.isoformat(timespec="seconds"),
                     ", ".join(f"{k}={m}" for k, m in v.metrics.items() if k != "trainer"),
@@ -97,6 +97,14 @@ def models_list() -> None:
         console.print(f"no models in {registry.store.url} (make models builds the demo)")
         return
     console.print(table)
+
+
+def _serving(version: str, served: str, state: RolloutState | None) -> str:
+    if version == served:
+        return "yes"
+    if state is not None and version == state.candidate and state.mode != "off":
+        return f"{state.mode} {state.percent:g} %" if state.mode != "shadow" else "shadow"
+    return ""
 
 
 def _schema_source(registry: ModelRegistry, model: str, version: str | None) -> ModelVersion:

@@ -22,7 +22,7 @@ from services.request.encoding import decode_predictions
 from services.request.tokenizer import TextEncoder
 from services.rollout.attribution import new_request_id
 from services.rollout.routing import RouteDecision
-from services.rollout.transitions import RolloutState
+from services.rollout.transitions import RolloutState, served_stage
 from services.runner.feeds import Feeds
 from services.settings import Settings
 
@@ -321,7 +321,7 @@ class Predictor:
                         {
                             "version": v.version,
                             "format": v.format,
-                            "stage": served_stage(v, state),
+                            "stage": served_stage(v.version, v.stage, state),
                             "registry_stage": v.stage,
                             "created": v.created.isoformat(),
                             "sha256": v.sha256,
@@ -334,17 +334,6 @@ class Predictor:
                 }
             )
         return {"models": out}
-
-
-def served_stage(mv: ModelVersion, state: RolloutState | None) -> str:
-    """The stage ``/models`` shows: the rollout state decides what serves, whoever changed it
-    (admin API, CLI or a flow), so its primary is production and a registry production
-    version it replaced reads archived; without a state, the registry's stage."""
-    if state is None:
-        return mv.stage
-    if mv.version == state.primary:
-        return "production"
-    return "archived" if mv.stage == "production" else mv.stage
 
 
 def _rollout_summary(state: RolloutState | None) -> dict[str, Any] | None:

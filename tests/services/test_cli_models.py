@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import pytest
+import redis.asyncio as aioredis
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from services.cli import app
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
+from services.rollout.state import RolloutStore
 from services.settings import get_settings
 
 runner = CliRunner()
@@ -102,37 +105,25 @@ def test_list_register_and_refusals(store: Path, tmp_path: Path) -> None:
     assert ModelRegistry(LocalStore(store)).list_versions("fraud")[-1].version == "2"
 
 
-def test_train_demo_registers_a_retrained_staging_version(store: Path) -> None:
-    result = invoke("models", "train-demo", "fraud", "--seed", "3")
-    assert result.exit_code == 0, result.output
-    assert "registered fraud version 2 (staging" in result.output
-    mv = ModelRegistry(LocalStore(store)).get("fraud", "2")
-    assert mv.metrics["seed"] == 3 and mv.stage == "staging"
-    assert mv.sha256 != ModelRegistry(LocalStore(store)).get("fraud", "1").sha256
+def test_list_shows_what_the_rollout_state_serves(store: Path, redis_url: str) -> None:
+    v1 = store / "fraud" / "1" / "model.onnx"
+    assert invoke("models", "register", "fraud", "--file", str(v1)).exit_code == 0
 
-    result = invoke("models", "train-demo", "text-embed", "--seed", "1")
-    assert result.exit_code == 2 and "no demo recipe" in result.output
+    async def promote() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            rollout = RolloutStore(client)
+            await rollout.set_primary("fraud", "1")
+            await rollout.start_canary("fraud", "2", 5)
+            await rollout.promote("fraud")
+        finally:
+            await client.aclose()
 
-
-@pytest.mark.slow
-def test_a_scikit_learn_model_is_registered_through_the_conversion(
-    store: Path, tmp_path: Path
-) -> None:
-    import joblib
-    import numpy as np
-    from prefect.testing.utilities import prefect_test_harness
-    from sklearn.linear_model import LogisticRegression
-
-    from services.cli.models import holdout_rows
-
-    schema = ModelRegistry(LocalStore(store)).get("fraud", "1").model_schema
-    x = holdout_rows(schema, n=2000, seed=1)
-    y = (x[:, 0] > 500).astype(np.int64)  # large amounts are "fraud"
-    path = tmp_path / "model.joblib"
-    joblib.dump(LogisticRegression(max_iter=1000).fit(x, y), path)
-    with prefect_test_harness():
-        result = invoke("models", "register", "fraud", "--file", str(path))
-    assert result.exit_code == 0, result.output
-    assert "registered fraud version 2 (staging" in result.output
-    mv = ModelRegistry(LocalStore(store)).get("fraud", "2")
-    assert mv.format == "onnx" and mv.parity is not None
+    asyncio.run(promote())
+    out = invoke("models", "list").output
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:5]]
+        for line in out.splitlines()
+        if line.startswith("│ fraud")
+    ]
+    assert rows == [["fraud", "1", "archived", ""], ["fraud", "2", "production", "yes"]]
