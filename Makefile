@@ -46,7 +46,7 @@ redis-stop:
 	@$(PY) -m services.state.redis_embedded stop
 
 # venv, install, demo models, embedded Redis (unless SERVEKIT_REDIS_URL is set), the
-# daily feature materialization (once, now), serve.
+# daily feature materialization (once, now, called directly: no Prefect server), serve.
 serve: models
 	@if [ -z "$$SERVEKIT_REDIS_URL" ]; then \
 	  export SERVEKIT_REDIS_URL=$$($(PY) -m services.state.redis_embedded start); \

@@ -8,6 +8,7 @@ takes, so ``flows.convert`` is the one place callers import the conversion from.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any, cast
 
@@ -52,12 +53,26 @@ def convert(model: str = TEXT_MODEL, stage: str = "staging") -> dict[str, Any]:
     return {"model": model, "version": mv.version if mv else None, "store": registry.store.url}
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.convert",
+        description="Convert a known native model to ONNX (and TensorRT where a GPU exists), "
+        "check parity and latency of each format, and register it in the configured store "
+        "(SERVEKIT_MODEL_STORE) unless it is there already. Register a model of your own with "
+        "`servekit models register`.",
+    )
+    parser.add_argument(
+        "model", choices=[TEXT_MODEL], help=f"the model to build: {TEXT_MODEL} (all-MiniLM-L6-v2)"
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.convert text-embed``: build text-embed into the configured store."""
-    args = sys.argv[1:] if argv is None else argv
-    if args != [TEXT_MODEL]:
-        Console(stderr=True).print(f"usage: python -m flows.convert {TEXT_MODEL}")
-        return 2
+    try:
+        _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, after argparse's message)
+        return int(exc.code or 0)
     settings = get_settings()
     registry = ModelRegistry(open_store(settings.serving))
     console = Console()

@@ -5,13 +5,16 @@ generator when no source is given), computes ``user_stats`` and ``merchant_risk`
 each as a new version that becomes current in one atomic swap, and publishes a markdown
 artifact. Scheduled daily at 02:00 by :func:`materialize_deployment`.
 
-Run once: ``python -m flows.materialize``; serve on its schedule:
-``python -m flows.materialize --serve``.
+Run once: ``python -m flows.materialize`` (directly, without a Prefect server; ``--flow``
+runs it as a Prefect flow run); serve on its schedule: ``python -m flows.materialize
+--serve``. ``--help`` lists the options.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.exceptions import MissingContextError
 
 from flows.recipes.batch_features import merchant_risk, user_stats
 from flows.recipes.synthetic import TransactionGenerator
@@ -33,12 +37,33 @@ if TYPE_CHECKING:
     import pandas as pd
     from prefect.deployments.runner import RunnerDeployment
 
+logger = logging.getLogger(__name__)
+
 SCHEDULE = "0 2 * * *"
 COLUMNS = ("user_id", "amount", "merchant_category", "timestamp", "is_fraud")
 
 
 class EmptySourceError(ServekitError):
     """The source held no transactions in the window: loading it would blank the views."""
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run's logger inside a Prefect run; the module's logger when called directly."""
+    try:
+        return get_run_logger()  # type: ignore[return-value]
+    except MissingContextError:
+        return logger
+
+
+def check_source(source: str | None) -> None:
+    """Raise FileNotFoundError or ValueError (naming the file) unless ``source`` is usable."""
+    if source is None:
+        return
+    path = Path(source)
+    if path.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"unsupported source {source!r}: expected .parquet or .csv")
+    if not path.is_file():
+        raise FileNotFoundError(f"source {source} does not exist (or is not a file)")
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -48,19 +73,15 @@ def read_transactions(
     """Transactions in ``[as_of - days, as_of)`` from a Parquet/CSV path or the generator."""
     import pandas as pd
 
-    logger = get_run_logger()
+    log = _log()
+    check_source(source)
     if source is None:
         frame = TransactionGenerator(seed=0).history(days=days, n=synthetic_rows, end=as_of)
-        logger.info("generated %d synthetic transactions", len(frame))
+        log.info("generated %d synthetic transactions", len(frame))
     else:
         path = Path(source)
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif path.suffix == ".csv":
-            frame = pd.read_csv(path)
-        else:
-            raise ValueError(f"unsupported source {source!r}: expected .parquet or .csv")
-        logger.info("read %d transactions from %s", len(frame), source)
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        log.info("read %d transactions from %s", len(frame), source)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"source lacks columns {missing}")
@@ -96,7 +117,7 @@ async def load_view(
         result = await store.load_batch_view(view, rows, materialized_at)
     finally:
         await client.aclose()
-    get_run_logger().info(
+    _log().info(
         "%s: version %s current, %d rows in %.2f s", view, result.version, result.rows,
         result.seconds,
     )  # fmt: skip
@@ -160,8 +181,77 @@ def materialize_deployment(name: str = "daily", **parameters: Any) -> RunnerDepl
     return cast("RunnerDeployment", deployment)
 
 
-if __name__ == "__main__":
-    if "--serve" in sys.argv[1:]:
+async def materialize_now(
+    source: str | None = None,
+    as_of: datetime | None = None,
+    days: int = 30,
+    redis_url: str | None = None,
+) -> dict[str, LoadResult]:
+    """The same computation and load as :func:`materialize`, called directly: no flow run,
+    so no Prefect server (nor a temporary one) and no artifact. ``make serve`` uses it."""
+    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
+    url = resolve_redis_url(redis_url)
+    transactions = read_transactions.fn(source, as_of, days)
+    results = [
+        await load_view.fn("user_stats", user_stats(transactions), as_of, url),
+        await load_view.fn("merchant_risk", merchant_risk(transactions), as_of, url),
+    ]
+    return {r.view: r for r in results}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.materialize",
+        description="Compute the batch feature views (user_stats, merchant_risk) from the last "
+        "DAYS of transactions and load them into Redis as new versions, swapped in atomically.",
+    )
+    parser.add_argument(
+        "--source",
+        help="a .parquet or .csv file of transactions (default: the synthetic demo data)",
+    )
+    parser.add_argument("--days", type=int, default=30, help="window length in days (default 30)")
+    parser.add_argument(
+        "--as-of",
+        type=datetime.fromisoformat,
+        help="end of the window, ISO 8601 (default: now, UTC)",
+    )
+    parser.add_argument(
+        "--redis-url", help="where to load (default: SERVEKIT_REDIS_URL, else the embedded Redis)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--flow",
+        action="store_true",
+        help="run as a Prefect flow run (tracked, with its artifact; needs a Prefect API "
+        "or starts a temporary server)",
+    )
+    mode.add_argument(
+        "--serve", action="store_true", help="serve the daily deployment (02:00 UTC) until stopped"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.materialize``: load the views once (or serve the schedule)."""
+    args = _parser().parse_args(argv)
+    if args.days < 1:
+        print("error: --days must be at least 1", file=sys.stderr)
+        return 2
+    if args.serve:
         materialize.serve(name="daily", cron=SCHEDULE)
-    else:
-        asyncio.run(materialize())
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = materialize if args.flow else materialize_now
+    try:
+        check_source(args.source)
+        results = asyncio.run(run(args.source, args.as_of, args.days, args.redis_url))
+    except (OSError, ValueError, ServekitError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for r in results.values():
+        print(f"{r.view}: {r.rows} rows, version {r.version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,10 +35,12 @@ from services.edge.admin import AdminRoutes
 from services.edge.bentoml_client import client_routes, publish_routes
 from services.edge.docs import ApiDocs
 from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
+from services.errors import ServekitError
 from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry
 from services.request.predictor import LocalRunner, Predictor, Runner
+from services.rollout.attribution import AttributionWriter
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
@@ -177,11 +179,9 @@ def _routing(
         feedback_limit=rollout.feedback_buffer,
         log_sample=rollout.prediction_log_sample,
     )
-    AdminRoutes(
-        RolloutStore(runtime.control_client, history_maxlen=rollout.history_maxlen),
-        feedback,
-        SETTINGS.serving.admin_token,
-    ).register(app)
+    predictor.attribution = AttributionWriter(feedback)
+    store = RolloutStore(runtime.control_client, history_maxlen=rollout.history_maxlen)
+    AdminRoutes(store, feedback, SETTINGS.serving.admin_token).register(app)
     metrics.add_collector(RouterCollector(router, log, follower))
 
     async def start() -> None:
@@ -189,11 +189,24 @@ def _routing(
             await follower.start()
         except (RedisError, OSError) as exc:  # Redis down at start: route to primaries
             logger.warning("rollout follower not started (%s); serving primaries", exc)
+        else:
+            await _init_rollout_states(store, predictor)
         await router.start()
 
     app.on_first_request.append(lambda: _spawn(start()))
     predictor.router = router
+    predictor.rollout_states = lambda: follower.states
     return follower
+
+
+async def _init_rollout_states(store: RolloutStore, predictor: Predictor) -> None:
+    """Give every served (pinned) model a rollout state: its served version as primary,
+    mode off. An existing state is kept, whichever replica wrote it."""
+    for mv in predictor.catalog.pinned():
+        try:
+            await store.ensure(mv.name, mv.version, actor="gateway")
+        except (RedisError, OSError, ServekitError) as exc:  # fail open: primaries serve
+            logger.warning("rollout state of %s not initialised: %s", mv.name, exc)
 
 
 def _docs(runtime: RedisRuntime, predictor: Predictor, follower: RolloutFollower | None) -> None:

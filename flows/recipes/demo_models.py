@@ -26,7 +26,7 @@ from flows.recipes.synthetic import CHANNELS, MERCHANT_CATEGORIES, TransactionGe
 from monitoring.reference import ReferenceSample, reference_from_artifact, summarize
 from services.registry.schema import FieldSpec, ModelSchema, TensorSpec
 from services.registry.stores import open_store
-from services.registry.versions import ModelRegistry, ModelVersion
+from services.registry.versions import ModelRegistry, ModelVersion, Stage, check_onnx_artifact
 from services.request.encoding import RecordEncoder
 from services.settings import get_settings
 
@@ -189,6 +189,23 @@ def ensure_demo_models(
         logger.info("built demo model fraud v%s (ROC AUC %.3f)", mv.version, metrics["roc_auc"])
         built.append(mv)
     return built
+
+
+def retrain_fraud(registry: ModelRegistry, seed: int, stage: Stage = "staging") -> ModelVersion:
+    """Retrain the fraud model with another seed (same synthetic world, other samples and
+    trees) and register it as a new version of ``fraud``, checked against its schema."""
+    data, metrics = train_fraud(seed=seed)
+    check_onnx_artifact(data, FRAUD_SCHEMA)
+    mv = registry.register(
+        "fraud",
+        data,
+        schema=FRAUD_SCHEMA,
+        stage=stage,
+        metrics={**metrics, "seed": seed},
+        description=f"Demo fraud classifier retrained with seed {seed}.",
+    )
+    logger.info("retrained fraud v%s, seed %d (ROC AUC %.3f)", mv.version, seed, metrics["roc_auc"])
+    return mv
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from redis.exceptions import RedisError
 from rich.console import Console
 
 from services.errors import ServekitError
+from services.registry.stores import open_store
+from services.registry.versions import ModelRegistry
 from services.settings import get_settings
 
 T = TypeVar("T")
@@ -62,3 +64,8 @@ def run_redis(work: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
     except RedisError as exc:
         err_console.print(f"[red]error:[/] Redis failed: {exc}")
         raise typer.Exit(1) from exc
+
+
+def open_registry() -> ModelRegistry:
+    """The model registry the gateway serves from (``SERVEKIT_MODEL_STORE``)."""
+    return ModelRegistry(open_store(get_settings().serving))

@@ -10,7 +10,18 @@ import redis.asyncio as aioredis
 import typer
 from rich.table import Table
 
-from services.cli.common import Actor, Candidate, Model, Reason, console, default_actor, run_redis
+from services.cli.common import (
+    Actor,
+    Candidate,
+    Model,
+    Reason,
+    console,
+    default_actor,
+    err_console,
+    open_registry,
+    run_redis,
+)
+from services.errors import ModelNotFoundError, ServekitError
 from services.rollout.state import RolloutEvent, RolloutStore
 from services.rollout.transitions import RolloutState
 from services.settings import get_settings
@@ -82,15 +93,38 @@ def rollout_status(
 ) -> None:
     """Show a model's rollout state and its latest changes."""
 
-    async def run(client: aioredis.Redis) -> tuple[RolloutState, list[RolloutEvent]]:
+    async def run(client: aioredis.Redis) -> tuple[RolloutState | None, list[RolloutEvent]]:
         store = RolloutStore(client)
-        state = await store.get(model)
+        state = await store.find(model)
+        if state is None:
+            return None, []
         return state, (await store.history(model, history) if history else [])
 
     state, events = run_redis(run)
+    if state is None:
+        _print_no_state(model)
+        return
     _print_state(state)
     if events:
         _print_history(model, events)
+
+
+def _print_no_state(model: str) -> None:
+    """No rollout state yet: the mode is off; say which version serves and how to start."""
+    try:
+        served: str | None = open_registry().get(model).version
+    except ModelNotFoundError:
+        err_console.print(f"[red]error:[/] no model {model!r} in the registry and no rollout state")
+        raise typer.Exit(1) from None
+    except ServekitError as exc:
+        served = None
+        err_console.print(f"[yellow]warning:[/] registry not readable: {exc.message}")
+    console.print(
+        f"{model}: mode off, no rollout state yet; the gateway serves "
+        f"{'version ' + served if served else 'its production version'} and creates the state "
+        f"(primary = that version) when it starts. To set it now: "
+        f"servekit rollout set-primary {model} {served or 'VERSION'}"
+    )
 
 
 @rollout_app.command("history")

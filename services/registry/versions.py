@@ -69,6 +69,68 @@ class ModelVersion(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+_ORT_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(int8)": "INT8",
+    "tensor(uint8)": "UINT8",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+
+
+def check_onnx_artifact(artifact: bytes, schema: ModelSchema) -> None:
+    """Refuse an ONNX artifact whose graph does not take and give ``schema``'s tensors.
+
+    Every input must match by name, datatype and rank, and each axis fixed on both sides
+    must have the same size (-1, dynamic, matches any); every output the schema names
+    must exist.
+
+    Raises:
+        InvalidInputError: not a loadable ONNX graph, or a mismatch, named in the message.
+    """
+    import onnxruntime as ort  # the serving backend: always installed
+
+    try:
+        session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for a bad graph
+        raise InvalidInputError(f"not a loadable ONNX model: {exc}", field="file") from exc
+    graph = {i.name: i for i in session.get_inputs()}
+    wanted = {t.name: t for t in schema.inputs}
+    if set(graph) != set(wanted):
+        raise InvalidInputError(
+            f"the ONNX graph takes inputs {sorted(graph)}; the schema needs {sorted(wanted)}",
+            field="file",
+        )
+    for name, spec in wanted.items():
+        given = graph[name]
+        dims = [d if isinstance(d, int) else -1 for d in given.shape]
+        datatype = _ORT_TYPES.get(given.type, given.type)
+        if (
+            datatype != spec.datatype
+            or len(dims) != len(spec.shape)
+            or any(
+                -1 not in (have, want) and have != want
+                for have, want in zip(dims, spec.shape, strict=True)
+            )
+        ):
+            raise InvalidInputError(
+                f"input {name!r} of the ONNX graph is {datatype} {dims}; the schema's is "
+                f"{spec.datatype} {spec.shape} (-1: any)",
+                field="file",
+            )
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [t.name for t in schema.outputs if t.name not in outputs]
+    if missing:
+        raise InvalidInputError(
+            f"the ONNX graph lacks outputs {missing} of the schema (it gives {sorted(outputs)})",
+            field="file",
+        )
+
+
 def validate_model_name(name: str) -> str:
     """Model names: lower-case letters, digits, '-', '_', '.'; at most 64 characters."""
     if not name or len(name) > 64 or not set(name) <= _NAME_OK or name[0] in "-_.":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,11 +20,16 @@ from services.registry.versions import ModelVersion
 from services.request.assembly import VectorAssembler
 from services.request.encoding import decode_predictions
 from services.request.tokenizer import TextEncoder
+from services.rollout.attribution import new_request_id
 from services.rollout.routing import RouteDecision
+from services.rollout.transitions import RolloutState, served_stage
 from services.runner.feeds import Feeds
 from services.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from services.rollout.attribution import AttributionWriter
     from services.rollout.routing import TrafficRouter
     from services.state.cache import PredictionCache
     from services.state.features import FeatureStore
@@ -62,6 +66,8 @@ class Predictor:
         cache: the Redis prediction cache (``None``: off).
         features: the feature store (``None``: feature fields take their defaults).
         router: rollout routing, shadowing and prediction logging (``None``: off).
+        attribution: keeps every answered request for its outcome (``None``: only what
+            the router keeps).
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class Predictor:
         cache: PredictionCache | None = None,
         features: FeatureStore | None = None,
         router: TrafficRouter | None = None,
+        attribution: AttributionWriter | None = None,
     ) -> None:
         self.catalog = catalog
         self.runner = runner
@@ -84,6 +91,9 @@ class Predictor:
         self.cache = cache
         self.features = features
         self.router = router
+        self.attribution = attribution
+        self.rollout_states: Callable[[], Mapping[str, RolloutState]] | None = None
+        """Every model's rollout state (the follower's copy): what ``/models`` calls served."""
         self.ready = False
 
     async def resolve(self, model: Any, version: Any = None) -> ModelVersion:
@@ -124,6 +134,12 @@ class Predictor:
             decision = RouteDecision(explicit, "primary", "user" if user_id else "request")
         mv = await self.resolve(model, decision.version)
         encoder = self._encoder(mv)
+        # Written while the features are read and the model runs; awaited before answering
+        # so that an immediate POST /feedback finds it.
+        written = None
+        if self.attribution is not None:
+            record = (request_id, mv.name, decision.variant, mv.version, decision.experiment_id)
+            written = self.attribution.submit(record)
         try:
             if isinstance(encoder, TextEncoder):
                 answer = await self._predict_text(mv, encoder, inputs)
@@ -132,12 +148,19 @@ class Predictor:
         except ServekitError:
             if self.router is not None:
                 ms = (time.perf_counter() - t0) * 1000
-                self.router.record(decision, mv, request_id, ms, True, None, None)
+                attributed = written is not None
+                self.router.record(
+                    decision, mv, request_id, ms, True, None, None, attributed=attributed
+                )
             raise
         elapsed = time.perf_counter() - t0
         self.metrics.observe_request(mv.name, mv.version, "predict", elapsed, len(inputs))
         if self.router is not None:
-            self._record_and_shadow(decision, mv, request_id, elapsed * 1000, answer, len(inputs))
+            self._record_and_shadow(
+                decision, mv, request_id, elapsed * 1000, answer, len(inputs), written is not None
+            )
+        if written is not None and self.attribution is not None:
+            await self.attribution.wait(written)
         return {
             "model": mv.name,
             "version": mv.version,
@@ -175,7 +198,7 @@ class Predictor:
                 raise InvalidInputError(
                     f"'{key}' must be a string of 1 to 200 characters", field=key
                 )
-        return inputs, body.get("request_id") or uuid.uuid4().hex, body.get("user_id")
+        return inputs, body.get("request_id") or new_request_id(), body.get("user_id")
 
     def _record_and_shadow(
         self,
@@ -185,11 +208,19 @@ class Predictor:
         elapsed_ms: float,
         answer: _Answer,
         rows: int,
+        attributed: bool,
     ) -> None:
         """Count and log the answer for its variant; send the input to a shadow candidate."""
         assert self.router is not None
         self.router.record(
-            decision, mv, request_id, elapsed_ms, False, answer.inputs, answer.predictions
+            decision,
+            mv,
+            request_id,
+            elapsed_ms,
+            False,
+            answer.inputs,
+            answer.predictions,
+            attributed=attributed,
         )
         if decision.shadow_version:
             self.router.shadow(
@@ -274,19 +305,24 @@ class Predictor:
         names = await asyncio.to_thread(registry.list_models)
         loaded = self.runner.describe()
         served = {mv.name: mv.version for mv in self.catalog.pinned()}
+        states = self.rollout_states() if self.rollout_states is not None else {}
         out = []
         for name in names:
             versions = await asyncio.to_thread(registry.list_versions, name)
+            state = states.get(name)
             out.append(
                 {
                     "name": name,
-                    "served_version": served.get(name)
-                    or (versions[-1].version if versions else None),
+                    "served_version": state.primary
+                    if state is not None
+                    else served.get(name) or (versions[-1].version if versions else None),
+                    "rollout": _rollout_summary(state),
                     "versions": [
                         {
                             "version": v.version,
                             "format": v.format,
-                            "stage": v.stage,
+                            "stage": served_stage(v.version, v.stage, state),
+                            "registry_stage": v.stage,
                             "created": v.created.isoformat(),
                             "sha256": v.sha256,
                             "metrics": v.metrics,
@@ -298,6 +334,12 @@ class Predictor:
                 }
             )
         return {"models": out}
+
+
+def _rollout_summary(state: RolloutState | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {"mode": state.mode, "candidate": state.candidate, "percent": state.percent}
 
 
 class LocalRunner:

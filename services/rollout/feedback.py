@@ -21,11 +21,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
+from services.rollout.attribution import issued_at
 from services.rollout.statistics import (
     BASELINE,
     VARIANTS,
@@ -47,6 +49,14 @@ logger = logging.getLogger(__name__)
 
 # (request_id, model, variant, version, experiment_id, latency_ms, error)
 PredictionRecordIn = tuple[str, str, str, str, "str | None", float, bool]
+# (request_id, model, variant, version, experiment_id)
+AttributionIn = tuple[str, str, str, str, "str | None"]
+
+
+class AttributionExpiredError(NotFoundError):
+    """The prediction was answered longer ago than the attribution TTL: too late."""
+
+    error_code = HTTPStatus.GONE
 
 
 # Counts an outcome once: unknown request -> 0, already counted -> -1, else 1.
@@ -135,6 +145,36 @@ class FeedbackStore:
         _check_record(item)
         await self._write([item])
 
+    async def attribute(self, items: Sequence[AttributionIn]) -> None:
+        """Keep answered requests for their outcome (one pipelined round trip, no counting)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id, model, variant, version, experiment_id in items:
+                self._attribution(pipe, request_id, model, variant, version, experiment_id)
+            await pipe.execute()
+
+    def _attribution(
+        self,
+        pipe: Any,
+        request_id: str,
+        model: str,
+        variant: str,
+        version: str,
+        experiment_id: str | None,
+    ) -> None:
+        experiment = experiment_id or BASELINE
+        key = feedback_key(request_id)
+        pipe.hset(
+            key,
+            mapping={
+                "model": model,
+                "experiment": experiment,
+                "variant": variant,
+                "version": version,
+                "counters": experiment_counters_key(model, experiment, variant),
+            },
+        )
+        pipe.expire(key, self._ttl)
+
     async def _write(self, items: Sequence[PredictionRecordIn]) -> None:
         """Write validated records: attributions, then one set of increments per variant."""
         tallies: dict[bytes, _Tally] = {}
@@ -143,18 +183,7 @@ class FeedbackStore:
                 experiment = experiment_id or BASELINE
                 counters = experiment_counters_key(model, experiment, variant)
                 if request_id:
-                    key = feedback_key(request_id)
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "model": model,
-                            "experiment": experiment,
-                            "variant": variant,
-                            "version": version,
-                            "counters": counters,
-                        },
-                    )
-                    pipe.expire(key, self._ttl)
+                    self._attribution(pipe, request_id, model, variant, version, experiment_id)
                 tally = tallies.get(counters)
                 if tally is None:
                     tally = tallies[counters] = _Tally(model, experiment, variant)
@@ -179,7 +208,8 @@ class FeedbackStore:
         """Attribute ``outcome`` (> 0 is a conversion) to the prediction's variant, once.
 
         Raises:
-            NotFoundError: no prediction with this id (or it is older than the TTL).
+            AttributionExpiredError: a gateway-issued id older than the TTL (410).
+            NotFoundError: no prediction answered with this id within the TTL (404).
             ConflictError: this prediction's outcome was recorded already.
         """
         _check_request_id(request_id)
@@ -188,9 +218,7 @@ class FeedbackStore:
             raise InvalidInputError("outcome must be a finite number", field="outcome")
         result = await self._outcome(keys=[feedback_key(request_id)], args=[repr(value)])
         if result[0] == 0:
-            raise NotFoundError(
-                f"no prediction with request_id {request_id!r}", request_id=request_id
-            )
+            raise self._missing(request_id)
         if result[0] == -1:
             raise ConflictError(
                 f"an outcome for request_id {request_id!r} was recorded already",
@@ -198,6 +226,21 @@ class FeedbackStore:
             )
         model, experiment, variant, version = (_text(v) for v in result[1:5])
         return Attribution(request_id, model, experiment, variant, version)
+
+    def _missing(self, request_id: str) -> NotFoundError:
+        """Expired (a time-ordered id older than the TTL) or unknown: say which."""
+        issued = issued_at(request_id)
+        if issued is not None and self._clock() - issued > self._ttl:
+            return AttributionExpiredError(
+                f"attribution of request_id {request_id!r} expired: predictions wait "
+                f"{self._ttl} s for their outcome (SERVEKIT_ROLLOUT_FEEDBACK_TTL_S)",
+                request_id=request_id,
+            )
+        return NotFoundError(
+            f"unknown request_id {request_id!r}: no prediction was answered with it "
+            f"within the attribution TTL ({self._ttl} s)",
+            request_id=request_id,
+        )
 
     async def experiments(self, model: str) -> list[str]:
         """Experiment ids of ``model``, newest first."""

@@ -256,6 +256,8 @@ class TrafficRouter:
         error: bool,
         inputs: Any,
         output: Any,
+        *,
+        attributed: bool = False,
     ) -> None:
         """Log one served request and count it for its variant; never waits, never raises.
 
@@ -267,6 +269,7 @@ class TrafficRouter:
             error: whether serving failed.
             inputs: the feature rows (array or nested lists), or None.
             output: the answer, JSON-encodable (numpy arrays included), or None.
+            attributed: its attribution record was written already (``AttributionWriter``).
         """
         # Counted here, after the model resolved, so client-made names cannot add series.
         key = (mv.name, decision.unit)
@@ -281,7 +284,7 @@ class TrafficRouter:
             return
         self._feedback_buffer.append(
             (
-                request_id if sampled else "",
+                request_id if sampled and not attributed else "",
                 mv.name,
                 decision.variant,
                 mv.version,

@@ -207,6 +207,31 @@ class RolloutStore:
         change = transitions.set_primary(model, version)
         return await self.update(model, change, action="set_primary", reason=reason, actor=actor)
 
+    async def ensure(
+        self, model: str, primary: str, actor: str = "servekit"
+    ) -> tuple[RolloutState, bool]:
+        """Create ``model``'s state (mode off, ``primary``) unless it has one; never overwrites.
+
+        Safe when several replicas start at once: the write only lands at revision 0's
+        successor, so the first writer wins and every other one reads its state.
+
+        Returns:
+            The model's state and whether this call created it.
+        """
+        check_model_name(model)
+        change = transitions.set_primary(model, primary)
+        for _ in range(self._max_attempts):
+            current, revision = await self._read(model)
+            if current is not None:
+                return current, False
+            now = self._clock()
+            new = validated(change(None, now), model=model, updated_at=now, revision=revision + 1)
+            reason = "served model without rollout state"
+            if await self._write(new, revision, now, "init", reason, actor):
+                logger.info("rollout %s: initialised (%s)", model, _brief(new))
+                return new, True
+        raise ConflictError(f"rollout state of {model!r} kept changing; try again", model=model)
+
     async def start_shadow(
         self, model: str, candidate: str, reason: str = "", actor: str = "servekit"
     ) -> RolloutState:

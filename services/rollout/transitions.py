@@ -122,6 +122,20 @@ def existing(state: RolloutState | None, model: str) -> RolloutState:
     return state
 
 
+def served_stage(version: str, registry_stage: str, state: RolloutState | None) -> str:
+    """The stage a version shows (``GET /models``, ``servekit models list``).
+
+    The rollout state decides what serves, whoever changed it (admin API, CLI or a
+    flow), so its primary reads production and a registry production version it replaced
+    reads archived; without a state, the registry's stage.
+    """
+    if state is None:
+        return registry_stage
+    if version == state.primary:
+        return "production"
+    return "archived" if registry_stage == "production" else registry_stage
+
+
 def _new_salt() -> str:
     return secrets.token_hex(8)
 

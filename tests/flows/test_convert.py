@@ -23,7 +23,14 @@ def test_deployable_convert_flow_refuses_unknown_stages() -> None:
 
 def test_command_line_names_the_model_it_builds(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["nope"]) == 2
-    assert "usage: python -m flows.convert text-embed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "usage: python -m flows.convert" in err and "text-embed" in err
+
+
+def test_command_line_help_explains_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "ONNX" in out and "text-embed" in out and "SERVEKIT_MODEL_STORE" in out
 
 
 def test_the_conversion_is_importable_from_flows_convert() -> None:

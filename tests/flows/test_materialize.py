@@ -101,3 +101,44 @@ def test_deployment_runs_daily_at_two() -> None:
     deployment = materialize_deployment()
     assert deployment.name == "daily"
     assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+
+
+def test_command_line_help_and_missing_source(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.materialize import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--source", "--days", "--as-of", "--redis-url", "--flow", "--serve"):
+        assert option in out
+    assert main(["--source", "/nonexistent.parquet"]) == 1
+    assert "/nonexistent.parquet" in capsys.readouterr().err
+
+
+def test_command_line_loads_directly_without_a_flow_run(
+    tmp_path: Path,
+    redis_url: str,
+    aredis: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flows.materialize
+    from flows.materialize import main
+
+    def no_flow_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the command line must not start a flow run (nor a Prefect server)")
+
+    monkeypatch.setattr(flows.materialize, "materialize", no_flow_run)
+
+    path = tmp_path / "txns.parquet"
+    transactions().to_parquet(path)
+    argv = ["--source", str(path), "--as-of", AS_OF.isoformat(), "--redis-url", redis_url]
+    assert main(argv) == 0
+    assert "user_stats: 3 rows" in capsys.readouterr().out
+
+
+def test_make_serve_materializes_through_the_direct_command_line() -> None:
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    serve = makefile.split("\nserve:", 1)[1].split("\n\n", 1)[0]
+    assert "-m flows.materialize " in serve and "--flow" not in serve

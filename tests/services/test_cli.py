@@ -77,9 +77,12 @@ def test_rollout_lifecycle(configured: str) -> None:
         assert text in result.output
 
 
-def test_rollback_and_errors(configured: str) -> None:
-    assert invoke("rollout", "status", "fraud").exit_code == 1
-    assert "no rollout state" in invoke("rollout", "status", "fraud").output
+def test_rollback_and_errors(configured: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVEKIT_MODEL_STORE", str(tmp_path / "empty"))
+    get_settings.cache_clear()
+    result = invoke("rollout", "status", "fraud")  # unknown model, no state
+    assert result.exit_code == 1
+    assert "no rollout state" in result.output and "no model 'fraud'" in result.output
 
     assert invoke("rollout", "set-primary", "fraud", "v1").exit_code == 0
     result = invoke("rollout", "canary", "fraud", "v2", "--percent", "150")
@@ -138,5 +141,29 @@ async def _run_ab(url: str) -> str:
                 if i < converted:
                     await feedback.record_outcome(rid, 1)
         return state.experiment_id
+    finally:
+        await client.aclose()
+
+
+def test_status_without_state_says_off_with_the_served_version(
+    configured: str, fraud_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVEKIT_MODEL_STORE", str(fraud_store))
+    get_settings.cache_clear()
+    result = invoke("rollout", "status", "fraud")
+    assert result.exit_code == 0, result.output
+    assert "mode off" in result.output and "version 1" in result.output
+    assert "set-primary fraud 1" in result.output
+
+    asyncio.run(_ensure(configured, "fraud", "1"))
+    result = invoke("rollout", "status", "fraud")
+    assert result.exit_code == 0, result.output
+    assert "off" in result.output and "init" in result.output
+
+
+async def _ensure(url: str, model: str, version: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        await RolloutStore(client).ensure(model, version)
     finally:
         await client.aclose()

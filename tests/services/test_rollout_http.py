@@ -83,6 +83,21 @@ def wait_for_mode(server: ServerProcess, user: str, version: str, timeout: float
     raise AssertionError(f"gateway did not follow the rollout within {timeout}s")
 
 
+def test_the_gateway_gives_its_served_model_a_rollout_state(
+    rollout_gateway: ServerProcess,
+) -> None:
+    # The fixture removed any state before the gateway started; starting created it.
+    deadline = time.monotonic() + 5
+    states: dict[str, object] = {}
+    while "fraud" not in states and time.monotonic() < deadline:
+        states = httpx.get(f"{rollout_gateway.url}/admin/rollouts", headers=AUTH).json()
+        time.sleep(0.05)
+    state = states["fraud"]
+    assert state["mode"] == "off" and state["primary"] == "1"  # type: ignore[index]
+    history = admin(rollout_gateway, action="status")["history"]
+    assert history[-1]["action"] == "init"  # type: ignore[index]
+
+
 def test_canary_is_sticky_per_user_and_splits(rollout_gateway: ServerProcess) -> None:
     url = rollout_gateway.url
     admin(rollout_gateway, action="set-primary", version="1")
@@ -196,3 +211,41 @@ def test_no_request_fails_during_promote_and_rollback(rollout_gateway: ServerPro
     statuses = asyncio.run(scenario())
     assert len(statuses) > 100
     assert set(statuses) == {200}
+
+
+def test_feedback_right_after_predict_outside_a_rollout(rollout_gateway: ServerProcess) -> None:
+    admin(rollout_gateway, action="set-primary", version="1")  # mode off: 10 % logged
+    url = rollout_gateway.url
+    statuses = []
+    with httpx.Client() as client:
+        for i in range(20):
+            body = client.post(
+                f"{url}/predict", json={"model": "fraud", "inputs": [GOOD], "user_id": f"i{i}"}
+            ).json()
+            resp = client.post(
+                f"{url}/feedback", json={"request_id": body["request_id"], "outcome": i % 2}
+            )
+            statuses.append(resp.status_code)
+            assert resp.status_code != 201 or resp.json()["version"] == body["version"]
+    assert statuses == [201] * 20
+    unknown = httpx.post(f"{url}/feedback", json={"request_id": "never-seen", "outcome": 1})
+    assert unknown.status_code == 404 and "unknown request_id" in unknown.json()["error"]
+
+
+def test_models_shows_what_predict_answers_after_a_promotion(
+    rollout_gateway: ServerProcess,
+) -> None:
+    admin(rollout_gateway, action="set-primary", version="1")
+    admin(rollout_gateway, action="canary", candidate="2", percent=5)
+    admin(rollout_gateway, action="promote", reason="gates passed")
+    wait_for_mode(rollout_gateway, "anyone", "2")
+    answered = httpx.post(
+        f"{rollout_gateway.url}/predict", json={"model": "fraud", "inputs": [GOOD]}
+    ).json()
+    (fraud,) = [m for m in httpx.get(f"{rollout_gateway.url}/models").json()["models"]
+                if m["name"] == "fraud"]  # fmt: skip
+    assert answered["version"] == fraud["served_version"] == "2"
+    stages = {v["version"]: v["stage"] for v in fraud["versions"]}
+    assert stages == {"1": "archived", "2": "production"}
+    assert fraud["rollout"] == {"mode": "off", "candidate": None, "percent": 0.0}
+    admin(rollout_gateway, action="set-primary", version="1", reason="test over")

@@ -282,3 +282,28 @@ async def test_notice_channel_is_per_database(redis_url: str) -> None:
     finally:
         await db0.aclose()
         await db5.aclose()
+
+
+async def test_ensure_creates_once_and_never_overwrites(
+    redis_url: str, aredis: aioredis.Redis
+) -> None:
+    # Several replicas start at once: one creates the state, the others read it.
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(5)]
+    try:
+        results = await asyncio.gather(
+            *(RolloutStore(c).ensure("fraud", str(i + 1)) for i, c in enumerate(clients))
+        )
+    finally:
+        for c in clients:
+            await c.aclose()
+    assert sum(created for _, created in results) == 1
+    primaries = {state.primary for state, _ in results}
+    assert len(primaries) == 1
+    store = RolloutStore(aredis)
+    state = await store.get("fraud")
+    assert state.mode == "off" and state.primary in primaries and state.revision == 1
+    assert (await store.history("fraud"))[0].action == "init"
+
+    await store.start_shadow("fraud", "9")
+    again, created = await store.ensure("fraud", "1")
+    assert not created and again.mode == "shadow" and again.candidate == "9"

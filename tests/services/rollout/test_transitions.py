@@ -103,3 +103,13 @@ def test_validated_and_model_names() -> None:
         with pytest.raises(InvalidInputError) as info:
             check_model_name(bad)
         assert info.value.field == "model"
+
+
+def test_served_stage_follows_the_rollout_state() -> None:
+    from services.rollout.transitions import served_stage
+
+    state = RolloutState(model="m", primary="2", candidate="3", mode="shadow")
+    assert served_stage("2", "staging", state) == "production"
+    assert served_stage("1", "production", state) == "archived"
+    assert served_stage("3", "staging", state) == "staging"
+    assert served_stage("1", "production", None) == "production"
