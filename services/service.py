@@ -83,7 +83,12 @@ def build_colocated(
 ) -> tuple[Predictor, ModelPool]:
     """The colocated gateway's objects: registry, pool (preloaded), predictor."""
     registry = ModelRegistry(open_store(settings.serving))
-    catalog = ModelCatalog(registry, ttl_s=settings.serving.catalog_ttl_s)
+    catalog = ModelCatalog(
+        registry,
+        ttl_s=settings.serving.catalog_ttl_s,
+        negative_ttl_s=settings.serving.catalog_negative_ttl_s,
+        max_entries=settings.serving.catalog_max_entries,
+    )
     pool = ModelPool(registry, settings, catalog=catalog, on_batch=metrics.observe_batch)
     pool.preload(settings.serving.models)
     metrics.add_collector(PoolCollector(pool))
@@ -95,7 +100,12 @@ def build_split(
 ) -> Predictor:
     """The split gateway's predictor: models run in ``ModelRunner`` (``proxy``)."""
     registry = ModelRegistry(open_store(settings.serving))
-    catalog = ModelCatalog(registry, ttl_s=settings.serving.catalog_ttl_s)
+    catalog = ModelCatalog(
+        registry,
+        ttl_s=settings.serving.catalog_ttl_s,
+        negative_ttl_s=settings.serving.catalog_negative_ttl_s,
+        max_entries=settings.serving.catalog_max_entries,
+    )
     for name in settings.serving.models:
         catalog.pin(registry.get(name))
     return _predictor(settings, catalog, RemoteRunner(proxy), runtime, metrics)

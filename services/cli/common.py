@@ -12,9 +12,9 @@ import typer
 from redis.exceptions import RedisError
 from rich.console import Console
 
-from services.errors import ServekitError
+from services.errors import InvalidInputError, ServekitError
 from services.registry.stores import open_store
-from services.registry.versions import ModelRegistry
+from services.registry.versions import ModelRegistry, validate_version
 from services.settings import get_settings
 
 T = TypeVar("T")
@@ -22,8 +22,20 @@ T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
 
+
+def check_version(value: str | None) -> str | None:
+    """A typer callback: a version argument must be a valid version (never a path)."""
+    if value is None:
+        return None
+    try:
+        return validate_version(value)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(exc.message) from exc
+
+
 Model = Annotated[str, typer.Argument(help="The model's name.")]
-Candidate = Annotated[str, typer.Argument(help="The candidate version.")]
+Candidate = Annotated[str, typer.Argument(help="The candidate version.", callback=check_version)]
+Version = Annotated[str, typer.Argument(help="The version to serve.", callback=check_version)]
 Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the history).")]
 
 

@@ -23,7 +23,7 @@ from rich.table import Table
 from monitoring.drift import DriftReport, DriftResult, build_report, load_reference
 from monitoring.drift_store import write_report
 from monitoring.traffic import WindowTraffic, read_window, window_bounds
-from services.cli.common import Model, console, err_console, run_redis
+from services.cli.common import Model, check_version, console, err_console, run_redis
 from services.cli.report_decisions import decisions
 from services.errors import ServekitError
 from services.registry.stores import open_store
@@ -89,7 +89,10 @@ def drift(
     version: Annotated[
         str | None,
         typer.Option(
-            "--version", "-v", help="Default: the version that served most rows in the window."
+            "--version",
+            "-v",
+            help="Default: the version that served most rows in the window.",
+            callback=check_version,
         ),
     ] = None,
     window: Annotated[

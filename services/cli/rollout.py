@@ -15,6 +15,7 @@ from services.cli.common import (
     Candidate,
     Model,
     Reason,
+    Version,
     console,
     default_actor,
     err_console,
@@ -138,7 +139,7 @@ def rollout_history(
 @rollout_app.command("set-primary")
 def rollout_set_primary(
     model: Model,
-    version: Annotated[str, typer.Argument(help="The version to serve.")],
+    version: Version,
     reason: Reason = "",
     actor: Actor = None,
 ) -> None:

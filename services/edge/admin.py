@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.edge.http import HTTPResponse, json_response, parse_json
 from services.errors import InvalidInputError, NotFoundError, UnauthorizedError
+from services.registry.versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
     from services.edge.http import GatewayApp
@@ -49,6 +50,13 @@ def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None
     if not isinstance(value, str) or not value:
         raise InvalidInputError(f"'{key}' must be a non-empty string", field=key)
     return value
+
+
+def _version(body: dict[str, Any], key: str) -> str:
+    """A version field, validated like the registry's versions (never a path)."""
+    value = _str(body, key)
+    assert value is not None
+    return validate_version(value, field=key)
 
 
 def _percent(body: dict[str, Any], default: float | None = None) -> float:
@@ -88,29 +96,28 @@ class AdminRoutes:
         doc = parse_json(body)
         if not isinstance(doc, dict):
             raise InvalidInputError("the request must be a JSON object", field="body")
-        model = _str(doc, "model")
+        model = validate_model_name(_str(doc, "model") or "")
         action = doc.get("action")
         if action not in ACTIONS:
             raise InvalidInputError(f"'action' must be one of {', '.join(ACTIONS)}", field="action")
         reason = _str(doc, "reason", required=False) or ""
         actor = "admin-api"
-        assert model is not None
         s = self.store
         if action == "status":
             state = await s.get(model)
         elif action == "set-primary":
-            state = await s.set_primary(model, _str(doc, "version") or "", reason, actor)
+            state = await s.set_primary(model, _version(doc, "version"), reason, actor)
         elif action == "shadow":
-            state = await s.start_shadow(model, _str(doc, "candidate") or "", reason, actor)
+            state = await s.start_shadow(model, _version(doc, "candidate"), reason, actor)
         elif action == "canary":
             state = await s.start_canary(
-                model, _str(doc, "candidate") or "", _percent(doc, 5.0), reason, actor
+                model, _version(doc, "candidate"), _percent(doc, 5.0), reason, actor
             )
         elif action == "percent":
             state = await s.set_percent(model, _percent(doc), reason, actor)
         elif action == "ab":
             state = await s.start_ab(
-                model, _str(doc, "candidate") or "", _percent(doc, 50.0), reason, actor
+                model, _version(doc, "candidate"), _percent(doc, 50.0), reason, actor
             )
         elif action == "promote":
             state = await s.promote(model, reason, actor)

@@ -141,6 +141,32 @@ def validate_model_name(name: str) -> str:
     return name
 
 
+_VERSION_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+MAX_VERSION_LENGTH = 64
+
+
+def validate_version(version: str, *, field: str = "version") -> str:
+    """Versions: letters, digits, '-', '_', '.'; at most 64 characters, not starting with '.'.
+
+    A version is a path segment of the artifact store: nothing that could name another
+    folder (a '/', '..', a NUL byte, control characters) reaches it.
+    """
+    if (
+        not isinstance(version, str)
+        or not version
+        or len(version) > MAX_VERSION_LENGTH
+        or not set(version) <= _VERSION_OK
+        or version[0] in "-_."
+    ):
+        shown = version[:80] if isinstance(version, str) else version
+        raise InvalidInputError(
+            f"invalid version {shown!r}: use at most {MAX_VERSION_LENGTH} letters, digits, "
+            "'-', '_' or '.'",
+            field=field,
+        )
+    return version
+
+
 class ModelRegistry:
     """Registers, lists and loads model versions in an ``ArtifactStore``.
 

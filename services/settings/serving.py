@@ -88,6 +88,18 @@ class ServingSettings(BaseSettings):
     s3_connect_timeout_s: float = Field(2.0, gt=0, description="S3 connect timeout.")
     s3_read_timeout_s: float = Field(10.0, gt=0, description="S3 read timeout.")
     s3_max_attempts: int = Field(2, ge=1, le=10, description="S3 attempts per call (retries + 1).")
+    catalog_max_entries: int = Field(
+        4096,
+        ge=16,
+        description="Most (model, version) resolutions the gateway caches; least recently "
+        "used go first.",
+    )
+    catalog_negative_ttl_s: float = Field(
+        1.0,
+        gt=0,
+        description="How long an unknown model version is remembered before the store is "
+        "read again.",
+    )
 
 
 class ModelLimits(BaseModel):

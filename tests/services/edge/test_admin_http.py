@@ -95,3 +95,22 @@ def test_feedback_validation(admin_gateway: ServerProcess) -> None:
     assert r.status_code == 422 and r.json()["field"] == "outcome"
     r = httpx.post(url, json={"outcome": 1})
     assert r.status_code == 422 and r.json()["field"] == "request_id"
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({"model": "fraud", "action": "set-primary", "version": "../1"}, "version"),
+        ({"model": "fraud", "action": "set-primary", "version": "1\x00"}, "version"),
+        ({"model": "fraud", "action": "shadow", "candidate": "a/b"}, "candidate"),
+        ({"model": "fraud", "action": "canary", "candidate": "\n2"}, "candidate"),
+        ({"model": "fraud", "action": "ab", "candidate": "2" * 65}, "candidate"),
+        ({"model": "../fraud", "action": "status"}, "model"),
+    ],
+)
+def test_admin_refuses_malformed_versions_and_models(
+    admin_gateway: ServerProcess, doc: dict[str, str], field: str
+) -> None:
+    resp = httpx.post(f"{admin_gateway.url}/admin/rollout", json=doc, headers=auth())
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["field"] == field
