@@ -145,8 +145,10 @@ class Predictor:
                 answer = await self._predict_text(mv, encoder, inputs)
             else:
                 answer = await self._predict_tabular(mv, encoder, inputs, user_id)
-        except ServekitError:
-            if self.router is not None:
+        except Exception as exc:
+            # Only the server's failures count against the variant: a client's bad records
+            # (4xx) must not be able to roll back a good candidate.
+            if self.router is not None and server_fault(exc):
                 ms = (time.perf_counter() - t0) * 1000
                 attributed = written is not None
                 self.router.record(
@@ -334,6 +336,13 @@ class Predictor:
                 }
             )
         return {"models": out}
+
+
+def server_fault(exc: BaseException) -> bool:
+    """Whether a failed request is the server's fault (5xx, a runner error, a timeout)."""
+    if isinstance(exc, ServekitError):
+        return exc.error_code >= 500
+    return True
 
 
 def _rollout_summary(state: RolloutState | None) -> dict[str, Any] | None:

@@ -249,3 +249,60 @@ def test_models_shows_what_predict_answers_after_a_promotion(
     assert stages == {"1": "archived", "2": "production"}
     assert fraud["rollout"] == {"mode": "off", "candidate": None, "percent": 0.0}
     admin(rollout_gateway, action="set-primary", version="1", reason="test over")
+
+
+def test_client_mistakes_during_a_canary_do_not_count_against_the_candidate(
+    rollout_gateway: ServerProcess, serving_redis_url: str
+) -> None:
+    from flows.gates import Thresholds, canary_check
+    from services.rollout.assignment import bucket
+    from services.rollout.feedback import FeedbackStore
+    from services.settings import RolloutSettings
+
+    admin(rollout_gateway, action="set-primary", version="1")
+    state = admin(rollout_gateway, action="canary", candidate="2", percent=50)["state"]
+    salt, experiment = state["salt"], state["experiment_id"]  # type: ignore[index]
+    users = [f"bad{i}" for i in range(2000) if bucket(salt, f"bad{i}") < 5000][:20]
+    wait_for_mode(rollout_gateway, users[0], "2")
+    url = f"{rollout_gateway.url}/predict"
+    bad_records = [
+        {**GOOD, "hour": 99},
+        {**GOOD, "channel": "fax"},
+        {k: v for k, v in GOOD.items() if k != "amount"},
+        {**GOOD, "amount": "lots"},
+    ]
+    with httpx.Client() as client:
+        for i in range(200):  # a burst of client mistakes from users on the candidate
+            user = users[i % len(users)]
+            resp = client.post(
+                url, json={"model": "fraud", "inputs": [bad_records[i % 4]], "user_id": user}
+            )
+            assert resp.status_code == 422, resp.text
+        for i in range(40):
+            body = client.post(
+                url, json={"model": "fraud", "inputs": [GOOD], "user_id": users[i % len(users)]}
+            ).json()
+            assert body["variant"] == "candidate"
+
+    async def stats() -> dict[str, object]:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(serving_redis_url)
+        try:
+            return await FeedbackStore(client).variant_stats("fraud", experiment)  # type: ignore[arg-type]
+        finally:
+            await client.aclose()
+
+    deadline = time.monotonic() + 5
+    while True:  # counters are flushed in the background: wait for the good ones
+        table = asyncio.run(stats())
+        cand = table.get("candidate")
+        if (cand is not None and cand.predictions >= 40) or time.monotonic() > deadline:  # type: ignore[attr-defined]
+            break
+        time.sleep(0.05)
+    assert cand is not None
+    assert cand.predictions >= 40 and cand.errors == 0  # type: ignore[attr-defined]
+    thresholds = Thresholds.from_settings(RolloutSettings(), min_predictions=40)
+    check = canary_check(table, thresholds, percent=50, step_predictions=40)  # type: ignore[arg-type]
+    assert check.failures == []
+    admin(rollout_gateway, action="rollback", reason="client-mistakes test over")
