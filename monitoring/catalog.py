@@ -106,6 +106,9 @@ _GATEWAY = (
     _family("servekit_batch_seconds", "histogram", _MV, "Backend time of each batch.", _METRICS),
     _family("servekit_errors_total", "counter", ("route", "status", "error"),
             "Requests answered with an error, by route, status and error class.", _METRICS),
+    _family("servekit_admin_auth_failures_total", "counter", ("reason",),
+            "Admin requests refused for a missing or wrong token (invalid) or because their "
+            "address failed too often (rate_limited).", _METRICS),
 )  # fmt: skip
 
 _FEATURE_STORE = (

@@ -62,6 +62,15 @@ class ServingMetrics:
             ["route", "status", "error"],
             registry=self.registry,
         )
+        self.admin_auth_failures = Counter(
+            "servekit_admin_auth_failures",
+            "Admin requests refused for a missing or wrong token (invalid) or because their "
+            "address failed too often (rate_limited).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("invalid", "rate_limited"):  # exported at 0 from the start
+            self.admin_auth_failures.labels(reason)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def observe_request(
@@ -93,6 +102,10 @@ class ServingMetrics:
     def observe_error(self, route: str, status: int, error: str) -> None:
         """One request answered with an error."""
         self.errors.labels(route, str(status), error).inc()
+
+    def observe_admin_auth_failure(self, reason: str) -> None:
+        """One admin request refused by authentication ("invalid" or "rate_limited")."""
+        self.admin_auth_failures.labels(reason).inc()
 
     def add_collector(self, collector: Collector) -> None:
         """Register a scrape-time collector (queue depth, pool state, ...)."""

@@ -32,6 +32,7 @@ from monitoring.gpu import GpuSampler
 from monitoring.metrics import ServingMetrics
 from services.edge import bentoml_fixes
 from services.edge.admin import AdminRoutes
+from services.edge.admin_auth import AdminAuth
 from services.edge.bentoml_client import client_routes, publish_routes
 from services.edge.docs import ApiDocs
 from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
@@ -191,7 +192,13 @@ def _routing(
     )
     predictor.attribution = AttributionWriter(feedback)
     store = RolloutStore(runtime.control_client, history_maxlen=rollout.history_maxlen)
-    AdminRoutes(store, feedback, SETTINGS.serving.admin_token).register(app)
+    auth = AdminAuth(
+        SETTINGS.serving.admin_token,
+        max_failures=SETTINGS.serving.admin_auth_max_failures,
+        window_s=SETTINGS.serving.admin_auth_window_s,
+        on_failure=metrics.observe_admin_auth_failure,
+    )
+    AdminRoutes(store, feedback, auth).register(app)
     metrics.add_collector(RouterCollector(router, log, follower))
 
     async def start() -> None:

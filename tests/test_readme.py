@@ -33,7 +33,7 @@ from tests.readme.run import expectations, run_block
 
 README = ROOT / "README.md"
 PARSED = parse(README)
-ADMIN_TOKEN = "readme-test-token"
+ADMIN_TOKEN = "readme-test-token-0123456789abcdef"
 BLOCK_TIMEOUT_S = 180.0
 MARK_IT = (
     "If it needs what this test cannot have (a GPU, a cluster, its own environment, a long "

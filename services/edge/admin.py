@@ -1,8 +1,9 @@
 """Admin routes (rollout control) and the public feedback route.
 
 Admin routes need ``Authorization: Bearer <SERVEKIT_ADMIN_TOKEN>``, compared in constant
-time; with no token configured they are off (404), so an unconfigured gateway exposes no
-control surface. Routes:
+time, with failures rate-limited per client address (``services.edge.admin_auth``); with no
+token configured they are off (404), so an unconfigured gateway exposes no control surface.
+Routes:
 
 - ``GET  /admin/rollouts``                      every model's rollout state
 - ``POST /admin/rollout``  ``{"model", "action", "candidate"?, "percent"?, "version"?,
@@ -15,32 +16,19 @@ control surface. Routes:
 from __future__ import annotations
 
 import dataclasses
-import hmac
 from typing import TYPE_CHECKING, Any
 
 from services.edge.http import HTTPResponse, json_response, parse_json
-from services.errors import InvalidInputError, NotFoundError, UnauthorizedError
+from services.errors import InvalidInputError
 from services.registry.versions import validate_model_name, validate_version
 
 if TYPE_CHECKING:
+    from services.edge.admin_auth import AdminAuth
     from services.edge.http import GatewayApp
     from services.rollout.feedback import FeedbackStore
     from services.rollout.state import RolloutStore
 
 ACTIONS = ("status", "set-primary", "shadow", "canary", "percent", "ab", "promote", "rollback")
-
-
-def check_token(scope: dict[str, Any], token: str | None) -> None:
-    """Refuse the request unless it carries the admin bearer token."""
-    if token is None:
-        raise NotFoundError("admin routes are off: set SERVEKIT_ADMIN_TOKEN to enable them")
-    given = b""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            given = value
-    scheme, _, credential = given.partition(b" ")
-    if scheme.lower() != b"bearer" or not hmac.compare_digest(credential.strip(), token.encode()):
-        raise UnauthorizedError("a valid 'Authorization: Bearer <admin token>' header is required")
 
 
 def _str(body: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -72,13 +60,13 @@ class AdminRoutes:
     Args:
         store: rollout state in Redis.
         feedback: outcome attribution in Redis.
-        token: the admin bearer token (``None``: admin routes off).
+        auth: checks the admin bearer token, rate-limiting failures per client address.
     """
 
-    def __init__(self, store: RolloutStore, feedback: FeedbackStore, token: str | None) -> None:
+    def __init__(self, store: RolloutStore, feedback: FeedbackStore, auth: AdminAuth) -> None:
         self.store = store
         self.feedback = feedback
-        self.token = token
+        self.auth = auth
 
     def register(self, app: GatewayApp) -> None:
         """Add the routes to ``app``."""
@@ -87,12 +75,12 @@ class AdminRoutes:
         app.add_route("POST", "/feedback", self.record_feedback)
 
     async def rollouts(self, body: bytes, scope: dict[str, Any]) -> HTTPResponse:
-        check_token(scope, self.token)
+        self.auth.check(scope)
         states = await self.store.all()
         return json_response({m: s.model_dump(mode="json") for m, s in states.items()})
 
     async def rollout(self, body: bytes, scope: dict[str, Any]) -> HTTPResponse:
-        check_token(scope, self.token)
+        self.auth.check(scope)
         doc = parse_json(body)
         if not isinstance(doc, dict):
             raise InvalidInputError("the request must be a JSON object", field="body")

@@ -61,8 +61,9 @@ def error_response(exc: ServekitError) -> HTTPResponse:
         body = {"error": "internal error; see the server log", "type": "InternalError"}
         return json_response(body, status)
     resp = json_response(exc.to_dict(), status)
-    if isinstance(exc, UnavailableError):
-        resp.headers = [*_JSON, (b"retry-after", str(max(1, round(exc.retry_after))).encode())]
+    retry_after = getattr(exc, "retry_after", None)  # 503s and 429s say when to come back
+    if isinstance(retry_after, int | float):
+        resp.headers = [*_JSON, (b"retry-after", str(max(1, round(retry_after))).encode())]
     return resp
 
 

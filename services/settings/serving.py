@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_ADMIN_TOKEN_LENGTH = 32
 
 
 class BatchPolicy(BaseModel):
@@ -52,7 +54,10 @@ class BatchSettings(BaseSettings):
 class ServingSettings(BaseSettings):
     """The gateway and the model runner."""
 
-    model_config = SettingsConfigDict(env_prefix="SERVEKIT_", extra="ignore")
+    # Errors never echo values: the admin token is a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="SERVEKIT_", extra="ignore", hide_input_in_errors=True
+    )
 
     shape: Literal["colocated", "split"] = Field(
         "colocated",
@@ -79,7 +84,9 @@ class ServingSettings(BaseSettings):
         '["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"].',
     )
     admin_token: str | None = Field(
-        None, description="Bearer token of the admin routes; unset: off."
+        None,
+        description=f"Bearer token of the admin routes, at least {MIN_ADMIN_TOKEN_LENGTH} "
+        "characters; unset: off.",
     )
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes of the gateway.")
     catalog_ttl_s: float = Field(
@@ -100,6 +107,27 @@ class ServingSettings(BaseSettings):
         description="How long an unknown model version is remembered before the store is "
         "read again.",
     )
+    admin_auth_max_failures: int = Field(
+        10,
+        ge=1,
+        description="Failed admin authentications one client address may make per "
+        "admin_auth_window_s before it gets 429 with Retry-After.",
+    )
+    admin_auth_window_s: float = Field(
+        60.0, gt=0, description="Window over which admin_auth_max_failures refills."
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_admin_token(cls, value: str | None) -> str | None:
+        # A short token can be guessed over the network; refuse to start with one.
+        if value is not None and len(value) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"SERVEKIT_ADMIN_TOKEN is {len(value)} characters; it must be at least "
+                f"{MIN_ADMIN_TOKEN_LENGTH} (e.g. `openssl rand -hex 16`), or unset to turn "
+                "the admin routes off"
+            )
+        return value
 
 
 class ModelLimits(BaseModel):

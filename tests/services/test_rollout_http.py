@@ -20,7 +20,7 @@ from tests.conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "rollout-token"
+TOKEN = "rollout-token-0123456789abcdef-admin"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-0123456789abcdef-admin"
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 
 
