@@ -21,10 +21,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from redis.exceptions import RedisError
 
 from services.errors import ServekitError
@@ -42,6 +43,19 @@ logger = logging.getLogger(__name__)
 
 Resolve = Callable[[str, str], Awaitable["ModelVersion"]]
 """Resolves (model, version) to a registered ModelVersion (``ModelCatalog.resolve``)."""
+
+
+def comparable_outputs(mv: ModelVersion, outputs: Any) -> Any:
+    """What a shadow pair logs of one side's outputs, the same for primary and candidate.
+
+    A classifier logs ``{"label": argmax index, "probabilities": rows}`` (the label the
+    gateway answers with); other models log their outputs as they are.
+    """
+    name, schema = mv.model_schema.probability_output, mv.model_schema
+    if not (name and schema.labels) or not isinstance(outputs, Mapping) or name not in outputs:
+        return outputs
+    probs = np.asarray(outputs[name], dtype=np.float32)
+    return {"label": probs.argmax(axis=1), "probabilities": probs}
 
 
 class InferRunner(Protocol):
@@ -228,9 +242,10 @@ class TrafficRouter:
             feeds: the input tensors the primary ran on (not modified afterwards).
             rows: rows in ``feeds``.
             request_id: the request's id.
-            primary_outputs: the primary's output tensors as ``runner.infer`` returned them
-                (the shadow gate compares them with the candidate's, tensor by tensor).
-            primary_latency_ms: the primary's inference time.
+            primary_outputs: the primary's outputs as ``comparable_outputs`` gives them
+                (the candidate's are logged the same way, so the gate compares like with like).
+            primary_latency_ms: the primary's time in the runner (NaN: answered from the
+                cache), compared with the candidate's time in the runner.
 
         Returns:
             True when queued, False when the queue was full (counted in
@@ -372,6 +387,7 @@ class TrafficRouter:
                 t0 = time.perf_counter()
                 outputs = await self._runner.infer(mv, job.feeds, job.rows)
                 latency_ms = (time.perf_counter() - t0) * 1000.0
+            outputs = _like(job.primary_outputs, comparable_outputs(mv, outputs))
             self.shadow_completed += 1
         except TimeoutError:
             self.shadow_timeouts += 1
@@ -394,3 +410,10 @@ class TrafficRouter:
                 ts=self._clock(),
             )
         )
+
+
+def _like(primary: Any, candidate: Any) -> Any:
+    """The candidate's outputs restricted to the tensors the primary logged."""
+    if isinstance(primary, Mapping) and isinstance(candidate, Mapping):
+        return {k: candidate[k] for k in primary if k in candidate}
+    return candidate
