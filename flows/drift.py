@@ -19,6 +19,10 @@ import numpy as np
 PROBABILITY_BINS = 10
 """Equal-width bins of each class probability in [0, 1]."""
 
+MIN_DRIFT_ROWS = 100
+"""Fewest predictions a side before drift is judged: with fewer, the PSI of the
+probability histograms is mostly sampling noise (about (bins - 1) / rows)."""
+
 
 @dataclass(frozen=True, slots=True)
 class PredictionDrift:

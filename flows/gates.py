@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.drift import PredictionDrift
+from flows.drift import MIN_DRIFT_ROWS, PredictionDrift
 from flows.shadow_comparison import ShadowComparison
 from services.errors import ServekitError
 from services.rollout.statistics import SequentialResult, VariantStats, msprt_two_proportions
@@ -162,7 +162,8 @@ def shadow_gate(
     slow = latency_failure(c.primary_latency.p99_ms, c.candidate_latency.p99_ms, t)
     if slow is not None:
         failures.append(slow)
-    drifted = drift_failure(c.drift, t)
+    enough = min(c.drift.primary_rows, c.drift.candidate_rows) >= MIN_DRIFT_ROWS
+    drifted = drift_failure(c.drift, t) if enough else None
     if drifted is not None:
         failures.append(drifted)
     return ShadowGateResult(model, candidate, comparison, thresholds, failures)
@@ -273,10 +274,10 @@ def canary_check(
             f"business metric: candidate significantly worse (mSPRT p={sequential.p_value:.3g}"
             f" <= {t.alpha:g}; diff {sequential.diff:+.4f})"
         )
-    # Drift is judged once both variants have min_predictions rows: a PSI over a handful
-    # of predictions is noise.
+    # Drift is judged once both variants have enough rows: a PSI over a handful of
+    # predictions is noise.
     judged = drift is not None and min(drift.primary_rows, drift.candidate_rows) >= max(
-        t.min_predictions, 1
+        t.min_predictions, MIN_DRIFT_ROWS
     )
     drifted = drift_failure(drift, t) if judged and drift is not None else None
     if drifted is not None:

@@ -18,6 +18,7 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from flows.artifacts import artifact_key
 from flows.parameters import version_text
+from flows.rollout_progress import finish_progress
 from services.rollout.state import RolloutStore
 from services.state.redis_embedded import resolve_redis_url
 
@@ -61,6 +62,7 @@ async def roll_back_after(
         key=artifact_key("rollout", model),
         description=f"Rollout of {model} version {candidate}: {state_name.lower()}",
     )
+    await finish_progress(model, candidate, f"{state_name.upper()}, rolled back")
     return action
 
 

@@ -32,6 +32,7 @@ from flows.gates import RolloutGateError, ShadowGateError, ShadowGateResult
 from flows.hooks import ROLLBACK_HOOKS
 from flows.parameters import Version, version_text
 from flows.rollout_profile import Profile, profile_values
+from flows.rollout_progress import finish_progress
 from flows.rollout_tasks import promote_rollout
 from flows.shadow import shadow_validation
 from services.state.redis_embedded import resolve_redis_url
@@ -112,6 +113,7 @@ async def publish_rollout_artifact(report: RolloutReport, skip_canary_if_identic
         key=artifact_key("rollout", report.model),
         description=f"Rollout of {report.model} version {report.candidate}",
     )
+    await finish_progress(report.model, report.candidate, verdict)
 
 
 @flow(name="rollout", **ROLLBACK_HOOKS)

@@ -73,3 +73,18 @@ async def report_progress(progress: Progress) -> None:
         key=artifact_key("rollout-progress", progress.model),
         description=f"Progress of the rollout of {progress.model} v{progress.candidate}",
     )
+
+
+async def finish_progress(model: str, candidate: str, outcome: str) -> None:
+    """Close the progress artifact with the rollout's outcome (the report has the rest)."""
+    await acreate_markdown_artifact(
+        "\n".join(
+            [
+                f"# Rollout of {model} version {candidate}: {outcome}",
+                "",
+                f"Finished. The report is the {artifact_key('rollout', model)} artifact.",
+            ]
+        ),
+        key=artifact_key("rollout-progress", model),
+        description=f"Progress of the rollout of {model} v{candidate}",
+    )

@@ -82,7 +82,11 @@ async def test_a_run_stopped_mid_shadow_rolls_back(rig_factory: Any, redis_url: 
         if (await rig.store.get(MODEL)).mode == "shadow":
             break
     assert (await rig.store.get(MODEL)).mode == "shadow"
-    run.cancel()
+    # A cancel that lands in Prefect's own bookkeeping can be absorbed there: repeat it
+    # until the run is over (the next one lands in the window's wait).
+    while not run.done():
+        run.cancel()
+        await asyncio.sleep(0.2)
     with pytest.raises(asyncio.CancelledError):
         await run
     state = await rig.store.get(MODEL)

@@ -62,8 +62,15 @@ async def test_the_demo_profile_sets_the_gates_and_explicit_values_win(
     shadow = await _artifact("shadow-fraud")
     assert ">= 50 (overridden)" in shadow  # the demo's min_pairs is not the setting
     assert "Profile: demo" in await _artifact("rollout-fraud")
-    progress = await _artifact("rollout-progress-fraud")  # published at every look
-    assert "| stage | shadow |" in progress and "gate needs 50" in progress
+    async with get_client() as client:  # published at every look, closed at the end
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rollout-progress-fraud"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=100,
+        )
+    texts = [str(a.data) for a in found]
+    assert "PROMOTED" in texts[0] and "Finished" in texts[0]
+    assert any("| stage | shadow |" in t and "gate needs 50" in t for t in texts[1:])
 
 
 def test_profiles() -> None:
