@@ -49,11 +49,13 @@ async def send_traffic(
     seed: int = 11,
     stop: asyncio.Event | None = None,
     concurrency: int = 8,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> TrafficTally:
     """Send ``rate`` calls a second for ``duration_s`` (or until ``stop`` is set).
 
     Calls are started on a fixed schedule and run concurrently (at most ``concurrency``),
-    so a slow answer does not slow the rate down.
+    so a slow answer does not slow the rate down. ``transport``: an httpx transport to
+    send through instead of the network.
     """
     if rate <= 0 or duration_s <= 0:
         raise ValueError("rate and duration_s must be > 0")
@@ -62,7 +64,7 @@ async def send_traffic(
     records: Iterator[dict[str, Any]] = iter(())
     slots = asyncio.Semaphore(concurrency)
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport) as client:
 
         async def one(record: dict[str, Any]) -> None:
             async with slots:
