@@ -21,9 +21,13 @@ def _variant_row(name: str, v: VariantStats | None) -> str:
 
 
 def drift_cell(check: CanaryCheck) -> str:
-    """The step's drift PSI for a table cell ("-" when not measured)."""
+    """The step's drift PSI for a table cell ("-" until both variants have enough rows)."""
     d = check.drift
-    return "-" if d is None or math.isnan(d.psi) else f"{d.psi:.3f}"
+    if d is None or math.isnan(d.psi):
+        return "-"
+    if not d.judged:
+        return f"- ({min(d.primary_rows, d.candidate_rows)} rows)"
+    return f"{d.psi:.3f}"
 
 
 def _step_row(number: int, check: CanaryCheck, action: str) -> str:

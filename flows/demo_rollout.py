@@ -206,7 +206,7 @@ def run_rollout(model: str, candidate: str, timeout_s: int) -> tuple[str, str]:
     done = _prefect(*command, check=False)
     text = done.stdout + done.stderr
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", text)
-    final = [line.strip() for line in text.splitlines() if "finished in state" in line.lower()]
+    final = [line.strip() for line in text.splitlines() if line.startswith("Flow run ")]
     return (match.group(1) if match else ""), (final[-1] if final else text.strip()[-300:])
 
 

@@ -40,6 +40,11 @@ class PredictionDrift:
     candidate_rows: int
 
     @property
+    def judged(self) -> bool:
+        """Both sides have ``MIN_DRIFT_ROWS`` predictions: the index means something."""
+        return min(self.primary_rows, self.candidate_rows) >= MIN_DRIFT_ROWS
+
+    @property
     def psi(self) -> float:
         """The larger of the two indices (NaN when neither could be computed)."""
         known = [v for v in (self.label_psi, self.probability_psi) if not math.isnan(v)]

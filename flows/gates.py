@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.drift import MIN_DRIFT_ROWS, PredictionDrift
+from flows.drift import PredictionDrift
 from flows.shadow_comparison import ShadowComparison
 from services.errors import ServekitError
 from services.rollout.statistics import SequentialResult, VariantStats, msprt_two_proportions
@@ -162,8 +162,7 @@ def shadow_gate(
     slow = latency_failure(c.primary_latency.p99_ms, c.candidate_latency.p99_ms, t)
     if slow is not None:
         failures.append(slow)
-    enough = min(c.drift.primary_rows, c.drift.candidate_rows) >= MIN_DRIFT_ROWS
-    drifted = drift_failure(c.drift, t) if enough else None
+    drifted = drift_failure(c.drift, t) if c.drift.judged else None
     if drifted is not None:
         failures.append(drifted)
     return ShadowGateResult(model, candidate, comparison, thresholds, failures)
@@ -276,8 +275,10 @@ def canary_check(
         )
     # Drift is judged once both variants have enough rows: a PSI over a handful of
     # predictions is noise.
-    judged = drift is not None and min(drift.primary_rows, drift.candidate_rows) >= max(
-        t.min_predictions, MIN_DRIFT_ROWS
+    judged = (
+        drift is not None
+        and drift.judged
+        and min(drift.primary_rows, drift.candidate_rows) >= t.min_predictions
     )
     drifted = drift_failure(drift, t) if judged and drift is not None else None
     if drifted is not None:

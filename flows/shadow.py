@@ -54,7 +54,8 @@ def _gate_rows(result: ShadowGateResult) -> list[str]:
         f"| {t.shown('min_agreement', f'>= {t.min_agreement:.2%}')} |",
         f"| probability mean abs. difference | | {_num(c.probability_divergence)} | | |",
         f"| prediction drift PSI (labels / probabilities) | | {_num(d.label_psi)} / "
-        f"{_num(d.probability_psi)} | | {t.shown('max_drift_psi', f'<= {t.max_drift_psi:g}')} |",
+        f"{_num(d.probability_psi)}{'' if d.judged else ' (too few rows to judge)'} | "
+        f"| {t.shown('max_drift_psi', f'<= {t.max_drift_psi:g}')} |",
         f"| mean relative error | | {c.mean_relative_error:.4g} | | |",
         f"| pairs | | {c.pairs} | | {t.shown('min_pairs', f'>= {t.min_pairs}')} |",
     ]

@@ -50,7 +50,8 @@ def test_run_rollout_reads_the_run_id_and_final_state(monkeypatch: pytest.Monkey
     out = (
         "Creating flow run for deployment 'rollout/rollout'...\n"
         "└── UUID: a6bb4ad7-ae03-4c59-8bed-92f5de520c74\n"
-        "Flow run finished in state 'Completed'\n"
+        "●         .460 d1c0664cf175 prefect.flow-run.Completed * tungsten-peacock\n"
+        "Flow run finished successfully in 'Completed'.\n"
     )
     calls: list[list[str]] = []
 
@@ -61,6 +62,6 @@ def test_run_rollout_reads_the_run_id_and_final_state(monkeypatch: pytest.Monkey
     monkeypatch.setattr(subprocess, "run", fake_run)
     run_id, final = run_rollout("fraud", "2", 600)
     assert run_id == "a6bb4ad7-ae03-4c59-8bed-92f5de520c74"
-    assert "Completed" in final
+    assert final == "Flow run finished successfully in 'Completed'."
     assert calls[0][1:6] == ["deployment", "run", "rollout/rollout", "-p", "model=fraud"]
     assert "profile=demo" in calls[0] and "candidate=2" in calls[0]

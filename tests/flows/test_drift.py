@@ -39,3 +39,8 @@ def test_prediction_rows_reads_answers_and_raw_outputs() -> None:
     raw = {"label": [0, 1], "probabilities": [[0.9, 0.1], [0.4, 0.6]]}
     assert prediction_rows(raw) == [(0, [0.9, 0.1]), (1, [0.4, 0.6])]
     assert prediction_rows({"embedding": [[0.1]]}) == [] and prediction_rows(None) == []
+
+
+def test_drift_is_judged_from_100_rows_a_side() -> None:
+    assert not prediction_drift([0] * 99, [1] * 500).judged
+    assert prediction_drift([0] * 100, [1] * 100).judged

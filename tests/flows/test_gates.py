@@ -65,3 +65,15 @@ def test_canary_check_waits_for_enough_data() -> None:
     more = {"primary": _stats("primary", 200, 0), "candidate": _stats("candidate", 200, 4)}
     breach = canary_check(more, t, percent=5, step_predictions=200)
     assert breach.failures == ["candidate error rate 2.00% > 1.00% (4/200)"]
+
+
+def test_drift_gate_waits_for_enough_rows() -> None:
+    from flows.drift import prediction_drift
+    from flows.gates import canary_check
+
+    t = thresholds(min_predictions=10)
+    few = prediction_drift([0] * 20, [1] * 20)  # a huge PSI over a handful of rows
+    many = prediction_drift([0] * 200, [1] * 200)
+    assert canary_check({}, t, percent=5.0, step_predictions=0, drift=few).passed
+    check = canary_check({}, t, percent=5.0, step_predictions=0, drift=many)
+    assert any("prediction drift PSI" in f for f in check.failures)
