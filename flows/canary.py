@@ -305,34 +305,28 @@ async def canary_promotion(
         promote: promote after the last step (false: leave it at the last step).
         redis_url: the Redis holding rollout state and counters (empty: settings).
 
-    Returns:
-        The report: every step's final look, and whether the candidate was promoted.
-
-    Raises:
-        CanaryGateError: a step failed; the candidate was rolled back.
+    Returns every step's final look; raises ``CanaryGateError`` on a failed (rolled back) step.
     """
     candidate = version_text(candidate)
     settings = get_settings().rollout
     url = resolve_redis_url(redis_url)
     plan = canary_plan(steps, settings)
-    thresholds = Thresholds.from_settings(
-        settings,
-        min_predictions=min_predictions,
-        min_outcomes=min_outcomes,
-        latency_slack_ms=latency_slack_ms,
-        max_error_rate=max_error_rate,
-        max_p99_latency_ratio=max_p99_latency_ratio,
-        max_drift_psi=max_drift_psi,
-    )
+    gates = {
+        "min_predictions": min_predictions,
+        "min_outcomes": min_outcomes,
+        "latency_slack_ms": latency_slack_ms,
+        "max_error_rate": max_error_rate,
+        "max_p99_latency_ratio": max_p99_latency_ratio,
+    }
+    thresholds = Thresholds.from_settings(settings, max_drift_psi=max_drift_psi, **gates)
     duration = settings.step_duration_s if step_duration_s is None else step_duration_s
     watch = StepWatch(duration, poll_s, stop_at_predictions, higher_is_better)
     experiment_id, checks = await _ramp(
         model, candidate, plan, thresholds, watch, url, promote=promote
     )
     if promote:
-        await promote_rollout(
-            model, f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %", url, "flow:canary"
-        )
+        reason = f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %"
+        await promote_rollout(model, reason, url, "flow:canary")
     return CanaryReport(model, candidate, experiment_id, checks, promote)
 
 

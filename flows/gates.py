@@ -233,6 +233,16 @@ def _business_metric(
     )
 
 
+def _step_drift_failure(drift: PredictionDrift | None, thresholds: Thresholds) -> str | None:
+    """The drift gate of a canary look, judged once both variants have enough rows (a
+    PSI over a handful of predictions is noise)."""
+    if drift is None or not drift.judged:
+        return None
+    if min(drift.primary_rows, drift.candidate_rows) < thresholds.min_predictions:
+        return None
+    return drift_failure(drift, thresholds)
+
+
 def canary_check(
     variants: Mapping[str, VariantStats],
     thresholds: Thresholds,
@@ -273,14 +283,7 @@ def canary_check(
             f"business metric: candidate significantly worse (mSPRT p={sequential.p_value:.3g}"
             f" <= {t.alpha:g}; diff {sequential.diff:+.4f})"
         )
-    # Drift is judged once both variants have enough rows: a PSI over a handful of
-    # predictions is noise.
-    judged = (
-        drift is not None
-        and drift.judged
-        and min(drift.primary_rows, drift.candidate_rows) >= t.min_predictions
-    )
-    drifted = drift_failure(drift, t) if judged and drift is not None else None
+    drifted = _step_drift_failure(drift, t)
     if drifted is not None:
         failures.append(drifted)
     if final:

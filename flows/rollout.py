@@ -136,10 +136,8 @@ async def rollout(
     Args:
         model: the model to roll out a new version of (e.g. fraud).
         candidate: the registered version to roll out (e.g. 2).
-        profile: production (windows and gates from the SERVEKIT_ROLLOUT_ settings) or
-            demo (a 60 s shadow and three 30 s canary steps: minutes, for a demo).
-        skip_canary_if_identical: promote straight after the shadow stage when the
-            candidate is identical to the primary (blue-green).
+        profile: production (SERVEKIT_ROLLOUT_ settings: days) or demo (minutes).
+        skip_canary_if_identical: promote right after shadow when identical (blue-green).
         shadow_window_s: seconds of shadow (empty: the profile's).
         canary_steps: candidate traffic percent of each canary step (empty: the profile's).
         step_duration_s: seconds at each canary step (empty: the profile's).
@@ -148,8 +146,7 @@ async def rollout(
         canary_options: further options of the canary-promotion flow (e.g. poll_s).
         redis_url: the Redis holding rollout state (empty: settings).
 
-    Raises:
-        ShadowGateError, CanaryGateError: a stage failed; the candidate was rolled back.
+    Raises ``ShadowGateError`` or ``CanaryGateError`` when a stage failed (rolled back).
     """
     candidate = version_text(candidate)
     url = resolve_redis_url(redis_url)
@@ -174,10 +171,9 @@ async def rollout(
             redis_url=url,
         )
     except RolloutGateError as exc:
-        failed = dataclasses.replace(
-            report, shadow=report.shadow or _failed_shadow(exc), failure=str(exc)
-        )
-        await publish_rollout_artifact(failed, skip_canary_if_identical)
+        shadow_result = report.shadow or _failed_shadow(exc)
+        report = dataclasses.replace(report, shadow=shadow_result, failure=str(exc))
+        await publish_rollout_artifact(report, skip_canary_if_identical)
         raise
     await publish_rollout_artifact(report, skip_canary_if_identical)
     return report

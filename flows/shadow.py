@@ -222,6 +222,25 @@ async def _reject(result: ShadowGateResult, rollback: bool, redis_url: str) -> N
     raise error
 
 
+async def _observe(
+    model: str,
+    candidate: str,
+    window_s: float,
+    thresholds: Thresholds,
+    stop_at_pairs: int | None,
+    poll_s: float,
+    model_store: str | None,
+    redis_url: str,
+) -> tuple[list[ShadowPair], bool]:
+    """Shadow for the window; the pairs logged, and whether the artifacts are identical."""
+    since, primary = await begin_shadow(model, candidate, redis_url)
+    identical = same_artifact(model, primary, candidate, model_store)
+    await wait_for_pairs(
+        model, candidate, since, window_s, stop_at_pairs, poll_s, redis_url, thresholds.min_pairs
+    )
+    return await read_pairs(model, candidate, since, stop_at_pairs, redis_url), identical
+
+
 @flow(name="shadow-validation", **ROLLBACK_HOOKS)
 async def shadow_validation(
     model: str,
@@ -252,46 +271,30 @@ async def shadow_validation(
         stop_at_pairs: end the window as soon as this many pairs arrived.
         poll_s: seconds between looks at the pair stream (each look logs the progress).
         label_output: the classifier output to compare (default: label).
-        regression_rtol: relative error under which regression outputs agree (empty:
-            settings).
+        regression_rtol: relative error under which regression outputs agree (empty: settings).
         latency_slack_ms: milliseconds allowed on top of the p99 ratio (empty: settings).
         max_error_rate: most candidate errors per request (empty: settings).
-        max_p99_latency_ratio: most candidate p99 runner time over the primary's (empty:
-            settings).
-        min_agreement: least share of rows where the candidate's label agrees (empty:
-            settings).
+        max_p99_latency_ratio: most candidate p99 runner time over the primary's (empty: settings).
+        min_agreement: least share of rows where the candidate's label agrees (empty: settings).
         max_drift_psi: largest prediction-drift PSI against the primary (empty: settings).
         rollback_on_failure: roll the candidate back when a gate fails.
-        model_store: the model store holding both versions (empty: settings), to tell a
-            byte-identical candidate.
+        model_store: the model store of both versions, to tell identical artifacts (empty: settings).
         redis_url: the Redis holding rollout state and streams (empty: settings).
 
-    Returns:
-        The gate's result (the comparison, thresholds and verdict).
-
-    Raises:
-        ShadowGateError: the gate failed (the candidate was rolled back).
+    Returns the gate's result; raises ``ShadowGateError`` when it failed (rolled back).
     """
     candidate = version_text(candidate)
     settings = get_settings().rollout
     url = resolve_redis_url(redis_url)
-    thresholds = Thresholds.from_settings(
-        settings,
-        min_pairs=min_pairs,
-        regression_rtol=regression_rtol,
-        latency_slack_ms=latency_slack_ms,
-        max_error_rate=max_error_rate,
-        max_p99_latency_ratio=max_p99_latency_ratio,
-        min_agreement=min_agreement,
-        max_drift_psi=max_drift_psi,
-    )
+    gates: dict[str, float | None] = {"min_pairs": min_pairs, "min_agreement": min_agreement}
+    gates |= {"regression_rtol": regression_rtol, "latency_slack_ms": latency_slack_ms}
+    gates |= {"max_error_rate": max_error_rate, "max_p99_latency_ratio": max_p99_latency_ratio}
+    gates |= {"max_drift_psi": max_drift_psi}
+    thresholds = Thresholds.from_settings(settings, **gates)
     window = settings.shadow_window_s if window_s is None else window_s
-    since, primary = await begin_shadow(model, candidate, url)
-    identical = same_artifact(model, primary, candidate, model_store)
-    await wait_for_pairs(
-        model, candidate, since, window, stop_at_pairs, poll_s, url, thresholds.min_pairs
+    pairs, identical = await _observe(
+        model, candidate, window, thresholds, stop_at_pairs, poll_s, model_store, url
     )
-    pairs = await read_pairs(model, candidate, since, stop_at_pairs, url)
     result = judge_shadow(model, candidate, pairs, thresholds, label_output, identical)
     if not result.passed:
         await _reject(result, rollback_on_failure, url)

@@ -21,7 +21,8 @@ from services.registry.versions import ModelVersion
 from services.request.assembly import VectorAssembler
 from services.request.encoding import decode_predictions
 from services.request.tokenizer import TextEncoder
-from services.rollout.routing import RouteDecision, comparable_outputs
+from services.rollout.routing import RouteDecision
+from services.rollout.shadow_outputs import comparable_outputs
 from services.runner.feeds import Feeds
 from services.settings import Settings
 

@@ -21,17 +21,17 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 from redis.exceptions import RedisError
 
 from services.errors import ServekitError
 from services.rollout.assignment import Unit, Variant, assign
 from services.rollout.feedback import PredictionRecordIn
 from services.rollout.prediction_log import PredictionEvent, PredictionLog, ShadowPair
+from services.rollout.shadow_outputs import comparable_outputs, like_primary
 
 if TYPE_CHECKING:
     from services.registry.versions import ModelVersion
@@ -43,19 +43,6 @@ logger = logging.getLogger(__name__)
 
 Resolve = Callable[[str, str], Awaitable["ModelVersion"]]
 """Resolves (model, version) to a registered ModelVersion (``ModelCatalog.resolve``)."""
-
-
-def comparable_outputs(mv: ModelVersion, outputs: Any) -> Any:
-    """What a shadow pair logs of one side's outputs, the same for primary and candidate.
-
-    A classifier logs ``{"label": argmax index, "probabilities": rows}`` (the label the
-    gateway answers with); other models log their outputs as they are.
-    """
-    name, schema = mv.model_schema.probability_output, mv.model_schema
-    if not (name and schema.labels) or not isinstance(outputs, Mapping) or name not in outputs:
-        return outputs
-    probs = np.asarray(outputs[name], dtype=np.float32)
-    return {"label": probs.argmax(axis=1), "probabilities": probs}
 
 
 class InferRunner(Protocol):
@@ -387,7 +374,7 @@ class TrafficRouter:
                 t0 = time.perf_counter()
                 outputs = await self._runner.infer(mv, job.feeds, job.rows)
                 latency_ms = (time.perf_counter() - t0) * 1000.0
-            outputs = _like(job.primary_outputs, comparable_outputs(mv, outputs))
+            outputs = like_primary(job.primary_outputs, comparable_outputs(mv, outputs))
             self.shadow_completed += 1
         except TimeoutError:
             self.shadow_timeouts += 1
@@ -410,10 +397,3 @@ class TrafficRouter:
                 ts=self._clock(),
             )
         )
-
-
-def _like(primary: Any, candidate: Any) -> Any:
-    """The candidate's outputs restricted to the tensors the primary logged."""
-    if isinstance(primary, Mapping) and isinstance(candidate, Mapping):
-        return {k: candidate[k] for k in primary if k in candidate}
-    return candidate

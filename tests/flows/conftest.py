@@ -34,7 +34,8 @@ from services.request.encoding import RecordEncoder
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
-from services.rollout.routing import TrafficRouter, comparable_outputs
+from services.rollout.routing import TrafficRouter
+from services.rollout.shadow_outputs import comparable_outputs
 from services.rollout.state import RolloutStore
 from services.runner.feeds import Feeds
 from services.runner.pool import ModelPool

@@ -20,7 +20,7 @@ from services.registry.versions import ModelVersion
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionEvent, PredictionLog, ShadowPair
-from services.rollout.routing import RouteDecision, TrafficRouter, comparable_outputs
+from services.rollout.routing import RouteDecision, TrafficRouter
 from services.rollout.state import RolloutStore
 from services.runner.feeds import Feeds
 from services.state.keys import prediction_stream_key as predictions_key
@@ -263,31 +263,6 @@ async def test_record_counts_requests_per_assignment_unit(
     assert router.assignments == {("m", "user"): 1, ("m", "request"): 2}
     await router.drain()
     await router.close()
-
-
-CLASSIFIER = ModelSchema(
-    kind="tensor",
-    inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 2])],
-    outputs=[
-        TensorSpec(name="label", datatype="INT64", shape=[-1]),
-        TensorSpec(name="probabilities", datatype="FP32", shape=[-1, 2]),
-    ],
-    labels=["legit", "fraud"],
-    probability_output="probabilities",
-)
-
-
-def test_a_classifier_logs_label_and_probabilities_on_both_sides() -> None:
-    mv = _mv("1").model_copy(update={"model_schema": CLASSIFIER})
-    probs = np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32)
-    # The gateway's primary side only has the probability tensor (what the cache holds);
-    # the candidate's runner also returns the ONNX label: both log the same two outputs.
-    primary = comparable_outputs(mv, {"probabilities": probs})
-    candidate = comparable_outputs(mv, {"label": np.array([1, 1]), "probabilities": probs})
-    for side in (primary, candidate):
-        assert sorted(side) == ["label", "probabilities"]
-        assert side["label"].tolist() == [0, 1]  # the label the gateway answers: argmax
-    assert comparable_outputs(PRIMARY, {"label": [0]}) == {"label": [0]}  # not a classifier
 
 
 async def test_the_candidate_logs_what_the_primary_logged(
