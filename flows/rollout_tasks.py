@@ -14,7 +14,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from redis.exceptions import RedisError
 
+from services.registry.stores import open_store
+from services.registry.versions import ModelRegistry
 from services.rollout.state import RolloutStore
+from services.settings import get_settings
 
 
 def retry_on_redis(task: Any, task_run: Any, state: Any) -> bool:
@@ -46,3 +49,26 @@ async def promote_rollout(model: str, reason: str, redis_url: str, actor: str) -
         state = await RolloutStore(client).promote(model, reason=reason[:1000], actor=actor)
     get_run_logger().info("promoted %s: version %s is primary (%s)", model, state.primary, reason)
     return state.primary
+
+
+@task(cache_policy=NO_CACHE)
+def same_artifact(model: str, primary: str, candidate: str, model_store: str | None) -> bool:
+    """Whether ``candidate``'s artifact is byte-identical (same sha256) to ``primary``'s.
+
+    A registry that cannot be read says no: the shadow comparison then decides from the
+    answers alone.
+    """
+    settings = get_settings().serving
+    if model_store is not None:
+        settings = settings.model_copy(update={"model_store": model_store})
+    try:
+        registry = ModelRegistry(open_store(settings))
+        same = registry.get(model, primary).sha256 == registry.get(model, candidate).sha256
+    except Exception as exc:  # any registry failure only loses the shortcut
+        get_run_logger().warning("could not compare the artifacts of %s: %s", model, exc)
+        return False
+    if same:
+        get_run_logger().info(
+            "%s version %s has the same artifact (sha256) as version %s", model, candidate, primary
+        )
+    return same

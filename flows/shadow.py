@@ -14,6 +14,7 @@ Run once: ``python -m flows.shadow MODEL CANDIDATE``.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from typing import NoReturn
@@ -25,7 +26,10 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key, format_ms, format_percent
 from flows.gates import ShadowGateError, ShadowGateResult, Thresholds, shadow_gate
-from flows.rollout_tasks import REDIS_RETRIES, rollback_rollout
+from flows.hooks import ROLLBACK_HOOKS
+from flows.parameters import Version, version_text
+from flows.rollout_progress import Progress, report_progress
+from flows.rollout_tasks import REDIS_RETRIES, rollback_rollout, same_artifact
 from flows.shadow_comparison import compare_shadow
 from services.rollout.prediction_log import PredictionLog, ShadowPair
 from services.rollout.state import RolloutStore
@@ -33,28 +37,47 @@ from services.settings import get_settings
 from services.state.redis_embedded import resolve_redis_url
 
 
+def _gate_rows(result: ShadowGateResult) -> list[str]:
+    c, t = result.comparison, result.thresholds
+    pl, cl = c.primary_latency, c.candidate_latency
+    d = c.drift
+    return [
+        f"| runner latency p50 (ms) | {format_ms(pl.p50_ms)} | {format_ms(cl.p50_ms)} "
+        f"| {format_ms(c.p50_delta_ms)} | |",
+        f"| runner latency p99 (ms) | {format_ms(pl.p99_ms)} | {format_ms(cl.p99_ms)} "
+        f"| {format_ms(c.p99_delta_ms)} "
+        f"| {t.shown('max_p99_latency_ratio', f'<= x{t.max_p99_latency_ratio:g}')} + "
+        f"{t.shown('latency_slack_ms', f'{t.latency_slack_ms:g} ms')} |",
+        f"| error rate | - | {format_percent(c.error_rate)} | "
+        f"| {t.shown('max_error_rate', f'<= {t.max_error_rate:.2%}')} |",
+        f"| agreement ({c.kind}) | | {format_percent(c.agreement)} | "
+        f"| {t.shown('min_agreement', f'>= {t.min_agreement:.2%}')} |",
+        f"| probability mean abs. difference | | {_num(c.probability_divergence)} | | |",
+        f"| prediction drift PSI (labels / probabilities) | | {_num(d.label_psi)} / "
+        f"{_num(d.probability_psi)}{'' if d.judged else ' (too few rows to judge)'} | "
+        f"| {t.shown('max_drift_psi', f'<= {t.max_drift_psi:g}')} |",
+        f"| mean relative error | | {c.mean_relative_error:.4g} | | |",
+        f"| pairs | | {c.pairs} | | {t.shown('min_pairs', f'>= {t.min_pairs}')} |",
+    ]
+
+
+def _num(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
 def shadow_markdown(result: ShadowGateResult, *, action: str) -> str:
     """The shadow comparison as a markdown table, with the verdict and what was done."""
-    c, t = result.comparison, result.thresholds
+    c = result.comparison
     verdict = "PASSED" if result.passed else "FAILED"
-    pl, cl = c.primary_latency, c.candidate_latency
     lines = [
         f"# Shadow validation of {result.model} version {result.candidate}: {verdict}",
         "",
         f"{c.pairs} mirrored requests ({c.rows} rows); comparison: {c.kind} on "
-        f"`{c.output}`; identical outputs: {'yes' if c.identical else 'no'}.",
+        f"`{c.output}`; identical: {'yes' if c.identical else 'no'}.",
         "",
         "| metric | primary | candidate | delta | gate |",
         "|---|---|---|---|---|",
-        f"| latency p50 (ms) | {format_ms(pl.p50_ms)} | {format_ms(cl.p50_ms)} "
-        f"| {format_ms(c.p50_delta_ms)} | |",
-        f"| latency p99 (ms) | {format_ms(pl.p99_ms)} | {format_ms(cl.p99_ms)} "
-        f"| {format_ms(c.p99_delta_ms)} "
-        f"| <= x{t.max_p99_latency_ratio:g} + {t.latency_slack_ms:g} ms |",
-        f"| error rate | - | {format_percent(c.error_rate)} | | <= {t.max_error_rate:.2%} |",
-        f"| agreement | | {format_percent(c.agreement)} | | >= {t.min_agreement:.2%} |",
-        f"| mean relative error | | {c.mean_relative_error:.4g} | | |",
-        f"| pairs | | {c.pairs} | | >= {t.min_pairs} |",
+        *_gate_rows(result),
         "",
     ]
     lines += [f"- FAILED: {f}" for f in result.failures] or ["- every gate passed"]
@@ -66,8 +89,9 @@ _READ_CHUNK = 1000
 
 
 @task(**REDIS_RETRIES)
-async def begin_shadow(model: str, candidate: str, redis_url: str) -> str:
-    """Put ``candidate`` in shadow mode; returns the pair stream's id to read after."""
+async def begin_shadow(model: str, candidate: str, redis_url: str) -> tuple[str, str]:
+    """Put ``candidate`` in shadow mode; returns the pair stream's id to read after and
+    the primary."""
     async with aioredis.Redis.from_url(redis_url) as client:
         since = await PredictionLog(client).last_id(model, shadow=True)
         state = await RolloutStore(client).start_shadow(
@@ -80,7 +104,7 @@ async def begin_shadow(model: str, candidate: str, redis_url: str) -> str:
         state.primary,
         since,
     )
-    return since
+    return since, state.primary
 
 
 @task(**REDIS_RETRIES)
@@ -92,8 +116,12 @@ async def wait_for_pairs(
     stop_at_pairs: int | None,
     poll_s: float,
     redis_url: str,
+    min_pairs: int = 0,
 ) -> int:
-    """Wait out the window (or until ``stop_at_pairs`` pairs arrived); returns pairs seen."""
+    """Wait out the window (or until ``stop_at_pairs`` pairs arrived); returns pairs seen.
+
+    Every look logs and publishes the progress (pairs so far, time left).
+    """
     logger = get_run_logger()
     deadline = time.monotonic() + window_s
     seen, cursor = 0, since_id
@@ -113,6 +141,7 @@ async def wait_for_pairs(
             if left <= 0:
                 logger.info("shadow window of %g s over with %d pairs", window_s, seen)
                 return seen
+            await report_progress(Progress(model, candidate, "shadow", 0.0, seen, min_pairs, left))
             await asyncio.sleep(min(poll_s, left))
 
 
@@ -141,20 +170,26 @@ def judge_shadow(
     pairs: list[ShadowPair],
     thresholds: Thresholds,
     label_output: str | None,
+    identical_artifact: bool = False,
 ) -> ShadowGateResult:
     """Compare the pairs and apply the shadow gate."""
     comparison = compare_shadow(
-        pairs, regression_rtol=thresholds.regression_rtol, label_output=label_output
+        pairs,
+        regression_rtol=thresholds.regression_rtol,
+        label_output=label_output,
+        same_artifact=identical_artifact,
     )
     result = shadow_gate(model, candidate, comparison, thresholds)
     logger = get_run_logger()
     logger.info(
-        "shadow %s v%s: %d pairs, error rate %.2f%%, agreement %.2f%%, identical=%s",
+        "shadow %s v%s: %d pairs, error rate %.2f%%, agreement %.2f%%, drift PSI %.3f, "
+        "identical=%s",
         model,
         candidate,
         comparison.pairs,
         100 * comparison.error_rate,
         100 * comparison.agreement,
+        comparison.drift.psi,
         comparison.identical,
     )
     for failure in result.failures:
@@ -180,15 +215,36 @@ async def _reject(result: ShadowGateResult, rollback: bool, redis_url: str) -> N
     )
     if rollback:
         await rollback_rollout(result.model, reason, redis_url, "flow:shadow")
-    raise ShadowGateError(
+    error = ShadowGateError(
         reason, model=result.model, candidate=result.candidate, failures=result.failures
     )
+    error.result = result
+    raise error
 
 
-@flow(name="shadow-validation")
-async def shadow_validation(
+async def _observe(
     model: str,
     candidate: str,
+    window_s: float,
+    thresholds: Thresholds,
+    stop_at_pairs: int | None,
+    poll_s: float,
+    model_store: str | None,
+    redis_url: str,
+) -> tuple[list[ShadowPair], bool]:
+    """Shadow for the window; the pairs logged, and whether the artifacts are identical."""
+    since, primary = await begin_shadow(model, candidate, redis_url)
+    identical = same_artifact(model, primary, candidate, model_store)
+    await wait_for_pairs(
+        model, candidate, since, window_s, stop_at_pairs, poll_s, redis_url, thresholds.min_pairs
+    )
+    return await read_pairs(model, candidate, since, stop_at_pairs, redis_url), identical
+
+
+@flow(name="shadow-validation", **ROLLBACK_HOOKS)
+async def shadow_validation(
+    model: str,
+    candidate: Version,
     window_s: float | None = None,
     *,
     min_pairs: int | None = None,
@@ -200,45 +256,46 @@ async def shadow_validation(
     max_error_rate: float | None = None,
     max_p99_latency_ratio: float | None = None,
     min_agreement: float | None = None,
+    max_drift_psi: float | None = None,
     rollback_on_failure: bool = True,
+    model_store: str | None = None,
     redis_url: str | None = None,
 ) -> ShadowGateResult:
     """Shadow ``candidate`` for the window, compare it with the primary, gate.
 
     Args:
-        model, candidate: the model and the version to validate.
-        window_s: how long to shadow (None: the rollout settings' shadow window).
-        min_pairs, regression_rtol, latency_slack_ms, max_error_rate,
-            max_p99_latency_ratio, min_agreement: the gate (None: the rollout settings').
+        model: the model whose candidate is validated (e.g. fraud).
+        candidate: the version to validate (e.g. 2).
+        window_s: how long to shadow, in seconds (empty: the rollout settings' window).
+        min_pairs: fewest mirrored requests to judge (empty: settings).
         stop_at_pairs: end the window as soon as this many pairs arrived.
-        poll_s: how often to look at the pair stream while waiting.
-        label_output: the classifier output to compare (default: ``label`` or the first
-            integer output; without one, the first output as a regression).
-        rollback_on_failure: roll the candidate back when the gate fails.
-        redis_url: the Redis holding rollout state and streams (default: settings).
+        poll_s: seconds between looks at the pair stream (each look logs the progress).
+        label_output: the classifier output to compare (default: label).
+        regression_rtol: relative error under which regression outputs agree (empty: settings).
+        latency_slack_ms: milliseconds allowed on top of the p99 ratio (empty: settings).
+        max_error_rate: most candidate errors per request (empty: settings).
+        max_p99_latency_ratio: most candidate p99 runner time over the primary's (empty: settings).
+        min_agreement: least share of rows where the candidate's label agrees (empty: settings).
+        max_drift_psi: largest prediction-drift PSI against the primary (empty: settings).
+        rollback_on_failure: roll the candidate back when a gate fails.
+        model_store: the model store of both versions, to tell identical artifacts (empty: settings).
+        redis_url: the Redis holding rollout state and streams (empty: settings).
 
-    Returns:
-        The gate's result (the comparison, thresholds and verdict).
-
-    Raises:
-        ShadowGateError: the gate failed (the candidate was rolled back).
+    Returns the gate's result; raises ``ShadowGateError`` when it failed (rolled back).
     """
+    candidate = version_text(candidate)
     settings = get_settings().rollout
     url = resolve_redis_url(redis_url)
-    thresholds = Thresholds.from_settings(
-        settings,
-        min_pairs=min_pairs,
-        regression_rtol=regression_rtol,
-        latency_slack_ms=latency_slack_ms,
-        max_error_rate=max_error_rate,
-        max_p99_latency_ratio=max_p99_latency_ratio,
-        min_agreement=min_agreement,
-    )
+    gates: dict[str, float | None] = {"min_pairs": min_pairs, "min_agreement": min_agreement}
+    gates |= {"regression_rtol": regression_rtol, "latency_slack_ms": latency_slack_ms}
+    gates |= {"max_error_rate": max_error_rate, "max_p99_latency_ratio": max_p99_latency_ratio}
+    gates |= {"max_drift_psi": max_drift_psi}
+    thresholds = Thresholds.from_settings(settings, **gates)
     window = settings.shadow_window_s if window_s is None else window_s
-    since = await begin_shadow(model, candidate, url)
-    await wait_for_pairs(model, candidate, since, window, stop_at_pairs, poll_s, url)
-    pairs = await read_pairs(model, candidate, since, stop_at_pairs, url)
-    result = judge_shadow(model, candidate, pairs, thresholds, label_output)
+    pairs, identical = await _observe(
+        model, candidate, window, thresholds, stop_at_pairs, poll_s, model_store, url
+    )
+    result = judge_shadow(model, candidate, pairs, thresholds, label_output, identical)
     if not result.passed:
         await _reject(result, rollback_on_failure, url)
     await publish_shadow_artifact(result, "kept in shadow mode for the next stage")

@@ -1,9 +1,13 @@
 """The candidate's shadow answers compared with the primary's (pure: no Redis, no Prefect).
 
 Outputs are the JSON of the runner's output tensors (``{name: rows}``), as the gateway
-logs them in shadow pairs. A classifier is compared on its label output, anything else
-on its first output with a relative tolerance; the shadow gate (``flows.gates``) judges
-the result.
+logs them in shadow pairs: both sides log the same outputs (a classifier: ``label`` and
+``probabilities``). A classifier is compared on its labels (agreement), with the mean
+absolute difference of its probabilities as a secondary measure and the drift of its
+prediction distribution (``flows.prediction_drift``); anything else on its first output with a
+relative tolerance. Latency compares the primary's time in the runner with the
+candidate's; pairs the primary answered from its cache carry no runner time (NaN) and
+are left out of the latency summary. The shadow gate (``flows.gates``) judges the result.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from flows.prediction_drift import PredictionDrift, prediction_drift
 from services.rollout.prediction_log import ShadowPair
 from services.rollout.statistics import LatencySummary, summarize_latencies
 
@@ -35,8 +40,12 @@ class ShadowComparison:
         agreement: share of answered rows where the candidate agrees (NaN: none).
         mean_relative_error: mean relative error of answered rows (regression), or the
             share of flipped labels (classifier).
-        identical: every pair answered, with every output equal to the primary's.
-        primary_latency, candidate_latency: inference latency summaries.
+        identical: the candidate's artifact is the primary's (same sha256), or every
+            pair answered with every output equal to the primary's.
+        primary_latency, candidate_latency: time-in-the-runner summaries.
+        probability_divergence: mean absolute difference of the class probabilities
+            (NaN: no probabilities logged).
+        drift: the candidate's prediction distribution against the primary's.
     """
 
     pairs: int
@@ -50,6 +59,8 @@ class ShadowComparison:
     identical: bool
     primary_latency: LatencySummary
     candidate_latency: LatencySummary
+    probability_divergence: float = math.nan
+    drift: PredictionDrift = PredictionDrift(math.nan, math.nan, 0, 0)
 
     @property
     def p50_delta_ms(self) -> float:
@@ -109,8 +120,53 @@ def _row_scores(pair: ShadowPair, kind: CompareKind, name: str | None) -> list[f
         return [1.0] * pair.rows
 
 
+def _side_rows(
+    answered: Sequence[ShadowPair], name: str | None
+) -> tuple[list[object], list[object], np.ndarray | None, np.ndarray | None]:
+    """Each side's labels and probability rows over the answered pairs."""
+    p_labels: list[object] = []
+    c_labels: list[object] = []
+    p_probs: list[np.ndarray] = []
+    c_probs: list[np.ndarray] = []
+    for pair in answered:
+        try:
+            p_lab, c_lab = _select(pair.primary_output, name), _select(pair.candidate_output, name)
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        p_labels += [tuple(r) for r in p_lab.tolist()]
+        c_labels += [tuple(r) for r in c_lab.tolist()]
+        try:
+            p_pr = _select(pair.primary_output, "probabilities").astype(float)
+            c_pr = _select(pair.candidate_output, "probabilities").astype(float)
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+        if p_pr.shape == c_pr.shape:
+            p_probs.append(p_pr)
+            c_probs.append(c_pr)
+    if not p_probs:
+        return p_labels, c_labels, None, None
+    return p_labels, c_labels, np.vstack(p_probs), np.vstack(c_probs)
+
+
+def _latencies(pairs: Sequence[ShadowPair]) -> tuple[LatencySummary, LatencySummary]:
+    """Runner time of both sides over the pairs where both were measured."""
+    both = [
+        (x.primary_latency_ms, x.candidate_latency_ms)
+        for x in pairs
+        if x.candidate_latency_ms is not None and not math.isnan(x.primary_latency_ms)
+    ]
+    return (
+        summarize_latencies([p for p, _ in both]),
+        summarize_latencies([c for _, c in both]),
+    )
+
+
 def compare_shadow(
-    pairs: Sequence[ShadowPair], *, regression_rtol: float, label_output: str | None = None
+    pairs: Sequence[ShadowPair],
+    *,
+    regression_rtol: float,
+    label_output: str | None = None,
+    same_artifact: bool = False,
 ) -> ShadowComparison:
     """Compare the candidate's answers with the primary's over ``pairs``.
 
@@ -119,6 +175,7 @@ def compare_shadow(
         regression_rtol: relative error under which a regression output agrees.
         label_output: the classifier output to compare (default: ``"label"`` or the first
             integer output; without one, the first output as a regression).
+        same_artifact: the candidate's artifact has the primary's sha256 (identical).
 
     A pair whose shapes differ counts every row as a disagreement.
     """
@@ -137,6 +194,14 @@ def compare_shadow(
             score == 0.0 if kind == "label" else score <= regression_rtol for score in scores
         )
         rel_errors.extend(scores)
+    drift = PredictionDrift(math.nan, math.nan, 0, 0)
+    divergence = math.nan
+    if kind == "label":
+        p_labels, c_labels, p_probs, c_probs = _side_rows(answered, name)
+        drift = prediction_drift(p_labels, c_labels, p_probs, c_probs)
+        if p_probs is not None and c_probs is not None:
+            divergence = float(np.mean(np.abs(p_probs - c_probs)))
+    primary_latency, candidate_latency = _latencies(answered)
     return ShadowComparison(
         pairs=len(pairs),
         rows=rows,
@@ -146,9 +211,9 @@ def compare_shadow(
         output=name,
         agreement=agree / rows if rows else math.nan,
         mean_relative_error=float(np.mean(rel_errors)) if rel_errors else math.nan,
-        identical=identical,
-        primary_latency=summarize_latencies([x.primary_latency_ms for x in pairs]),
-        candidate_latency=summarize_latencies(
-            [x.candidate_latency_ms for x in answered if x.candidate_latency_ms is not None]
-        ),
+        identical=(same_artifact and errors == 0 and bool(pairs)) or identical,
+        primary_latency=primary_latency,
+        candidate_latency=candidate_latency,
+        probability_divergence=divergence,
+        drift=drift,
     )

@@ -22,6 +22,7 @@ from services.request.encoding import decode_predictions
 from services.request.tokenizer import TextEncoder
 from services.rollout.attribution import new_request_id
 from services.rollout.routing import RouteDecision
+from services.rollout.shadow_outputs import comparable_outputs
 from services.rollout.transitions import RolloutState, served_stage
 from services.runner.feeds import Feeds
 from services.settings import Settings
@@ -45,6 +46,8 @@ class _Answer:
     feeds: Feeds
     outputs: Feeds
     inputs: np.ndarray | None
+    backend_ms: float = float("nan")
+    """Time in the runner (NaN when every row came from the cache)."""
 
 
 class Runner(Protocol):
@@ -231,8 +234,8 @@ class Predictor:
                 answer.feeds,
                 rows,
                 request_id,
-                answer.outputs,
-                elapsed_ms,
+                comparable_outputs(mv, answer.outputs),
+                answer.backend_ms,
             )
 
     async def _predict_tabular(
@@ -243,9 +246,12 @@ class Predictor:
         x, flags = await assembler.assemble(records, user_id=user_id)
         input_name = schema.inputs[0].name
         output_name = schema.probability_output or schema.outputs[0].name
+        backend_ms: list[float] = []
 
         async def compute(rows: np.ndarray) -> np.ndarray:
+            t0 = time.perf_counter()
             outputs = await self.runner.infer(mv, {input_name: rows}, len(rows))
+            backend_ms.append((time.perf_counter() - t0) * 1000.0)
             return np.asarray(outputs[output_name], dtype=np.float32)
 
         if self.cache is not None:
@@ -260,7 +266,9 @@ class Predictor:
             pred["cached"] = bool(hit)
             if not flag.ok:
                 pred["features"] = flag.public()
-        return _Answer(predictions, {input_name: x}, {output_name: y}, x)
+        # The shadow latency gate compares runner time with the candidate's runner time.
+        backend = sum(backend_ms) if backend_ms else float("nan")
+        return _Answer(predictions, {input_name: x}, {output_name: y}, x, backend)
 
     async def _predict_text(
         self, mv: ModelVersion, encoder: TextEncoder, records: list[Any]
@@ -268,9 +276,13 @@ class Predictor:
         """Tokenize, answer each text from the cache or the runner (one batch for misses)."""
         texts = encoder.texts(records)
 
+        backend_ms: list[float] = []
+
         async def compute_texts(batch: list[str]) -> np.ndarray:
             feeds = encoder.encode(batch)
+            t0 = time.perf_counter()
             outputs = await self.runner.infer(mv, feeds, len(batch))
+            backend_ms.append((time.perf_counter() - t0) * 1000.0)
             preds = encoder.decode(outputs, feeds)
             return np.array([p["embedding"] for p in preds], dtype=np.float32)
 
@@ -297,7 +309,8 @@ class Predictor:
         # For a shadow candidate: the token feeds and the primary's pooled embeddings.
         feeds = encoder.encode(texts) if self.router is not None else {}
         output = mv.model_schema.outputs[0].name
-        return _Answer(predictions, feeds, {output: embeddings}, None)
+        backend = sum(backend_ms) if backend_ms else float("nan")
+        return _Answer(predictions, feeds, {output: embeddings}, None, backend)
 
     async def models(self) -> dict[str, Any]:
         """``GET /models``: every registered model, its versions and their schemas."""

@@ -1,7 +1,6 @@
 """Traffic routing for rollouts: which version answers, shadow mirroring, prediction logging.
 
-``TrafficRouter`` is what the gateway calls around each inference (docs/architecture.md,
-request path steps 2, 6 and 7):
+``TrafficRouter`` is what the gateway calls around each inference (request path steps 2, 6, 7):
 
 - ``decide`` picks the version from the in-memory rollout state (``RolloutFollower``)
   with the sticky assignment of ``services.rollout.assignment``: no I/O on the request path;
@@ -10,9 +9,8 @@ request path steps 2, 6 and 7):
   timeout, and both answers are logged as a pair. A candidate that raises, hangs or is
   slow is counted and logged, never seen by the caller;
 - ``record`` logs the prediction event (``PredictionLog``: a list append) and counts it
-  for its variant in ``FeedbackStore`` (a background task, fail-open).
-
-Counters are plain attributes, for the gateway's Prometheus collector.
+  for its variant in ``FeedbackStore`` (a background task, fail-open). Counters are plain
+  attributes, for the gateway's Prometheus collector.
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from services.errors import ServekitError
 from services.rollout.assignment import Unit, Variant, assign
 from services.rollout.feedback import PredictionRecordIn
 from services.rollout.prediction_log import PredictionEvent, PredictionLog, ShadowPair
+from services.rollout.shadow_outputs import comparable_outputs, like_primary
 
 if TYPE_CHECKING:
     from services.registry.versions import ModelVersion
@@ -228,9 +227,10 @@ class TrafficRouter:
             feeds: the input tensors the primary ran on (not modified afterwards).
             rows: rows in ``feeds``.
             request_id: the request's id.
-            primary_outputs: the primary's output tensors as ``runner.infer`` returned them
-                (the shadow gate compares them with the candidate's, tensor by tensor).
-            primary_latency_ms: the primary's inference time.
+            primary_outputs: the primary's outputs as ``comparable_outputs`` gives them
+                (the candidate's are logged the same way, so the gate compares like with like).
+            primary_latency_ms: the primary's time in the runner (NaN: answered from the
+                cache), compared with the candidate's time in the runner.
 
         Returns:
             True when queued, False when the queue was full (counted in
@@ -375,6 +375,7 @@ class TrafficRouter:
                 t0 = time.perf_counter()
                 outputs = await self._runner.infer(mv, job.feeds, job.rows)
                 latency_ms = (time.perf_counter() - t0) * 1000.0
+            outputs = like_primary(job.primary_outputs, comparable_outputs(mv, outputs))
             self.shadow_completed += 1
         except TimeoutError:
             self.shadow_timeouts += 1

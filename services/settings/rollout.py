@@ -85,6 +85,13 @@ class RolloutSettings(BaseSettings):
     min_outcomes: int = Field(
         100, ge=0, description="Gate: outcomes per variant before the canary's mSPRT is run."
     )
+    max_drift_psi: float = Field(
+        0.25,
+        gt=0,
+        description="Gate: largest population stability index of the candidate's predicted "
+        "labels or class-probability histograms against the primary's on the same window "
+        "(shadow and canary); over it the candidate is rolled back before any outcome.",
+    )
 
     @field_validator("canary_steps")
     @classmethod

@@ -35,6 +35,7 @@ from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
 from services.rollout.routing import TrafficRouter
+from services.rollout.shadow_outputs import comparable_outputs
 from services.rollout.state import RolloutStore
 from services.runner.feeds import Feeds
 from services.runner.pool import ModelPool
@@ -79,6 +80,20 @@ def rollout_store_root(fraud_store: Path, tmp_path_factory: pytest.TempPathFacto
     registry = ModelRegistry(LocalStore(root))
     v1 = registry.get(MODEL, "1")
     registry.register(MODEL, registry.load_artifact(v1), schema=v1.model_schema, version="2")
+    return root
+
+
+@pytest.fixture(scope="session")
+def retrained_store_root(fraud_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the demo model store whose fraud version 2 was retrained with seed 1."""
+    from flows.recipes.demo_models import train_fraud
+
+    root = tmp_path_factory.mktemp("retrained_store") / "store"
+    shutil.copytree(fraud_store, root)
+    registry = ModelRegistry(LocalStore(root))
+    data, metrics = train_fraud(seed=1)
+    schema = registry.get(MODEL, "1").model_schema
+    registry.register(MODEL, data, schema=schema, version="2", metrics=metrics)
     return root
 
 
@@ -208,7 +223,13 @@ class Rig:
             return
         if decision.shadow_version is not None:
             self.router.shadow(
-                mv, decision.shadow_version, feeds, 1, request_id, outputs, latency_ms
+                mv,
+                decision.shadow_version,
+                feeds,
+                1,
+                request_id,
+                comparable_outputs(mv, outputs),
+                latency_ms,
             )
         # The business outcome: the fraud call was right. It arrives after the prediction
         # was counted (the feedback write is a background task), as a label would.
@@ -240,13 +261,18 @@ class Rig:
 
 @pytest.fixture
 async def rig_factory(
-    aredis: aioredis.Redis, rollout_store_root: Path
+    aredis: aioredis.Redis, rollout_store_root: Path, retrained_store_root: Path
 ) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
-    """``await rig_factory(bad_version="2", flip=True)``: a started rig, closed after."""
+    """``await rig_factory(bad_version="2", flip=True)``: a started rig, closed after.
+
+    ``retrained=True``: version 2 is the model retrained with another seed (else it is
+    version 1's artifact).
+    """
     rigs: list[Rig] = []
 
-    async def make(**runner_kw: Any) -> Rig:
-        rig = Rig(aredis, ModelRegistry(LocalStore(rollout_store_root)), runner_kw)
+    async def make(*, retrained: bool = False, **runner_kw: Any) -> Rig:
+        root = retrained_store_root if retrained else rollout_store_root
+        rig = Rig(aredis, ModelRegistry(LocalStore(root)), runner_kw)
         await rig.start()
         rigs.append(rig)
         return rig

@@ -64,23 +64,40 @@ async def test_good_candidate_is_promoted(rig_factory: Any, redis_url: str) -> N
     step2, step1 = await _artifacts("canary-fraud", 2)
     assert "step 1: 50 %: PASSED" in step1 and "next step: 100 %" in step1
     assert "step 2: 100 %: PASSED" in step2 and "Action: promoting" in step2
+    # The report accumulates: the last version holds a row per step.
+    assert "| 1 | 50 % |" in step2 and "| 2 | 100 % |" in step2
+    assert "drift PSI" in step2 and "(overridden)" in step2
+
+
+# The drift gate is set out of reach where another gate is under test (a flipped
+# candidate's predictions drift as soon as both variants have enough of them), and the
+# mSPRT where the drift gate is.
+NO_DRIFT_GATE = {"max_drift_psi": 1e9}
+NO_OUTCOME_GATE = {"min_outcomes": 10**9}
 
 
 @pytest.mark.parametrize(
-    ("faults", "expected"),
+    ("faults", "options", "expected"),
     [
-        ({"flip": True}, "business metric: candidate significantly worse"),
-        ({"error_rate": 0.2}, "candidate error rate"),
-        ({"extra_latency_s": 0.04}, "candidate p99 latency"),
+        ({"flip": True}, NO_DRIFT_GATE, "business metric: candidate significantly worse"),
+        ({"flip": True}, NO_OUTCOME_GATE, "prediction drift PSI"),
+        ({"error_rate": 0.2}, {}, "candidate error rate"),
+        ({"extra_latency_s": 0.04}, {}, "candidate p99 latency"),
     ],
-    ids=["flipped-labels", "20pct-errors", "slow"],
+    ids=["flipped-labels", "flipped-labels-drift", "20pct-errors", "slow"],
 )
 async def test_bad_candidate_is_rolled_back(
-    rig_factory: Any, redis_url: str, faults: dict[str, Any], expected: str
+    rig_factory: Any,
+    redis_url: str,
+    faults: dict[str, Any],
+    options: dict[str, Any],
+    expected: str,
 ) -> None:
     rig = await rig_factory(bad_version="2", **faults)
     with pytest.raises(CanaryGateError) as info:
-        await rig.run_with_traffic(canary_promotion(MODEL, "2", redis_url=redis_url, **FAST))
+        await rig.run_with_traffic(
+            canary_promotion(MODEL, "2", redis_url=redis_url, **{**FAST, **options})
+        )
     assert any(expected in f for f in info.value.failures), info.value.failures
     assert "step 1 (50 %)" in info.value.message  # stopped at the first step
     state = await rig.store.get(MODEL)

@@ -18,13 +18,19 @@ def thresholds(**overrides: float | None) -> Thresholds:
 def test_thresholds_come_from_the_settings() -> None:
     settings = RolloutSettings(max_error_rate=0.02, min_pairs=7, msprt_tau2=2e-4)
     t = Thresholds.from_settings(settings)
+    assert t.overridden == ()
     for f in dataclasses.fields(Thresholds):
+        if f.name == "overridden":  # which thresholds the run set, not a setting
+            continue
         name = "msprt_tau2" if f.name == "tau2" else f.name
         assert getattr(t, f.name) == getattr(settings, name)
     assert (t.max_error_rate, t.min_pairs, t.tau2) == (0.02, 7, 2e-4)
     # an override replaces its setting; None leaves the setting
     t = Thresholds.from_settings(settings, max_error_rate=0.5, min_agreement=None)
     assert (t.max_error_rate, t.min_agreement) == (0.5, settings.min_agreement)
+    assert t.overridden == ("max_error_rate",)
+    assert t.shown("max_error_rate", "<= 50%") == "<= 50% (overridden)"
+    assert t.shown("min_agreement", ">= 99%") == ">= 99%"
 
 
 def test_latency_gate_allows_the_ratio_plus_the_slack() -> None:
@@ -59,3 +65,15 @@ def test_canary_check_waits_for_enough_data() -> None:
     more = {"primary": _stats("primary", 200, 0), "candidate": _stats("candidate", 200, 4)}
     breach = canary_check(more, t, percent=5, step_predictions=200)
     assert breach.failures == ["candidate error rate 2.00% > 1.00% (4/200)"]
+
+
+def test_drift_gate_waits_for_enough_rows() -> None:
+    from flows.gates import canary_check
+    from flows.prediction_drift import prediction_drift
+
+    t = thresholds(min_predictions=10)
+    few = prediction_drift([0] * 20, [1] * 20)  # a huge PSI over a handful of rows
+    many = prediction_drift([0] * 200, [1] * 200)
+    assert canary_check({}, t, percent=5.0, step_predictions=0, drift=few).passed
+    check = canary_check({}, t, percent=5.0, step_predictions=0, drift=many)
+    assert any("prediction drift PSI" in f for f in check.failures)

@@ -88,3 +88,56 @@ async def test_thresholds_left_unset_come_from_the_settings(
             await shadow_validation(MODEL, "2", redis_url=redis_url, window_s=0.1, poll_s=0.05)
     finally:
         get_settings.cache_clear()
+
+
+async def test_retrained_candidate_passes_on_label_agreement(
+    rig_factory: Any, redis_url: str
+) -> None:
+    """A model retrained with another seed agrees on labels (the probabilities differ)."""
+    rig = await rig_factory(retrained=True)
+    options = {**FAST, "stop_at_pairs": 400}
+    result = await rig.run_with_traffic(
+        shadow_validation(MODEL, "2", redis_url=redis_url, **options)
+    )
+    assert result.passed, result.failures
+    c = result.comparison
+    assert c.kind == "label" and c.output == "label" and not c.identical
+    assert c.agreement >= 0.99
+    assert 0.0 < c.probability_divergence < 0.05  # a secondary measure: not identical
+    assert c.drift.psi < 0.25
+    text = await _artifact("shadow-fraud")
+    assert "probability mean abs. difference" in text and "drift PSI" in text
+
+
+async def test_flipped_labels_fail_the_drift_gate_too(rig_factory: Any, redis_url: str) -> None:
+    rig = await rig_factory(bad_version="2", flip=True)
+    with pytest.raises(ShadowGateError) as info:
+        await rig.run_with_traffic(
+            shadow_validation(MODEL, "2", redis_url=redis_url, min_agreement=0.0, **FAST)
+        )
+    assert [f for f in info.value.failures if "drift" in f], info.value.failures
+    assert (await rig.store.get(MODEL)).mode == "off"
+    assert "(overridden)" in await _artifact("shadow-fraud")  # min_agreement was set by the run
+
+
+async def test_same_artifact_is_identical(
+    rig_factory: Any, redis_url: str, rollout_store_root: Any
+) -> None:
+    """Version 2 holds version 1's bytes: identical even when answers are compared loosely."""
+    rig = await rig_factory()
+    result = await rig.run_with_traffic(
+        shadow_validation(
+            MODEL, 2, redis_url=redis_url, model_store=str(rollout_store_root), **FAST
+        )
+    )
+    assert result.passed and result.comparison.identical and result.candidate == "2"
+
+
+async def test_same_artifact_check_reads_the_registry(
+    rollout_store_root: Any, retrained_store_root: Any
+) -> None:
+    from flows.rollout_tasks import same_artifact
+
+    assert same_artifact(MODEL, "1", "2", str(rollout_store_root))
+    assert not same_artifact(MODEL, "1", "2", str(retrained_store_root))
+    assert not same_artifact(MODEL, "1", "9", str(rollout_store_root))  # unknown: no

@@ -263,3 +263,26 @@ async def test_record_counts_requests_per_assignment_unit(
     assert router.assignments == {("m", "user"): 1, ("m", "request"): 2}
     await router.drain()
     await router.close()
+
+
+async def test_the_candidate_logs_what_the_primary_logged(
+    aredis: aioredis.Redis, follower: RolloutFollower
+) -> None:
+    class ExtraOutputs(FakeRunner):
+        async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds:
+            out = await super().infer(mv, feeds, rows)
+            return {**out, "debug": np.zeros(rows)} if mv.version == "2" else out
+
+    runner = ExtraOutputs()
+    router = _router(follower, aredis, runner)
+    await router.start()
+    try:
+        feeds = {"x": np.zeros((1, 2), dtype=np.float32)}
+        router.shadow(PRIMARY, "2", feeds, 1, "r-like", {"label": [0]}, float("nan"))
+        await router.drain(timeout=5)
+        await router._log.flush()
+    finally:
+        await router.close()
+    (_, pair), *_ = await PredictionLog(aredis).read_shadow("m")
+    assert pair.candidate_output == {"label": [1]}
+    assert np.isnan(pair.primary_latency_ms)  # answered from the cache: no runner time
