@@ -70,8 +70,8 @@ def declared_envs(bento: Path) -> dict[str, str]:
 def declared_venv(requirements: Path) -> Path:
     """A venv holding only ``requirements`` (pip install -r), kept per content hash.
 
-    Creation takes about a minute with pip's cache warm; a later session reuses the venv.
-    A lock keeps two sessions from building the same one at once.
+    Creation takes about a minute with pip's cache warm; a later test run reuses the venv.
+    A lock keeps two test runs from building the same one at once.
     """
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
     venv = VENVS / f"bento-{digest}"

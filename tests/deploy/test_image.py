@@ -55,7 +55,7 @@ def podman(*args: str, timeout: float = 120) -> str:
 def gateway_image(
     built_bentos: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BuiltImage]:
-    """deploy/image/build.sh gateway on the bento this session built."""
+    """deploy/image/build.sh gateway on the bento this test run built."""
     missing = [t for t in ("buildah", "podman", "skopeo", "debootstrap") if not shutil.which(t)]
     if missing:
         pytest.skip(f"image tools missing: {', '.join(missing)} (.ci/run installs them)")

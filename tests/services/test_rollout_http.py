@@ -49,7 +49,7 @@ def rollout_gateway(two_versions: Path, serving_redis_url: str) -> Iterator[Serv
         }
     )
     yield server
-    # Other gateways of this session follow these notices: hand "fraud" back to version 1.
+    # Other gateways of this test run follow these notices: hand "fraud" back to version 1.
     httpx.post(
         f"{server.url}/admin/rollout",
         json={"model": "fraud", "action": "set-primary", "version": "1"},
