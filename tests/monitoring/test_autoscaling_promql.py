@@ -3,11 +3,7 @@ scraping a live servekit gateway (and a stand-in DCGM exporter for the GPU serie
 
 from __future__ import annotations
 
-import http.server
 import json
-import shutil
-import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -18,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess
+from tests.monitoring.prometheus import api, running_prometheus, stub_exporter, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,95 +32,20 @@ DCGM_FI_DEV_GPU_UTIL{gpu="2",UUID="GPU-2c",device="nvidia2",modelName="NVIDIA H1
 
 
 @pytest.fixture(scope="module")
-def prometheus_binary() -> str:
-    """The prometheus server binary; the module is skipped where there is none."""
-    found = shutil.which("prometheus") or shutil.which("/usr/bin/prometheus")
-    if found is None:
-        pytest.skip("no prometheus binary (Debian: apt-get install -y prometheus)")
-    return found
-
-
-class _Dcgm(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = DCGM.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def dcgm() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dcgm)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def prometheus(
-    prometheus_binary: str,
-    gateway: ServerProcess,
-    dcgm: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """Our own Prometheus (temporary config and data, a free loopback port), 1 s scrapes."""
+def prometheus(gateway: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Our own Prometheus (temporary config and data, a free loopback port), 1 s scrapes of
+    the gateway and a stand-in DCGM exporter."""
     root = tmp_path_factory.mktemp("prometheus")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "servekit", "static_configs": [{"targets": [gateway.url[7:]]}]},
-            {"job_name": "dcgm", "static_configs": [{"targets": [dcgm]}]},
-        ],
-    }
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    address = f"127.0.0.1:{free_port()}"
-    log = (root / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [prometheus_binary, f"--config.file={root / 'prometheus.yml'}",
-         f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address={address}",
-         "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://{address}"
-    try:
-        _wait(lambda: _get(f"{url}/-/ready") is not None, 60, "prometheus not ready")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
-
-def _get(url: str) -> bytes | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return bytes(r.read())
-    except OSError:
-        return None
-
-
-def _wait(ready: Any, timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if time.monotonic() > deadline:
-            pytest.fail(message)
-        time.sleep(0.2)
+    with stub_exporter(DCGM) as dcgm:
+        targets = {"servekit": gateway.url[len("http://") :], "dcgm": dcgm}
+        with running_prometheus(root, targets) as url:
+            yield url
 
 
 def query(prometheus: str, expr: str, at: float | None = None) -> dict[str, Any]:
     """The HTTP API's answer to an instant query (errors come back as status "error")."""
     params = {"query": expr} | ({} if at is None else {"time": f"{at:.3f}"})
-    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode(params)
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return dict(json.load(r))
-    except urllib.error.HTTPError as exc:  # 400: the expression did not parse
-        return dict(json.load(exc))
+    return api(prometheus, "query", **params)
 
 
 def predict(gateway: ServerProcess, amount: float) -> None:
@@ -156,7 +78,7 @@ class Scraped:
 def scraped(prometheus: str, gateway: ServerProcess) -> Scraped:
     """Prometheus after a few seconds of /predict traffic (repeated inputs: cache hits)."""
     # Prometheus hands discovered targets to its scrapers every 5 s: wait for both up.
-    _wait(lambda: len(query(prometheus, "up == 1")["data"]["result"]) == 2, 60, "targets down")
+    wait_for(lambda: len(query(prometheus, "up == 1")["data"]["result"]) == 2, 60, "targets down")
     end = time.monotonic() + 4
     k = 0
     while time.monotonic() < end:
@@ -168,7 +90,7 @@ def scraped(prometheus: str, gateway: ServerProcess) -> Scraped:
         answer = query(prometheus, "sum(rate(servekit_cache_hits_total[2m])) > 0")
         return bool(answer["data"]["result"])
 
-    _wait(has_rates, 30, "no servekit request rates in Prometheus")
+    wait_for(has_rates, 30, "no servekit request rates in Prometheus")
     return Scraped(prometheus)
 
 

@@ -5,17 +5,10 @@ and evaluates every dashboard expression."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import shutil
-import subprocess
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +16,8 @@ import pytest
 import yaml
 
 from monitoring import catalog
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess
+from tests.monitoring.prometheus import api, running_prometheus, stub_exporter, wait_for
 from tests.monitoring.test_catalog import drive_traffic
 
 MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
@@ -180,101 +174,33 @@ kube_deployment_spec_replicas{{namespace="ml",deployment="trainer"}} 1
 """  # noqa: E501
 
 
-class _Exporters(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = EXPORTERS.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def _api(prometheus: str, path: str, **params: str) -> dict[str, Any]:
-    url = f"{prometheus}/api/v1/{path}?" + urllib.parse.urlencode(params)
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return dict(json.load(r))
-    except urllib.error.HTTPError as exc:  # 400: the expression did not parse
-        return dict(json.load(exc))
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-def _wait(ready: Callable[[], bool], timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if time.monotonic() > deadline:
-            pytest.fail(message)
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def prometheus(gateway: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Our own Prometheus (temporary config and data, a free loopback port, 1 s scrapes and
     evaluations) with servekit's rules, scraping the gateway and the stand-in exporters,
     after a few seconds of traffic."""
-    binary = shutil.which("prometheus") or shutil.which("/usr/bin/prometheus")
-    if binary is None:
-        pytest.skip("no prometheus binary (Debian: apt-get install -y prometheus)")
-    exporters = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Exporters)
-    threading.Thread(target=exporters.serve_forever, daemon=True).start()
     root = tmp_path_factory.mktemp("prometheus-rules")
-    targets = {
-        "servekit": gateway.url[len("http://") :],
-        "exporters": f"127.0.0.1:{exporters.server_address[1]}",
-    }
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": [target]}]}
-            for job, target in targets.items()
-        ],
-    }
-    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-    address = f"127.0.0.1:{free_port()}"
-    log = (root / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-         f"--web.listen-address={address}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://{address}"
-    try:
-        _wait(lambda: _ready(url), 60, "prometheus not ready")
-        up = "count(up == 1) == 2"  # Prometheus hands new targets to its scrapers every 5 s
-        _wait(lambda: bool(_api(url, "query", query=up)["data"]["result"]), 60, "targets down")
-        for _ in range(3):
-            drive_traffic(gateway)
-            time.sleep(1)
-        rate = "sum(rate(servekit_request_latency_seconds_count[1m])) > 0"
-        _wait(lambda: bool(_api(url, "query", query=rate)["data"]["result"]), 30, "no rates")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        exporters.shutdown()
+    with stub_exporter(EXPORTERS) as exporters:
+        targets = {"servekit": gateway.url[len("http://") :], "exporters": exporters}
+        with running_prometheus(root, targets, rule_files=[str(RULES)]) as url:
+            up = "count(up == 1) == 2"  # Prometheus hands new targets to its scrapers every 5 s
+            wait_for(lambda: bool(api(url, "query", query=up)["data"]["result"]), 60, "down")
+            for _ in range(3):
+                drive_traffic(gateway)
+                time.sleep(1)  # one scrape interval of traffic per round
+            rate = "sum(rate(servekit_request_latency_seconds_count[1m])) > 0"
+            wait_for(lambda: bool(api(url, "query", query=rate)["data"]["result"]), 30, "no rates")
+            yield url
 
 
 @pytest.mark.slow
 def test_prometheus_loads_every_rule_group_healthy(prometheus: str) -> None:
     def evaluated() -> bool:
-        groups = _api(prometheus, "rules")["data"]["groups"]
+        groups = api(prometheus, "rules")["data"]["groups"]
         return all(r["health"] != "unknown" for g in groups for r in g["rules"])
 
-    _wait(evaluated, 30, "rules not evaluated")
-    groups = _api(prometheus, "rules")["data"]["groups"]
+    wait_for(evaluated, 30, "rules not evaluated")
+    groups = api(prometheus, "rules")["data"]["groups"]
     assert sorted(g["name"] for g in groups) == sorted(g["name"] for g in rule_groups())
     unhealthy = {
         r["name"]: r.get("lastError") for g in groups for r in g["rules"] if r["health"] != "ok"
@@ -285,10 +211,10 @@ def test_prometheus_loads_every_rule_group_healthy(prometheus: str) -> None:
 
 @pytest.mark.slow
 def test_every_dashboard_expression_evaluates(prometheus: str) -> None:
-    stored = set(_api(prometheus, "label/__name__/values")["data"])
+    stored = set(api(prometheus, "label/__name__/values")["data"])
     with_data = []
     for key, expr in dashboard_expressions().items():
-        answer = _api(prometheus, "query", query=substitute(expr))
+        answer = api(prometheus, "query", query=substitute(expr))
         assert answer["status"] == "success", f"{key}: {answer}"
         # where every series it reads is in Prometheus, the panel shows something
         if set(catalog.promql_names(substitute(expr)).series) <= stored:
@@ -317,14 +243,14 @@ def test_variables_and_external_selectors_find_their_series(prometheus: str) -> 
     for var in dashboard()["templating"]["list"][1:]:
         metric = re.fullmatch(r"label_values\((.+), (\w+)\)", var["definition"])
         assert metric is not None
-        found = _api(prometheus, "series", **{"match[]": substitute(metric.group(1))})["data"]
+        found = api(prometheus, "series", **{"match[]": substitute(metric.group(1))})["data"]
         assert found and all(metric.group(2) in s for s in found), var["name"]
     exprs = dashboard_expressions()
     (replicas,) = [e for k, e in exprs.items() if k.startswith("Replicas [A]")]
-    result = _api(prometheus, "query", query=replicas)["data"]["result"]
+    result = api(prometheus, "query", query=replicas)["data"]["result"]
     assert {r["metric"]["deployment"] for r in result} == {"servekit-gateway", "servekit-runner"}
     (gpu,) = [e for k, e in exprs.items() if k.startswith("GPU utilization [B]")]
-    result = _api(prometheus, "query", query=gpu)["data"]["result"]
+    result = api(prometheus, "query", query=gpu)["data"]["result"]
     assert [r["metric"]["pod"] for r in result] == [RUNNER_POD]
 
 
@@ -333,9 +259,9 @@ def test_a_rule_sees_live_series(prometheus: str) -> None:
     """The runner's GPU at 100 % (stand-in DCGM): its saturation alert is pending."""
 
     def pending() -> list[dict[str, Any]]:
-        alerts = _api(prometheus, "alerts")["data"]["alerts"]
+        alerts = api(prometheus, "alerts")["data"]["alerts"]
         return [a for a in alerts if a["labels"]["alertname"] == "ServekitRunnerGPUSaturated"]
 
-    _wait(lambda: bool(pending()), 30, "ServekitRunnerGPUSaturated never evaluated true")
+    wait_for(lambda: bool(pending()), 30, "ServekitRunnerGPUSaturated never evaluated true")
     (alert,) = pending()
     assert alert["state"] == "pending" and alert["labels"]["pod"] == RUNNER_POD
