@@ -84,7 +84,9 @@ def import_ladder() -> list[dict[str, Any]]:
     steps = json.loads(proc.stdout.strip().splitlines()[-1])
     rows, before = [], 0
     for label, rss in steps:
-        rows.append({"group": label, "rss_mb": round(rss / MB, 1), "adds_mb": round((rss - before) / MB, 1)})
+        rows.append(
+            {"group": label, "rss_mb": round(rss / MB, 1), "adds_mb": round((rss - before) / MB, 1)}
+        )
         before = rss
     return rows
 
@@ -186,7 +188,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 2]})
-    for i, (side, s) in enumerate(doc["sides"].items()):
+    for i, s in enumerate(doc["sides"].values()):
         bottom = 0.0
         for p in s["processes"]:
             ax1.bar(i, p["rss_mb"], bottom=bottom, label=p["process"].split()[0] if i == 0 else None,
@@ -205,8 +207,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=2000, help="unique /predict calls before measuring")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--requests", type=int, default=2000, help="unique /predict calls before measuring"
+    )
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     args = ap.parse_args()
     console = Console()
