@@ -53,16 +53,17 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve services.service:Gateway` with extra environment."""
+    """`bentoml serve services.service:Gateway` with extra environment (from ``root``, a
+    checkout of servekit: this one by default)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, root: Path = ROOT) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "services.service:Gateway",
              "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=full, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=root, env=full, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
