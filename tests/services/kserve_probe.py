@@ -4,7 +4,8 @@ kserve is installed apart from servekit's environment (requirements/kserve-clien
 kserve release pins psutil < 6 and pandas < 3). tests/services/test_clients_http.py runs
 this file with that directory on PYTHONPATH, so the test process never imports kserve, and
 asserts on the one JSON object it prints: what the client answered and the errors it
-raised. Usage: python tests/services/kserve_probe.py GATEWAY_URL
+raised. Usage: python tests/services/kserve_probe.py GATEWAY_URL [MODEL]; with a MODEL
+(a text model), the token tensors to send are read as JSON from standard input.
 """
 
 from __future__ import annotations
@@ -111,5 +112,36 @@ async def main(base: str) -> dict[str, Any]:
         await client.close()
 
 
+async def text_model(base: str, model: str, feeds: dict[str, list[list[int]]]) -> dict[str, Any]:
+    """Readiness, metadata and inference (JSON and binary) of a text model given its token
+    tensors, and the error for token ids sent as FP32."""
+    client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
+    try:
+        arrays = {name: np.array(rows, np.int64) for name, rows in feeds.items()}
+        seen: dict[str, Any] = {
+            "ready": await client.is_model_ready(base, model),
+            "model": ModelMetadataResponse.model_validate_json(
+                httpx.get(f"{base}/v2/models/{model}").content
+            ).model_dump(),
+            "infer": {},
+        }
+        for binary in (False, True):
+            inputs = [tensor(n, a, "INT64", binary) for n, a in arrays.items()]
+            result = await client.infer(base, kserve.InferRequest(model, inputs), model_name=model)
+            out = result.get_output_by_name("embedding")
+            seen["infer"]["binary" if binary else "json"] = out.as_numpy().tolist()
+        floats = [tensor(n, a.astype(np.float32), "FP32", False) for n, a in arrays.items()]
+        seen["wrong_datatype"] = await raised(
+            client.infer(base, kserve.InferRequest(model, floats), model_name=model)
+        )
+        return seen
+    finally:
+        await client.close()
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(sys.argv[1]))))
+    if len(sys.argv) > 2:
+        seen = asyncio.run(text_model(sys.argv[1], sys.argv[2], json.load(sys.stdin)))
+    else:
+        seen = asyncio.run(main(sys.argv[1]))
+    print(json.dumps(seen))
