@@ -1,0 +1,56 @@
+"""Redis clients for a single server or a Redis Cluster, from one URL.
+
+``redis://``, ``rediss://`` and ``unix://`` URLs name one server; ``redis+cluster://`` and
+``rediss+cluster://`` name any node of a Redis Cluster (the client discovers the others).
+Code that needs to know which kind it holds asks :func:`is_cluster`: on a cluster, keys in
+different slots cannot meet in one command or script, so such calls are split per slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.cluster import key_slot
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+AnyRedis = aioredis.Redis | RedisCluster
+
+
+def cluster_node_url(url: str) -> str | None:
+    """The plain ``redis://`` URL of a cluster URL's node; None for a single-server URL."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return f"{plain}{sep}{rest}" if plain and sep else None
+
+
+def connect(url: str, **kwargs: Any) -> Any:
+    """An asyncio client for ``url``: a ``RedisCluster`` for a cluster URL, else ``Redis``.
+
+    ``kwargs`` are connection options (socket timeouts, retry) given to either.
+    """
+    node = cluster_node_url(url)
+    if node is None:
+        return aioredis.Redis.from_url(url, **kwargs)
+    return RedisCluster.from_url(node, **kwargs)
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (its pipelines route per slot)."""
+    return isinstance(client, RedisCluster)
+
+
+def slot_of(key: bytes | str) -> int:
+    """The cluster slot of ``key`` (its hash tag's, when it has one)."""
+    return int(key_slot(key.encode() if isinstance(key, str) else key))
+
+
+def group_by_slot(keys: Iterable[bytes]) -> dict[int, list[int]]:
+    """Positions of ``keys`` grouped by slot, in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(slot_of(key), []).append(i)
+    return groups
