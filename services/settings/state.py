@@ -38,6 +38,7 @@ class RedisSettings(BaseSettings):
             if path not in ("", "0"):
                 raise ValueError(f"a Redis Cluster has only database 0, not {path!r}")
         return url
+
     worker_socket_timeout_ms: float = Field(
         10_000.0,
         gt=0,

@@ -282,7 +282,7 @@ class PredictionCache:
         # Prediction keys carry no hash tag: on a Redis Cluster they spread over the slots,
         # so the lookup is one MGET per slot, pipelined to each node at once.
         if is_cluster(self._redis):
-            values: list[bytes | None] = await self._redis.mget_nonatomic(keys)
+            values: list[bytes | None] = await self._redis.mget_nonatomic(keys)  # type: ignore[attr-defined]
         else:
             values = await self._redis.mget(keys)  # type: ignore[assignment]
         return list(values)
