@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.cluster import key_slot
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -27,6 +27,33 @@ def cluster_node_url(url: str) -> str | None:
     return f"{plain}{sep}{rest}" if plain and sep else None
 
 
+class _Cluster(RedisCluster):
+    """``RedisCluster`` that discovers the cluster before a command's routing is resolved.
+
+    redis-py resolves a command's routing (which may query the startup node) before it
+    initialises; concurrent first commands then race the discovery, which closes the
+    startup node's connections under them (``'NoneType' object has no attribute
+    'writelines'``). Initialising first, under the client's own lock, avoids it.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+    def pubsub(self, *args: Any, **kwargs: Any) -> ClusterPubSub:
+        return _ClusterPubSub(self, *args, **kwargs)
+
+
+class _ClusterPubSub(ClusterPubSub):
+    """Pub/sub that discovers the cluster first (redis-py looks the channel's slot up in a
+    slot map that is empty until the client's first command)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.cluster.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def connect(url: str, **kwargs: Any) -> Any:
     """An asyncio client for ``url``: a ``RedisCluster`` for a cluster URL, else ``Redis``.
 
@@ -35,7 +62,7 @@ def connect(url: str, **kwargs: Any) -> Any:
     node = cluster_node_url(url)
     if node is None:
         return aioredis.Redis.from_url(url, **kwargs)
-    return RedisCluster.from_url(node, **kwargs)
+    return _Cluster.from_url(node, **kwargs)
 
 
 def is_cluster(client: Any) -> bool:
