@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import subprocess
@@ -243,6 +244,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=1000)
     args = ap.parse_args()
     console = Console()
+    load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     procs = start_cluster(args.cluster_port)
     urls = {"single": args.redis_url, "cluster": f"redis+cluster://127.0.0.1:{args.cluster_port}"}
     try:
@@ -255,7 +257,13 @@ def main() -> None:
     summary = summarize(runs)
     report(console, summary)
     OUT.mkdir(parents=True, exist_ok=True)
-    doc = {"summary": summary, "rounds": runs, "iterations": args.iterations}
+    doc = {
+        "summary": summary,
+        "rounds": runs,
+        "iterations": args.iterations,
+        "loadavg_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "cpus": os.cpu_count(),
+    }
     write_results("redis_cluster/redis_cluster", doc)
     plot(summary, OUT / "redis_cluster.png")
 

@@ -8,7 +8,6 @@ different slots cannot meet in one command or script, so such calls are split pe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,8 +15,6 @@ from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.cluster import key_slot
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-
-AnyRedis = aioredis.Redis | RedisCluster
 
 
 def cluster_node_url(url: str) -> str | None:
@@ -73,11 +70,3 @@ def is_cluster(client: Any) -> bool:
 def slot_of(key: bytes | str) -> int:
     """The cluster slot of ``key`` (its hash tag's, when it has one)."""
     return int(key_slot(key.encode() if isinstance(key, str) else key))
-
-
-def group_by_slot(keys: Iterable[bytes]) -> dict[int, list[int]]:
-    """Positions of ``keys`` grouped by slot, in order of first appearance."""
-    groups: dict[int, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(slot_of(key), []).append(i)
-    return groups
