@@ -109,6 +109,10 @@ def redis_cluster_url(
         pytest.skip("redis-server and redis-cli are needed for the Redis Cluster tests")
     base: int = request.config.getoption("--redis-cluster-port")
     ports = [base, base + 1, base + 2]
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"port {port} is taken: pass a free --redis-cluster-port")
     root = tmp_path_factory.mktemp("redis-cluster")
     for port in ports:
         subprocess.run(
