@@ -37,8 +37,10 @@ def two_versions(fraud_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def rollout_gateway(two_versions: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
+    from services.state.keys import rollout_state_key, shadow_stream_key
+
     redis.Redis.from_url(serving_redis_url).delete(
-        "servekit:rollout:fraud", "servekit:shadow:fraud"
+        rollout_state_key("fraud"), shadow_stream_key("fraud")
     )
     server = ServerProcess(
         {
