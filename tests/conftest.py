@@ -100,6 +100,8 @@ def fraud_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 INGEST_TOKEN = "test-ingest-token-0123456789abcdef"  # the gateway fixture's; 32+ characters
 INGEST = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+# Gateways that must sign request ids alike (replicas of one deployment) share this key.
+REQUEST_ID_SECRET = "test-request-id-secret-0123456789abcdef"
 
 
 class ServerProcess:
@@ -152,6 +154,7 @@ def gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerProcess
             "SERVEKIT_MAX_RECORDS": "64",
             "SERVEKIT_MAX_BODY_BYTES": "65536",
             "SERVEKIT_INGEST_TOKEN": INGEST_TOKEN,
+            "SERVEKIT_REQUEST_ID_SECRET": REQUEST_ID_SECRET,
         }
     )
     yield server

@@ -16,7 +16,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import REQUEST_ID_SECRET, ROOT, ServerProcess
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 RISKY = {"amount": 4000.0, "merchant_category": "crypto", "hour": 2, "channel": "online"}
@@ -59,6 +59,7 @@ def split_gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerP
             "SERVEKIT_SHAPE": "split",
             "SERVEKIT_MODEL_STORE": str(fraud_store),
             "SERVEKIT_REDIS_URL": serving_redis_url,
+            "SERVEKIT_REQUEST_ID_SECRET": REQUEST_ID_SECRET,  # signs as the other does
         }
     )
     yield server
@@ -74,6 +75,20 @@ def test_split_matches_colocated(gateway: ServerProcess, split_gateway: ServerPr
         for pred in body["predictions"]:
             pred.pop("cached")  # the second server may answer from the shared cache
     assert a == b
+
+
+@pytest.mark.slow
+def test_feedback_verifies_on_another_replica_sharing_the_secret(
+    gateway: ServerProcess, split_gateway: ServerProcess
+) -> None:
+    answer = httpx.post(
+        f"{gateway.url}/predict", json={"model": "fraud", "inputs": [GOOD]}, timeout=10
+    ).json()
+    outcome = {"signed_request_id": answer["signed_request_id"], "outcome": 1}
+    # The split gateway has no ingest token: a loopback client may post.
+    resp = httpx.post(f"{split_gateway.url}/feedback", json=outcome, timeout=10)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["request_id"] == answer["request_id"]
 
 
 @pytest.mark.slow
