@@ -163,6 +163,12 @@ def test_secrets_are_files_never_config(overlay: tuple[str, list[dict[str, Any]]
         "SERVEKIT_REQUEST_ID_SECRET_FILE",
     ):
         assert str(Path(env[name]).parent) in mounts
+    # Every deployment serving /events and /feedback has the ingest secrets.
+    multimodel = find(docs, "Deployment", "servekit-multimodel")
+    assert multimodel is not None
+    (served,) = containers(multimodel)
+    names = {e["name"] for e in served["env"]}
+    assert {"SERVEKIT_INGEST_TOKEN_FILE", "SERVEKIT_REQUEST_ID_SECRET_FILE"} <= names
     volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
     # kustomize renamed the reference along with the generated Secret (hash suffix).
     assert volumes["redis-url"]["secret"]["secretName"] == secret["metadata"]["name"]
