@@ -35,7 +35,9 @@ from services.edge.admin import AdminRoutes
 from services.edge.admin_auth import AdminAuth
 from services.edge.bentoml_client import client_routes, publish_routes
 from services.edge.docs import ApiDocs
-from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
+from services.edge.http import GatewayApp, HTTPResponse, json_response
+from services.edge.ingest import FeedbackRoute, add_events_route
+from services.edge.ingest_auth import IngestAuth
 from services.errors import ServekitError
 from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
@@ -46,6 +48,7 @@ from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
 from services.rollout.routing import TrafficRouter
+from services.rollout.signing import RequestSigner
 from services.rollout.state import RolloutStore
 from services.runner.pool import ModelPool
 from services.runner.split import RemoteRunner, resident_versions, run_items
@@ -129,21 +132,24 @@ def _predictor(
     )
 
 
-def _runtime() -> tuple[RedisRuntime, ServingMetrics]:
-    """Metrics (drift results included), the Redis runtime and its ``/events`` route."""
+def _runtime() -> tuple[RedisRuntime, ServingMetrics, IngestAuth]:
+    """Metrics (drift results included), the Redis runtime, its ``/events`` route and the
+    ingest credential check it shares with ``/feedback``."""
     metrics = ServingMetrics()
     runtime = RedisRuntime(SETTINGS, metrics.registry)
-
-    async def events(body: bytes, scope: dict[str, Any]) -> HTTPResponse:
-        entry = await runtime.append_event(parse_json(body))
-        return json_response({"accepted": True, "id": entry}, 202)
-
-    app.add_route("POST", "/events", events)
+    serving = SETTINGS.serving
+    ingest = IngestAuth(  # failures limited like the admin token's, in buckets of its own
+        serving.ingest_token,
+        max_failures=serving.admin_auth_max_failures,
+        window_s=serving.admin_auth_window_s,
+        on_failure=metrics.observe_ingest_auth_failure,
+    )
+    add_events_route(app, ingest, runtime.append_event)
     app.readiness.append(runtime.health)
     app.on_first_request.append(runtime.start)
     metrics.add_collector(drift := DriftCollector(runtime.background_client, SETTINGS.monitoring))
     app.on_first_request.append(drift.start)
-    return runtime, metrics
+    return runtime, metrics, ingest
 
 
 def _gpu_sampler(settings: Settings) -> GpuSampler:
@@ -167,7 +173,7 @@ def _gpu_route(sampler: GpuSampler, metrics: ServingMetrics) -> None:
 
 
 def _routing(
-    runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics
+    runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics, ingest: IngestAuth
 ) -> RolloutFollower:
     """Rollout routing: the follower (pub/sub), the prediction log, feedback, admin."""
     rollout = SETTINGS.rollout
@@ -198,7 +204,11 @@ def _routing(
         window_s=SETTINGS.serving.admin_auth_window_s,
         on_failure=metrics.observe_admin_auth_failure,
     )
-    AdminRoutes(store, feedback, auth).register(app)
+    AdminRoutes(store, auth).register(app)
+    predictor.signer = _signer()
+    FeedbackRoute(feedback, ingest, predictor.signer, metrics.observe_feedback_rejected).register(
+        app
+    )
     metrics.add_collector(RouterCollector(router, log, follower))
 
     async def start() -> None:
@@ -214,6 +224,17 @@ def _routing(
     predictor.router = router
     predictor.rollout_states = lambda: follower.states
     return follower
+
+
+def _signer() -> RequestSigner:
+    """Signs the request ids predictions answer with; ``/feedback`` accepts only those."""
+    signer = RequestSigner(SETTINGS.serving.request_id_secret)
+    if not signer.shared:
+        logger.warning(
+            "SERVEKIT_REQUEST_ID_SECRET is unset: request ids are signed with a key of this "
+            "process only, so other replicas refuse its predictions' feedback"
+        )
+    return signer
 
 
 async def _init_rollout_states(store: RolloutStore, predictor: Predictor) -> None:
@@ -294,7 +315,7 @@ class Gateway:
         runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
-        self.redis, metrics = _runtime()
+        self.redis, metrics, ingest = _runtime()
         if SPLIT:
             self.predictor = build_split(SETTINGS, self.runner, self.redis, metrics)
         else:
@@ -303,7 +324,7 @@ class Gateway:
             _gpu_route(_gpu_sampler(SETTINGS), metrics)
         follower = None
         if SETTINGS.rollout.enabled:
-            follower = _routing(self.redis, self.predictor, metrics)
+            follower = _routing(self.redis, self.predictor, metrics, ingest)
         _docs(self.redis, self.predictor, follower)
         app.bind(
             self.predictor,

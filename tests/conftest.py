@@ -172,17 +172,25 @@ def fraud_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class ServerProcess:
-    """A `bentoml serve` of the servekit gateway in a subprocess."""
+INGEST_TOKEN = "test-ingest-token-0123456789abcdef"  # the gateway fixture's; 32+ characters
+INGEST = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+# Gateways that must sign request ids alike (replicas of one deployment) share this key.
+REQUEST_ID_SECRET = "test-request-id-secret-0123456789abcdef"
 
-    def __init__(self, env: dict[str, str], *, timeout_s: float = 90.0) -> None:
+
+class ServerProcess:
+    """A `bentoml serve` of the servekit gateway in a subprocess, bound to ``host``."""
+
+    def __init__(
+        self, env: dict[str, str], *, timeout_s: float = 90.0, host: str = "127.0.0.1"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(env.get("SERVEKIT_TEST_LOG", f"/tmp/servekit-test-{self.port}.log"))
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "services.service:Gateway",
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--host", host, "--port", str(self.port)],
             cwd=ROOT, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -219,6 +227,8 @@ def gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerProcess
             "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_MAX_RECORDS": "64",
             "SERVEKIT_MAX_BODY_BYTES": "65536",
+            "SERVEKIT_INGEST_TOKEN": INGEST_TOKEN,
+            "SERVEKIT_REQUEST_ID_SECRET": REQUEST_ID_SECRET,
         }
     )
     yield server

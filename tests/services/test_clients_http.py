@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import INGEST_TOKEN, ServerProcess
 
 RISKY = {"amount": 4000, "merchant_category": "crypto", "hour": 2, "channel": "online"}
 # The fraud model's v2 input: amount, merchant_category (index), hour, channel (index),
@@ -69,7 +69,7 @@ async def test_bentoml_async_client(gateway: ServerProcess) -> None:
     import bentoml
 
     record = {**RISKY, "hour": uuid.uuid4().int % 24}
-    async with bentoml.AsyncHTTPClient(gateway.url) as client:
+    async with bentoml.AsyncHTTPClient(gateway.url, token=INGEST_TOKEN) as client:
         got = await client.predict(model="fraud", inputs=[record], request_id="a-1")
         event = await client.events(timestamp=1.7e9, entities={"user": "u-async"}, amount=3.5)
     raw = httpx.post(

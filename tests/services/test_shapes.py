@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import REQUEST_ID_SECRET, ROOT, ServerProcess
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 RISKY = {"amount": 4000.0, "merchant_category": "crypto", "hour": 2, "channel": "online"}
@@ -64,6 +64,7 @@ def split_gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerP
             "SERVEKIT_MODEL_STORE": str(fraud_store),
             "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_CACHE_ENABLED": "false",
+            "SERVEKIT_REQUEST_ID_SECRET": REQUEST_ID_SECRET,  # signs as the other does
         }
     )
     yield server
@@ -92,6 +93,20 @@ def test_split_matches_colocated(gateway: ServerProcess, split_gateway: ServerPr
         assert [p["cached"] for p in body["predictions"]] == [False] * 12
     assert len({str(p["probabilities"]) for p in a["predictions"]}) > 1  # not one constant
     assert a == b
+
+
+@pytest.mark.slow
+def test_feedback_verifies_on_another_replica_sharing_the_secret(
+    gateway: ServerProcess, split_gateway: ServerProcess
+) -> None:
+    answer = httpx.post(
+        f"{gateway.url}/predict", json={"model": "fraud", "inputs": [GOOD]}, timeout=10
+    ).json()
+    outcome = {"signed_request_id": answer["signed_request_id"], "outcome": 1}
+    # The split gateway has no ingest token: a loopback client may post.
+    resp = httpx.post(f"{split_gateway.url}/feedback", json=outcome, timeout=10)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["request_id"] == answer["request_id"]
 
 
 @pytest.mark.slow
