@@ -7,9 +7,10 @@ services.service:Gateway`` runs:
 
 - colocated (default): the model pool and the adaptive batcher live in the gateway's
   process (a second HTTP hop costs several times the in-process call; docs/design.md);
-- split: the gateway validates and routes, and a ``ModelRunner`` service, reached with
-  ``bentoml.depends`` and batching with BentoML's batchable API, runs the models in its
-  own process (for GPU models that need their own process and scaling).
+- split: the gateway validates, routes and batches (servekit's batcher), and a
+  ``ModelRunner`` service, reached with ``bentoml.depends``, runs each batch in its own
+  process (for GPU models that need their own process and scaling): one call per batch,
+  tensors as raw bytes (``services.runner.split``).
 
 Both services carry the same trims: tracing excluded, access log and BentoML's metrics off
 (servekit exports its own on ``/metrics``), the TimeoutMiddleware timer fixed
@@ -21,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
 from redis.exceptions import RedisError
 
 from monitoring.collectors import PoolCollector, RouterCollector
@@ -51,7 +53,7 @@ from services.rollout.routing import TrafficRouter
 from services.rollout.signing import RequestSigner
 from services.rollout.state import RolloutStore
 from services.runner.pool import ModelPool
-from services.runner.split import RemoteRunner, resident_versions, run_items
+from services.runner.split import FrameServer, RemoteRunner, resident_versions
 from services.settings import Settings, get_settings
 from services.state.features import FeatureRegistry
 from services.state.runtime import RedisRuntime
@@ -67,6 +69,9 @@ _TRIMS: dict[str, Any] = {
     "metrics": {"enabled": False},
     "tracing": {"excluded_urls": [".*"]},
 }
+# The split shape's batch frames: raw bytes both ways (BentoML sends a positional bytes
+# input as the request body, unpickled, and a bytes output as the response body).
+WireBytes = Annotated[bytes, ContentType("application/octet-stream")]
 app = GatewayApp()
 _BACKGROUND: set[asyncio.Task[Any]] = set()
 
@@ -112,7 +117,8 @@ def build_split(
     )
     for name in settings.serving.models:
         catalog.pin(registry.get(name))
-    return _predictor(settings, catalog, RemoteRunner(proxy), runtime, metrics)
+    runner = RemoteRunner(proxy, settings, on_batch=metrics.observe_batch)
+    return _predictor(settings, catalog, runner, runtime, metrics)
 
 
 def _predictor(
@@ -274,23 +280,22 @@ def _client_routes() -> list[dict[str, Any]]:
     **_TRIMS,
 )
 class ModelRunner:
-    """Runs models for the split shape; BentoML's batchable API forms the batches."""
+    """Runs models for the split shape: the gateway batches, and each batch arrives as one
+    ``run_batch`` call carrying raw tensor bytes (``services.runner.wire``)."""
 
     def __init__(self) -> None:
         settings = get_settings()
         self.pool = ModelPool(ModelRegistry(open_store(settings.serving)), settings)
         self.pool.preload(settings.serving.models)
+        self.frames = FrameServer(self.pool)
         self.gpu_sampler = _gpu_sampler(settings)
         _freeze()
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=SETTINGS.batch.max_batch_size,
-        max_latency_ms=SETTINGS.batch.runner_max_latency_ms,
-    )
-    def infer(self, items: list[Any]) -> list[Any]:
-        """Run a batch of ``{"model", "version", "feeds"}`` items; one output dict each."""
-        return run_items(self.pool, items)
+    @bentoml.api
+    async def run_batch(self, frame: WireBytes, /) -> WireBytes:
+        """Run one batch frame (a positional bytes input: sent raw, never pickled); its
+        outputs, or an error frame."""
+        return await self.frames.serve(frame)
 
     @bentoml.api
     def loaded(self) -> dict[str, Any]:

@@ -37,12 +37,6 @@ class BatchSettings(BaseSettings):
     per_model: dict[str, BatchPolicy] = Field(
         default_factory=dict, description='JSON, e.g. {"text-embed": {"max_batch_size": 64}}'
     )
-    runner_max_latency_ms: int = Field(
-        60_000,
-        ge=1,
-        description="Split shape: max_latency_ms of ModelRunner.infer, the longest BentoML's "
-        "batching dispatcher keeps a request waiting before refusing it with 503.",
-    )
 
     def policy_for(self, model: str) -> BatchPolicy:
         """The batching policy of ``model``: its override, else the defaults."""
