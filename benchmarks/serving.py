@@ -112,10 +112,10 @@ class FreshInputs:
     """Request bodies no earlier run has sent: one continuing generator of records (or
     texts) for the whole benchmark, each run taking the next ones."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, seed: int) -> None:
         self.model = model
-        self._records = _records() if model == "fraud" else None
-        self._texts = _texts() if model != "fraud" else None
+        self._records = _records(seed) if model == "fraud" else None
+        self._texts = _texts(seed) if model != "fraud" else None
 
     def take(self, n: int, shape: str) -> list[bytes]:
         """``n`` new bodies, in the form ``shape`` takes."""
@@ -130,20 +130,21 @@ class FreshInputs:
         return [orjson.dumps({"model": self.model, "inputs": [r]}) for r in records]
 
 
-def _records() -> Iterator[dict[str, object]]:
+def _records(seed: int) -> Iterator[dict[str, object]]:
     """Transaction records from one running generator (each draw continues the last)."""
-    gen = TransactionGenerator(seed=11)
+    gen = TransactionGenerator(seed=seed)
     while True:
         yield from gen.records(10_000)
 
 
-def _texts() -> Iterator[str]:
-    """Distinct sentences of about 16 tokens (a counter keeps every one unique)."""
+def _texts(seed: int) -> Iterator[str]:
+    """Distinct sentences of about 16 tokens (a counter from ``seed`` keeps every one
+    unique)."""
     words = (
         "payment card merchant shipment order refund customer account balance transfer "
         "review delivery invoice warehouse weather border customs holiday report revenue"
     ).split()
-    i = 0
+    i = seed
     while True:
         picked = [words[(i * 7 + k * 3) % len(words)] for k in range(12)]
         yield " ".join(picked) + f" {i}"
@@ -162,6 +163,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--model", default="fraud", choices=["fraud", "text-embed"])
     ap.add_argument("--store", type=Path, help="model store (default: a fresh one)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=time.time_ns() % 2**31,
+        help="inputs' seed (default: the clock, so no earlier run's cache entries can hit)",
+    )
     ap.add_argument("--name", default="serving", help="results/NAME.json and NAME.png")
     return ap.parse_args()
 
@@ -293,7 +300,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> list[LoadResult
     registry = open_registry(args)
     if args.model != "fraud" and PEER in args.shapes:
         args.shapes.remove(PEER)  # the peer serves the fraud model's vectors only
-    inputs = FreshInputs(args.model)
+    inputs = FreshInputs(args.model, args.seed)
     floors = (1, 32) if args.model == "fraud" else ()
     steps = len(floors) + len(args.shapes) * (1 + len(args.concurrency) * args.rounds)
     results: list[LoadResult] = []
@@ -330,6 +337,7 @@ def main() -> None:
             "model": args.model,
             "seconds_per_step": args.seconds,
             "rounds": args.rounds,
+            "seed": args.seed,
             "baseline": BASELINE,
             "results": results,
         },
