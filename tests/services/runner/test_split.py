@@ -49,7 +49,7 @@ def pool(tmp_path: Path) -> ModelPool:
 
 
 def test_frames_carry_tensors_as_raw_bytes() -> None:
-    tensors = {
+    tensors: dict[str, np.ndarray] = {
         "f": np.arange(12, dtype=np.float32).reshape(4, 3),
         "ids": np.array([[101, 7, 102]], dtype=np.int64),
         "mask": np.zeros((0, 5), dtype=np.bool_),
