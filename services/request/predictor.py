@@ -332,6 +332,7 @@ class Predictor:
                     if state is not None
                     else served.get(name) or (versions[-1].version if versions else None),
                     "rollout": _rollout_summary(state),
+                    "cache": self.cache.describe(name) if self.cache is not None else None,
                     "versions": [
                         {
                             "version": v.version,

@@ -29,8 +29,9 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
-from services.state.cache_policy import AutoDisable, CacheState, CircuitBreaker
+from services.state.cache_policy import AutoDisable, CacheState, CircuitBreaker, CpuCosts
 from services.state.coalesce import TickCoalescer
+from services.state.cpu_meter import CpuMeter
 from services.state.keys import prediction_key, prediction_key_from_digest, row_digest
 
 if TYPE_CHECKING:
@@ -106,6 +107,30 @@ class CacheMetrics:
             "0 closed, 1 open, 2 half-open.",
             registry=registry,
         )
+        self.spent_cpu = Gauge(
+            "servekit_cache_lookup_cpu_seconds",
+            "CPU seconds the cache spends per looked-up row (hashing, encoding, Redis client).",
+            ["model"],
+            registry=registry,
+        )
+        self.saved_cpu = Gauge(
+            "servekit_cache_hit_saved_cpu_seconds",
+            "CPU seconds one hit saves: the runner's per row plus the gateway's own work.",
+            ["model"],
+            registry=registry,
+        )
+        self.benefit = Gauge(
+            "servekit_cache_cpu_benefit",
+            "Expected saved / spent CPU per looked-up row at the current hit rate.",
+            ["model"],
+            registry=registry,
+        )
+        self.switches = Counter(
+            "servekit_cache_switches",
+            "A model's cache turned on or off (reason: hit_rate, cost, probes).",
+            ["model", "state", "reason"],
+            registry=registry,
+        )
 
 
 _METRICS: weakref.WeakKeyDictionary[CollectorRegistry, CacheMetrics] = weakref.WeakKeyDictionary()
@@ -120,6 +145,8 @@ def cache_metrics(registry: CollectorRegistry | None = None) -> CacheMetrics:
 
 
 _FAILED = object()
+_METER_EVERY = 4
+"""One request in this many has its CPU metered (metering itself costs a few µs)."""
 
 
 class PredictionCache:
@@ -146,9 +173,14 @@ class PredictionCache:
         self._clock = clock
         self._timeout_s = settings.timeout_ms / 1000.0
         self._inflight: dict[bytes, asyncio.Future[np.ndarray]] = {}
+        self._calls = 0
+        self._exported_at: dict[str, float] = {}
         self.metrics = cache_metrics(registry)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
-        self.policy = AutoDisable(settings, clock, self._export_state)
+        # The CPU accounting behind the cost policy; the runner's cost per row is wired in
+        # where the model pool is known (``costs.runner_cost``).
+        self.costs = CpuCosts()
+        self.policy = AutoDisable(settings, clock, self._export_state, self.costs)
         # Concurrent requests' lookups and writes share one MGET / one pipeline per loop tick.
         self._reads: TickCoalescer[bytes, bytes | None] = TickCoalescer(self._mget_all)
         self._writes: TickCoalescer[tuple[bytes, bytes, int], Any] = TickCoalescer(self._set_all)
@@ -190,7 +222,8 @@ class PredictionCache:
 
         Looks all rows up in one MGET, computes the missing unique rows once (joining an
         identical computation already in flight in this process), writes them back in
-        one pipelined round trip and never fails because of Redis.
+        one pipelined round trip and never fails because of Redis. The CPU of the cache's
+        own work and of ``compute``'s gateway-side work is metered for the cost policy.
 
         Args:
             model: the model's name.
@@ -202,8 +235,13 @@ class PredictionCache:
             The float32 outputs, one row per input row, and a bool mask of the rows that
             came from the cache.
         """
+        self._calls += 1
+        sample = self._calls % _METER_EVERY == 0
+        t0 = time.thread_time() if sample else 0.0
         rows = _as_rows(rows)
         digests = [row_digest(r) for r in rows]
+        counts, computed = _Counts(), CpuMeter()
+        metered = _metered(compute, computed, counts) if sample else compute
         if (
             self._settings.enabled
             and self.policy.state(model) is not CacheState.ON
@@ -212,8 +250,34 @@ class PredictionCache:
             # Off for this model and no probe among the rows: straight to the model, with
             # none of the single-flight bookkeeping (the cache is not worth its cost here).
             self.metrics.bypasses.labels(model, "off").inc(len(rows))
-            out = np.asarray(await compute(rows)).astype(np.float32, copy=False)
+            out = np.asarray(await metered(rows)).astype(np.float32, copy=False)
+            if sample:
+                self.costs.add_compute(model, computed.cpu, counts.computed)
             return out, np.zeros(len(rows), dtype=bool)
+        if not sample:
+            return await self._get_or_compute(model, version, rows, digests, compute, counts)
+        meter = CpuMeter()
+        meter.cpu = time.thread_time() - t0
+        out = await meter.run(
+            self._get_or_compute(model, version, rows, digests, metered, counts)
+        )
+        if counts.computed:
+            self.costs.add_compute(model, computed.cpu, counts.computed)
+        if counts.looked:
+            self.costs.add_lookup(model, meter.cpu - computed.cpu, counts.looked, counts.written)
+            self._export_costs(model)
+        return out
+
+    async def _get_or_compute(
+        self,
+        model: str,
+        version: str,
+        rows: np.ndarray,
+        digests: list[bytes],
+        compute: Compute,
+        counts: _Counts,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The cached path of :meth:`get_or_compute` (rows looked up, or probed)."""
         keys = [prediction_key_from_digest(model, version, d) for d in digests]
         row_of: dict[bytes, np.ndarray] = {}
         digest_of: dict[bytes, bytes] = {}
@@ -222,11 +286,13 @@ class PredictionCache:
                 row_of[key] = row
                 digest_of[key] = digest
         cacheable = [k for k in row_of if self._should_lookup(model, digest_of[k])]
+        counts.looked = len(cacheable)
         found = await self._lookup(model, cacheable)
         missing = [k for k in row_of if k not in found]
         computed, owned = await self._compute_missing(model, missing, row_of, compute)
         cacheable_set = set(cacheable)
         to_write = {k: encode_output(computed[k]) for k in owned if k in cacheable_set}
+        counts.written = len(to_write)
         if to_write:
             await self._set(model, to_write)
 
@@ -249,6 +315,37 @@ class PredictionCache:
 
     def _export_state(self, model: str, state: CacheState) -> None:
         self.metrics.state.labels(model).set(1 if state is CacheState.ON else 0)
+        reason = self.policy.reason(model)
+        if reason != "start":
+            self.metrics.switches.labels(model, state.value, reason).inc()
+
+    def _export_costs(self, model: str) -> None:
+        """The model's CPU costs and benefit as gauges (at most once a second)."""
+        now = self._clock()
+        if now - self._exported_at.get(model, -1e9) < 1.0:
+            return
+        self._exported_at[model] = now
+        for gauge, value in (
+            (self.metrics.spent_cpu, self.costs.spent_per_row(model)),
+            (self.metrics.saved_cpu, self.costs.saved_per_hit(model)),
+            (self.metrics.benefit, self.policy.benefit(model)),
+        ):
+            gauge.labels(model).set(float("nan") if value is None else value)
+
+    def describe(self, model: str) -> dict[str, Any]:
+        """The model's cache decision and the figures behind it (for ``GET /models``)."""
+
+        def rounded(v: float | None, digits: int = 9) -> float | None:
+            return None if v is None else round(v, digits)
+
+        return {
+            "state": self.policy.state(model).value,
+            "reason": self.policy.reason(model),
+            "hit_rate": rounded(self.policy.hit_rate(model), 4),
+            "lookup_cpu_s_per_row": rounded(self.costs.spent_per_row(model)),
+            "hit_saved_cpu_s": rounded(self.costs.saved_per_hit(model)),
+            "cpu_benefit": rounded(self.policy.benefit(model), 3),
+        }
 
     def _should_lookup(self, model: str, digest: bytes) -> bool:
         if not self._settings.enabled:
@@ -278,14 +375,20 @@ class PredictionCache:
         await self._call(model, lambda: self._writes.submit(entries), len(items))
 
     async def _mget_all(self, keys: list[bytes]) -> list[bytes | None]:
-        values: list[bytes | None] = await self._redis.mget(keys)  # type: ignore[assignment]
+        meter = CpuMeter()
+        values: list[bytes | None] = await meter.run(self._redis.mget(keys))  # type: ignore[arg-type]
+        self.costs.client_read.add(meter.cpu, len(keys))
         return list(values)
 
     async def _set_all(self, entries: list[tuple[bytes, bytes, int]]) -> list[Any]:
+        meter, t0 = CpuMeter(), time.thread_time()
         pipe = self._redis.pipeline(transaction=False)
         for key, value, ttl in entries:
             pipe.set(key, value, ex=ttl)
-        return list(await pipe.execute())
+        meter.cpu = time.thread_time() - t0
+        out = list(await meter.run(pipe.execute()))
+        self.costs.client_write.add(meter.cpu, len(entries))
+        return out
 
     async def _call(self, model: str, make: Callable[[], Awaitable[Any]], rows: int) -> Any:
         """Run one Redis call within budget; _FAILED (and counted) if skipped or failed."""
@@ -360,6 +463,25 @@ class PredictionCache:
                 results.update(again)
                 own = own + owned
         return results, own
+
+
+class _Counts:
+    """Rows one request looked up, wrote back and computed (for the CPU accounting)."""
+
+    __slots__ = ("looked", "written", "computed")
+
+    def __init__(self) -> None:
+        self.looked = self.written = self.computed = 0
+
+
+def _metered(compute: Compute, meter: CpuMeter, counts: _Counts) -> Compute:
+    """``compute`` with its gateway-side CPU metered into ``meter`` and its rows counted."""
+
+    def run(x: np.ndarray) -> Awaitable[np.ndarray]:
+        counts.computed += len(x)
+        return meter.run(compute(x))  # type: ignore[arg-type]
+
+    return run
 
 
 def _as_rows(rows: np.ndarray) -> np.ndarray:
