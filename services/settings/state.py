@@ -78,8 +78,15 @@ class CacheSettings(BaseSettings):
     cost_on_ratio: float = Field(
         1.5, gt=0, description="Probed saved/spent CPU at which an off cache turns back on."
     )
+    cost_probe_rate: float = Field(
+        0.005,
+        gt=0,
+        le=1,
+        description="Share of inputs still cached while a model's cache is off for cost "
+        "(at most probe_rate).",
+    )
     cost_min_rows: int = Field(
-        200, ge=10, description="Looked-up rows before the CPU costs decide anything."
+        100, ge=10, description="Metered looked-up rows before the CPU costs decide anything."
     )
     breaker_failures: int = Field(
         5, ge=1, description="Consecutive failed calls that open the circuit breaker."

@@ -146,7 +146,8 @@ def cache_metrics(registry: CollectorRegistry | None = None) -> CacheMetrics:
 
 _FAILED = object()
 _METER_EVERY = 4
-"""One request in this many has its CPU metered (metering itself costs a few µs)."""
+"""While a model's cache is on, one request in this many has its CPU metered (metering
+costs a few µs); while it is off, every probe is (they are few)."""
 
 
 class PredictionCache:
@@ -174,6 +175,7 @@ class PredictionCache:
         self._timeout_s = settings.timeout_ms / 1000.0
         self._inflight: dict[bytes, asyncio.Future[np.ndarray]] = {}
         self._calls = 0
+        self._off_children: dict[str, Any] = {}
         self._exported_at: dict[str, float] = {}
         self.metrics = cache_metrics(registry)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
@@ -235,29 +237,30 @@ class PredictionCache:
             The float32 outputs, one row per input row, and a bool mask of the rows that
             came from the cache.
         """
-        self._calls += 1
-        sample = self._calls % _METER_EVERY == 0
-        t0 = time.thread_time() if sample else 0.0
+        on = self.policy.state(model) is CacheState.ON
+        if on:
+            self._calls += 1
+        # Metered: one request in _METER_EVERY while on, every probe while off (few).
+        sample = not on or self._calls % _METER_EVERY == 0
+        t0 = time.thread_time() if on and sample else None
         rows = _as_rows(rows)
         digests = [row_digest(r) for r in rows]
-        counts, computed = _Counts(), CpuMeter()
-        metered = _metered(compute, computed, counts) if sample else compute
+        counts = _Counts()
         if (
             self._settings.enabled
-            and self.policy.state(model) is not CacheState.ON
-            and not any(self.policy.is_probe(d) for d in digests)
+            and not on
+            and not any(self.policy.is_probe(d, model) for d in digests)
         ):
             # Off for this model and no probe among the rows: straight to the model, with
             # none of the single-flight bookkeeping (the cache is not worth its cost here).
-            self.metrics.bypasses.labels(model, "off").inc(len(rows))
-            out = np.asarray(await metered(rows)).astype(np.float32, copy=False)
-            if sample:
-                self.costs.add_compute(model, computed.cpu, counts.computed)
+            self._off_bypass(model).inc(len(rows))
+            out = np.asarray(await compute(rows)).astype(np.float32, copy=False)
             return out, np.zeros(len(rows), dtype=bool)
         if not sample:
             return await self._get_or_compute(model, version, rows, digests, compute, counts)
-        meter = CpuMeter()
-        meter.cpu = time.thread_time() - t0
+        computed, meter = CpuMeter(), CpuMeter()
+        metered = _metered(compute, computed, counts)
+        meter.cpu = 0.0 if t0 is None else time.thread_time() - t0
         out = await meter.run(
             self._get_or_compute(model, version, rows, digests, metered, counts)
         )
@@ -319,6 +322,13 @@ class PredictionCache:
         if reason != "start":
             self.metrics.switches.labels(model, state.value, reason).inc()
 
+    def _off_bypass(self, model: str) -> Any:
+        """The model's ``bypasses{reason="off"}`` child (looked up once: the hot path)."""
+        child = self._off_children.get(model)
+        if child is None:
+            child = self._off_children[model] = self.metrics.bypasses.labels(model, "off")
+        return child
+
     def _export_costs(self, model: str) -> None:
         """The model's CPU costs and benefit as gauges (at most once a second)."""
         now = self._clock()
@@ -351,9 +361,9 @@ class PredictionCache:
         if not self._settings.enabled:
             self.metrics.bypasses.labels(model, "disabled").inc()
             return False
-        if self.policy.state(model) is CacheState.ON or self.policy.is_probe(digest):
+        if self.policy.state(model) is CacheState.ON or self.policy.is_probe(digest, model):
             return True
-        self.metrics.bypasses.labels(model, "off").inc()
+        self._off_bypass(model).inc()
         return False
 
     async def _mget(self, model: str, keys: list[bytes]) -> list[bytes | None]:

@@ -221,6 +221,7 @@ class AutoDisable:
         self._on_state = on_state
         self.costs = costs if costs is not None else CpuCosts()
         self._probe_cut = int(settings.probe_rate * 2**32)
+        self._cost_probe_cut = int(min(settings.cost_probe_rate, settings.probe_rate) * 2**32)
         self._models: dict[str, _ModelState] = {}
 
     def state(self, model: str) -> CacheState:
@@ -243,9 +244,13 @@ class AutoDisable:
             return None
         return self.costs.benefit(model, self.hit_rate(model), self._settings.cost_min_rows)
 
-    def is_probe(self, digest: bytes) -> bool:
-        """Whether an input (by its row digest) is still cached while its model's is off."""
-        return int.from_bytes(digest[:4], "little") < self._probe_cut
+    def is_probe(self, digest: bytes, model: str | None = None) -> bool:
+        """Whether an input (by its row digest) is still cached while its model's is off
+        (fewer while ``model``'s cache is off for cost: each probe is a full lookup)."""
+        cut = self._probe_cut
+        if model is not None and self._model(model).reason == "cost":
+            cut = self._cost_probe_cut
+        return int.from_bytes(digest[:4], "little") < cut
 
     def record(self, model: str, outcomes: list[bool]) -> float | None:
         """Count lookups' hits; switch the model's cache off or on when due.

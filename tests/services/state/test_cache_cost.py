@@ -181,3 +181,19 @@ def test_cpu_meter_passes_cancellation_through() -> None:
         return meter.cpu
 
     assert asyncio.run(main()) >= 0.0
+
+
+def test_off_for_cost_probes_a_smaller_share() -> None:
+    import hashlib
+
+    policy = AutoDisable(_settings(probe_rate=0.1, cost_probe_rate=0.01), FakeClock())
+    digests = [hashlib.blake2b(str(i).encode(), digest_size=16).digest() for i in range(20000)]
+    share = sum(policy.is_probe(d, "m") for d in digests) / len(digests)
+    assert 0.08 < share < 0.12  # on, or off for the hit rate: probe_rate
+    _fed(policy, "m", runner=1 * US, lookup=100 * US)
+    policy.record("m", [True] * 50)
+    assert policy.reason("m") == "cost"
+    share = sum(policy.is_probe(d, "m") for d in digests) / len(digests)
+    assert 0.005 < share < 0.015  # off for cost: cost_probe_rate
+    # the cheaper probes are a subset of the usual ones: a probed input stays probed
+    assert all(policy.is_probe(d) for d in digests if policy.is_probe(d, "m"))
