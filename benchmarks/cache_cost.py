@@ -50,6 +50,7 @@ MODELS = ("fraud", "text-embed")
 SIDES = ("off", "on")
 TARGETS = {"text-embed": {"0.3": 1.25, "0.9": 3.0}}
 FLOOR_RATIO = 0.95
+TIMEOUT_MS = 1000
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,8 +81,26 @@ def prepare_store(store: Path | None) -> Path:
 def bodies_for(model: str, share: float) -> list[bytes]:
     """Request bodies, one input each, of which ``share`` repeat a recent input."""
     if model == "fraud":
-        return duplicate_bodies(share, 60_000, 5)
-    return text_bodies(share, 20_000, 5)
+        return duplicate_bodies(share, 150_000, 5)
+    return text_bodies(share, 30_000, 5)
+
+
+class Stream:
+    """One side's place in the body sequence: each run goes on where the last stopped, so
+    a later round never replays inputs (0 % duplicates stays 0 %)."""
+
+    def __init__(self, bodies: list[bytes]) -> None:
+        self.bodies = bodies
+        self.cursor = 0
+
+    def next_run(self) -> list[bytes]:
+        """The bodies from the cursor on (wrapping round at the end)."""
+        c = self.cursor % len(self.bodies)
+        return self.bodies[c:] + self.bodies[:c]
+
+    def advance(self, sent: int) -> None:
+        """``sent`` requests were made from the current run."""
+        self.cursor += sent
 
 
 def start(store: Path, model: str, cache_on: bool, redis_url: str) -> Server:
@@ -92,18 +111,23 @@ def start(store: Path, model: str, cache_on: bool, redis_url: str) -> Server:
         "SERVEKIT_MODELS": json.dumps([model]),
         "SERVEKIT_CACHE_ENABLED": "true" if cache_on else "false",
         "SERVEKIT_ORT_THREADS": "2" if model == "text-embed" else "1",
+        # Both sides: on a shared, saturated machine the event loop stalls past the 100 ms
+        # default budget and the breaker would switch the cache off for its own reasons.
+        "SERVEKIT_CACHE_TIMEOUT_MS": str(TIMEOUT_MS),
+        "SERVEKIT_REDIS_SOCKET_TIMEOUT_MS": str(TIMEOUT_MS),
     }
     side = "on" if cache_on else "off"
     return Server(env, RESULTS / f"cache_cost_{model}_{side}.log")
 
 
-def measure(server: Server, bodies: list[bytes], conc: int, seconds: float) -> dict[str, Any]:
+def measure(server: Server, stream: Stream, conc: int, seconds: float) -> dict[str, Any]:
     """One closed-loop run: throughput, latency, rows inferred per request."""
     b0 = scrape_batches(server.url)
     lat, ok, errors, secs = asyncio.run(
-        closed_loop(f"{server.url}/predict", bodies, conc, seconds, warmup_s=0.0)
+        closed_loop(f"{server.url}/predict", stream.next_run(), conc, seconds, warmup_s=0.0)
     )
     b1 = scrape_batches(server.url)
+    stream.advance(ok + sum(errors.values()) + conc)
     res = summarize("", conc, lat, ok, errors, secs)
     return {
         "throughput": res.throughput,
@@ -128,14 +152,16 @@ def run_share(
     """Rounds of off vs on (alternating order) at one duplicate share; medians."""
     redis.Redis.from_url(args.redis_url).flushdb()
     bodies = bodies_for(model, share)
+    streams = {side: Stream(bodies) for side in SIDES}
     # Fresh traffic for the cache-on side's policy (its windows from the last share drain).
-    asyncio.run(
-        closed_loop(f"{servers['on'].url}/predict", bodies, args.concurrency, args.warmup)
-    )
+    measure(servers["on"], streams["on"], args.concurrency, args.warmup)
+    errors0 = cache_errors(servers["on"])
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for r in range(args.rounds):
         for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-            runs[side].append(measure(servers[side], bodies, args.concurrency, args.seconds))
+            runs[side].append(
+                measure(servers[side], streams[side], args.concurrency, args.seconds)
+            )
             bar.advance()
     out: dict[str, Any] = {"share": share, "rounds": runs}
     for side in SIDES:
@@ -146,7 +172,19 @@ def run_share(
         out[side]["errors"] = sum(run["errors"] for run in runs[side])
     out["ratio"] = round(out["on"]["throughput"] / max(out["off"]["throughput"], 1e-9), 3)
     out["decision"] = cache_decision(servers["on"], model)
+    out["cache_errors"] = cache_errors(servers["on"]) - errors0
     return out
+
+
+def cache_errors(server: Server) -> float:
+    """Failed or timed-out cache calls so far (``servekit_cache_errors_total``)."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("servekit_cache_errors_total")
+    )
 
 
 def run_model(store: Path, model: str, args: argparse.Namespace, bar: Any) -> list[dict[str, Any]]:
