@@ -159,9 +159,7 @@ def run_share(
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
     for r in range(args.rounds):
         for side in SIDES if r % 2 == 0 else SIDES[::-1]:
-            runs[side].append(
-                measure(servers[side], streams[side], args.concurrency, args.seconds)
-            )
+            runs[side].append(measure(servers[side], streams[side], args.concurrency, args.seconds))
             bar.advance()
     out: dict[str, Any] = {"share": share, "rounds": runs}
     for side in SIDES:
@@ -242,7 +240,9 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     for ax, (model, shares) in zip(axes[0], results.items(), strict=True):
         labels = [f"{r['share']:.0%}" for r in shares]
         ratios = [r["ratio"] for r in shares]
-        ax.bar(labels, ratios, color=["tab:green" if x >= FLOOR_RATIO else "tab:red" for x in ratios])
+        ax.bar(
+            labels, ratios, color=["tab:green" if x >= FLOOR_RATIO else "tab:red" for x in ratios]
+        )
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.axhline(FLOOR_RATIO, color="tab:red", ls=":", label="0.95 (never costs)")
         for share, want in TARGETS.get(model, {}).items():

@@ -90,7 +90,7 @@ def _family(
 _METRICS = "monitoring.metrics"
 _COLLECTORS = "monitoring.collectors"
 _GPU = "monitoring.gpu"
-_CACHE = "services.state.cache"
+_CACHE = "services.state.cache_metrics"
 _FEATURES = "services.state.features"
 _DRIFT = "drift reports"
 _MV = ("model", "version")

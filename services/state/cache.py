@@ -21,14 +21,15 @@ import asyncio
 import logging
 import struct
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
+from services.state.cache_costs import CostReport, Counts, metered
+from services.state.cache_metrics import CacheMetrics, cache_metrics  # noqa: F401 - re-exported
 from services.state.cache_policy import AutoDisable, CacheState, CircuitBreaker, CpuCosts
 from services.state.coalesce import TickCoalescer
 from services.state.cpu_meter import CpuMeter
@@ -60,88 +61,6 @@ def decode_output(data: bytes) -> np.ndarray:
     if len(data) - header != 4 * int(np.prod(shape, dtype=np.int64)):
         raise ValueError(f"cache value of {len(data)} bytes does not hold shape {shape}")
     return np.frombuffer(data, dtype="<f4", offset=header).reshape(shape).astype(np.float32)
-
-
-class CacheMetrics:
-    """The cache's Prometheus metrics on one registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.hits = Counter(
-            "servekit_cache_hits", "Cache lookups that hit.", ["model"], registry=registry
-        )
-        self.misses = Counter(
-            "servekit_cache_misses", "Cache lookups that missed.", ["model"], registry=registry
-        )
-        self.bypasses = Counter(
-            "servekit_cache_bypasses",
-            "Rows not looked up (reason: disabled, off, breaker).",
-            ["model", "reason"],
-            registry=registry,
-        )
-        self.errors = Counter(
-            "servekit_cache_errors",
-            "Redis calls that failed or timed out, or values that did not decode.",
-            ["model", "kind"],
-            registry=registry,
-        )
-        self.joined = Counter(
-            "servekit_cache_singleflight_joined",
-            "Rows that joined an identical computation already in flight.",
-            ["model"],
-            registry=registry,
-        )
-        self.hit_rate = Gauge(
-            "servekit_cache_hit_rate",
-            "Hit rate over the sliding window (probes while off).",
-            ["model"],
-            registry=registry,
-        )
-        self.state = Gauge(
-            "servekit_cache_enabled",
-            "1 while the model's cache is on.",
-            ["model"],
-            registry=registry,
-        )
-        self.breaker = Gauge(
-            "servekit_cache_breaker_state",
-            "0 closed, 1 open, 2 half-open.",
-            registry=registry,
-        )
-        self.spent_cpu = Gauge(
-            "servekit_cache_lookup_cpu_seconds",
-            "CPU seconds the cache spends per looked-up row (hashing, encoding, Redis client).",
-            ["model"],
-            registry=registry,
-        )
-        self.saved_cpu = Gauge(
-            "servekit_cache_hit_saved_cpu_seconds",
-            "CPU seconds one hit saves: the runner's per row plus the gateway's own work.",
-            ["model"],
-            registry=registry,
-        )
-        self.benefit = Gauge(
-            "servekit_cache_cpu_benefit",
-            "Expected saved / spent CPU per looked-up row at the current hit rate.",
-            ["model"],
-            registry=registry,
-        )
-        self.switches = Counter(
-            "servekit_cache_switches",
-            "A model's cache turned on or off (reason: hit_rate, cost, probes).",
-            ["model", "state", "reason"],
-            registry=registry,
-        )
-
-
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, CacheMetrics] = weakref.WeakKeyDictionary()
-
-
-def cache_metrics(registry: CollectorRegistry | None = None) -> CacheMetrics:
-    """The cache metrics of ``registry`` (default: prometheus_client's), created once."""
-    registry = REGISTRY if registry is None else registry
-    if registry not in _METRICS:
-        _METRICS[registry] = CacheMetrics(registry)
-    return _METRICS[registry]
 
 
 _FAILED = object()
@@ -176,13 +95,13 @@ class PredictionCache:
         self._inflight: dict[bytes, asyncio.Future[np.ndarray]] = {}
         self._calls = 0
         self._off_children: dict[str, Any] = {}
-        self._exported_at: dict[str, float] = {}
         self.metrics = cache_metrics(registry)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
         # The CPU accounting behind the cost policy; the runner's cost per row is wired in
         # where the model pool is known (``costs.runner_cost``).
         self.costs = CpuCosts()
         self.policy = AutoDisable(settings, clock, self._export_state, self.costs)
+        self.report = CostReport(self.policy, clock, registry)
         # Concurrent requests' lookups and writes share one MGET / one pipeline per loop tick.
         self._reads: TickCoalescer[bytes, bytes | None] = TickCoalescer(self._mget_all)
         self._writes: TickCoalescer[tuple[bytes, bytes, int], Any] = TickCoalescer(self._set_all)
@@ -245,7 +164,7 @@ class PredictionCache:
         t0 = time.thread_time() if on and sample else None
         rows = _as_rows(rows)
         digests = [row_digest(r) for r in rows]
-        counts = _Counts()
+        counts = Counts()
         if (
             self._settings.enabled
             and not on
@@ -259,17 +178,13 @@ class PredictionCache:
         if not sample:
             return await self._get_or_compute(model, version, rows, digests, compute, counts)
         computed, meter = CpuMeter(), CpuMeter()
-        metered = _metered(compute, computed, counts)
+        compute_metered = metered(compute, computed, counts)
         meter.cpu = 0.0 if t0 is None else time.thread_time() - t0
-        out = await meter.run(
-            self._get_or_compute(model, version, rows, digests, metered, counts)
+        result = await meter.run(
+            self._get_or_compute(model, version, rows, digests, compute_metered, counts)
         )
-        if counts.computed:
-            self.costs.add_compute(model, computed.cpu, counts.computed)
-        if counts.looked:
-            self.costs.add_lookup(model, meter.cpu - computed.cpu, counts.looked, counts.written)
-            self._export_costs(model)
-        return out
+        self.report.metered(model, meter.cpu - computed.cpu, counts, computed.cpu)
+        return result
 
     async def _get_or_compute(
         self,
@@ -278,7 +193,7 @@ class PredictionCache:
         rows: np.ndarray,
         digests: list[bytes],
         compute: Compute,
-        counts: _Counts,
+        counts: Counts,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The cached path of :meth:`get_or_compute` (rows looked up, or probed)."""
         keys = [prediction_key_from_digest(model, version, d) for d in digests]
@@ -318,9 +233,7 @@ class PredictionCache:
 
     def _export_state(self, model: str, state: CacheState) -> None:
         self.metrics.state.labels(model).set(1 if state is CacheState.ON else 0)
-        reason = self.policy.reason(model)
-        if reason != "start":
-            self.metrics.switches.labels(model, state.value, reason).inc()
+        self.report.switched(model, state)
 
     def _off_bypass(self, model: str) -> Any:
         """The model's ``bypasses{reason="off"}`` child (looked up once: the hot path)."""
@@ -329,33 +242,9 @@ class PredictionCache:
             child = self._off_children[model] = self.metrics.bypasses.labels(model, "off")
         return child
 
-    def _export_costs(self, model: str) -> None:
-        """The model's CPU costs and benefit as gauges (at most once a second)."""
-        now = self._clock()
-        if now - self._exported_at.get(model, -1e9) < 1.0:
-            return
-        self._exported_at[model] = now
-        for gauge, value in (
-            (self.metrics.spent_cpu, self.costs.spent_per_row(model)),
-            (self.metrics.saved_cpu, self.costs.saved_per_hit(model)),
-            (self.metrics.benefit, self.policy.benefit(model)),
-        ):
-            gauge.labels(model).set(float("nan") if value is None else value)
-
     def describe(self, model: str) -> dict[str, Any]:
-        """The model's cache decision and the figures behind it (for ``GET /models``)."""
-
-        def rounded(v: float | None, digits: int = 9) -> float | None:
-            return None if v is None else round(v, digits)
-
-        return {
-            "state": self.policy.state(model).value,
-            "reason": self.policy.reason(model),
-            "hit_rate": rounded(self.policy.hit_rate(model), 4),
-            "lookup_cpu_s_per_row": rounded(self.costs.spent_per_row(model)),
-            "hit_saved_cpu_s": rounded(self.costs.saved_per_hit(model)),
-            "cpu_benefit": rounded(self.policy.benefit(model), 3),
-        }
+        """The model's cache decision and the CPU figures behind it (for ``GET /models``)."""
+        return self.report.describe(model)
 
     def _should_lookup(self, model: str, digest: bytes) -> bool:
         if not self._settings.enabled:
@@ -473,25 +362,6 @@ class PredictionCache:
                 results.update(again)
                 own = own + owned
         return results, own
-
-
-class _Counts:
-    """Rows one request looked up, wrote back and computed (for the CPU accounting)."""
-
-    __slots__ = ("looked", "written", "computed")
-
-    def __init__(self) -> None:
-        self.looked = self.written = self.computed = 0
-
-
-def _metered(compute: Compute, meter: CpuMeter, counts: _Counts) -> Compute:
-    """``compute`` with its gateway-side CPU metered into ``meter`` and its rows counted."""
-
-    def run(x: np.ndarray) -> Awaitable[np.ndarray]:
-        counts.computed += len(x)
-        return meter.run(compute(x))  # type: ignore[arg-type]
-
-    return run
 
 
 def _as_rows(rows: np.ndarray) -> np.ndarray:

@@ -107,8 +107,7 @@ def test_cost_decision_turns_fraud_off_and_keeps_text_on(
         with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
         assert (
-            'servekit_cache_switches_total{model="fraud",reason="cost",state="off"} 1.0'
-            in metrics
+            'servekit_cache_switches_total{model="fraud",reason="cost",state="off"} 1.0' in metrics
         )
         assert 'servekit_cache_enabled{model="fraud"} 0.0' in metrics
         assert f'servekit_cache_enabled{{model="{TEXT_MODEL}"}} 1.0' in metrics
