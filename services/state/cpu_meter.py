@@ -11,6 +11,7 @@ client packing a command and parsing its reply), however busy the loop is.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
@@ -27,7 +28,10 @@ class CpuMeter:
         self.cpu = 0.0
 
     def run(self, coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
-        """``coro`` as an awaitable whose steps are metered into ``self.cpu``."""
+        """``coro`` as an awaitable whose steps are metered into ``self.cpu`` (any other
+        awaitable, a future say, is returned as it is, unmetered)."""
+        if not inspect.iscoroutine(coro):
+            return coro
         return _Metered(coro, self)
 
 

@@ -197,3 +197,13 @@ def test_off_for_cost_probes_a_smaller_share() -> None:
     assert 0.005 < share < 0.015  # off for cost: cost_probe_rate
     # the cheaper probes are a subset of the usual ones: a probed input stays probed
     assert all(policy.is_probe(d) for d in digests if policy.is_probe(d, "m"))
+
+
+def test_cpu_meter_passes_other_awaitables_through_unmetered() -> None:
+    async def main() -> tuple[int, float]:
+        meter = CpuMeter()
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(5)
+        return await meter.run(fut), meter.cpu  # type: ignore[arg-type]
+
+    assert asyncio.run(main()) == (5, 0.0)
