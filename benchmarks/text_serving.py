@@ -10,8 +10,12 @@ One run measures, side by side, at sequence lengths around 16 and 64 tokens:
   the p99 target.
 
 Writes benchmarks/results/text_serving.json and text_serving.png and prints a table.
-Targets (CPU): at concurrency 32 and 64 tokens, batched throughput >= 70 % of the best
-floor and >= batching off; p99 < 100 ms at 80 % of peak where the compute allows it.
+The gateway's CPU per request (its process tree, from the OS) and the tokenizer's CPU per
+text (in process, thread CPU) are recorded beside them, so that what tokenizing takes from
+the model's cores is a measured share, not a guess.
+
+Targets (CPU): at concurrency 32, batched throughput >= 85 % of the best floor at 16 and
+64 tokens and >= batching off; p99 < 100 ms at 80 % of peak where the compute allows it.
 
     python -m benchmarks.text_serving [--store DIR] [--seconds 6] [--threads 2]
     (or python benchmarks/text_serving.py ...)
@@ -78,6 +82,24 @@ def ensure_store(store: Path | None) -> Path:
         ensure_text_model(registry)
         print(f"converted {MODEL} into {root} in {time.perf_counter() - t0:.0f} s")
     return root
+
+
+def tokenize_cpu_us(store: Path, texts: list[str]) -> float:
+    """The gateway's tokenization CPU per text (one text per call, as /predict gets them),
+    in µs of thread CPU: what tokenizing takes from the cores the model runs on."""
+    from services.registry.stores import LocalStore
+    from services.registry.versions import ModelRegistry
+    from services.request.tokenizer import TextEncoder
+
+    registry = ModelRegistry(LocalStore(store))
+    encoder = TextEncoder.for_version(registry, registry.get(MODEL))
+    best = float("inf")
+    for _ in range(3):  # best of three: the CPU it needs, not what a shared machine adds
+        t0 = time.thread_time()
+        for text in texts:
+            encoder.encode([text])
+        best = min(best, (time.thread_time() - t0) / len(texts))
+    return best * 1e6
 
 
 def floor(store: Path, texts: list[str], threads: int, seconds: float) -> dict[int, float]:
@@ -169,12 +191,16 @@ def serve_runs(
         for length, payloads in bodies.items():
             for c in args.concurrency:
                 b0 = scrape_batches(server.url)
+                cpu0 = server.cpu_seconds()
                 lat, ok, errors, secs = asyncio.run(
                     closed_loop(f"{server.url}/predict", payloads, c, args.seconds, warmup_s=1.0)
                 )
+                cpu1 = server.cpu_seconds()
                 b1 = scrape_batches(server.url)
                 res = summarize(f"{label}-{length}", c, lat, ok, errors, secs)
                 res.mean_batch_rows = (b1[1] - b0[1]) / max(b1[0] - b0[0], 1)
+                # (the warm-up second's requests are in the CPU too: an upper bound)
+                res.server_cpu_ms_per_req = round((cpu1 - cpu0) * 1000 / max(ok, 1), 3)
                 out["closed"].setdefault(str(length), {})[str(c)] = res
                 print(
                     f"  {label:9s} {length:3d} tok c={c:<3d} {res.throughput:7.1f} req/s "
@@ -208,7 +234,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             ax.plot(cs, [runs[str(c)].throughput for c in cs], marker="o", label=label)
         best = max(doc["floor"][length].values())
         ax.axhline(best, ls="--", color="grey", label=f"ORT floor (best batch) {best:.0f}/s")
-        ax.axhline(0.7 * best, ls=":", color="grey", label="70 % of floor")
+        ax.axhline(0.85 * best, ls=":", color="grey", label="85 % of floor")
         ax.set_xscale("log", base=2)
         ax.set_title(f"text-embed, ~{length} tokens")
         ax.set_xlabel("concurrency")
@@ -238,6 +264,13 @@ def print_summary(
             u32 = doc["unbatched"]["closed"][str(n)]["32"]
             targets[str(n)] = {
                 "c32_share_of_best_floor": round(b32.throughput / best, 3),
+                "c32_server_cpu_ms_per_req": b32.server_cpu_ms_per_req,
+                "tokenize_share_of_server_cpu": round(
+                    doc["tokenize_cpu_us_per_text"][str(n)]
+                    / 1000
+                    / max(b32.server_cpu_ms_per_req or 0.0, 1e-9),
+                    4,
+                ),
                 "c32_batched_ge_unbatched": b32.throughput >= u32.throughput,
                 "p99_ms_at_80pct_peak": doc["batched"]["open"][str(n)]["p99_ms"],
             }
@@ -277,7 +310,13 @@ def main() -> None:
         doc["floor"][str(n)] = {
             str(b): round(v, 1) for b, v in floor(store, ts, args.threads, 3.0).items()
         }
-        print(f"floor {n} tokens (rows/s at batch 1/8/32): {doc['floor'][str(n)]}")
+        doc.setdefault("tokenize_cpu_us_per_text", {})[str(n)] = round(
+            tokenize_cpu_us(store, ts), 1
+        )
+        print(
+            f"floor {n} tokens (rows/s at batch 1/8/32): {doc['floor'][str(n)]}; "
+            f"tokenizing {doc['tokenize_cpu_us_per_text'][str(n)]} µs CPU per text"
+        )
     doc["batched"] = serve_runs(store, True, bodies, args)
     doc["unbatched"] = serve_runs(store, False, bodies, args)
 

@@ -90,7 +90,7 @@ def _family(
 _METRICS = "monitoring.metrics"
 _COLLECTORS = "monitoring.collectors"
 _GPU = "monitoring.gpu"
-_CACHE = "services.state.cache"
+_CACHE = "services.state.cache_metrics"
 _FEATURES = "services.state.features"
 _DRIFT = "drift reports"
 _MV = ("model", "version")
@@ -148,6 +148,14 @@ _PREDICTION_CACHE = tuple(
          "Hit rate over the sliding window (probes while off)."),
         ("servekit_cache_enabled", "gauge", ("model",), "1 while the model's cache is on."),
         ("servekit_cache_breaker_state", "gauge", (), "0 closed, 1 open, 2 half-open."),
+        ("servekit_cache_lookup_cpu_seconds", "gauge", ("model",),
+         "CPU seconds the cache spends per looked-up row (hashing, encoding, Redis client)."),
+        ("servekit_cache_hit_saved_cpu_seconds", "gauge", ("model",),
+         "CPU seconds one hit saves: the runner's per row plus the gateway's own work."),
+        ("servekit_cache_cpu_benefit", "gauge", ("model",),
+         "Expected saved / spent CPU per looked-up row at the current hit rate."),
+        ("servekit_cache_switches_total", "counter", ("model", "state", "reason"),
+         "A model's cache turned on or off (reason: hit_rate, cost, probes)."),
     )
 )  # fmt: skip
 

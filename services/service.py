@@ -101,6 +101,8 @@ def build_colocated(
     pool = ModelPool(registry, settings, catalog=catalog, on_batch=metrics.observe_batch)
     pool.preload(settings.serving.models)
     metrics.add_collector(PoolCollector(pool))
+    if runtime.cache is not None:  # the cost policy weighs lookups against runner CPU
+        runtime.cache.costs.runner_cost = pool.cpu_per_row
     return _predictor(settings, catalog, LocalRunner(pool), runtime, metrics), pool
 
 

@@ -283,14 +283,15 @@ class Predictor:
         texts = encoder.texts(records)
 
         backend_ms: list[float] = []
+        encoded: list[tuple[list[str], Feeds]] = []
 
         async def compute_texts(batch: list[str]) -> np.ndarray:
             feeds = encoder.encode(batch)
+            encoded.append((batch, feeds))
             t0 = time.perf_counter()
             outputs = await self.runner.infer(mv, feeds, len(batch))
             backend_ms.append((time.perf_counter() - t0) * 1000.0)
-            preds = encoder.decode(outputs, feeds)
-            return np.array([p["embedding"] for p in preds], dtype=np.float32)
+            return encoder.embeddings(outputs, feeds)
 
         if self.cache is None:
             embeddings, cached = await compute_texts(texts), np.zeros(len(texts), dtype=bool)
@@ -313,7 +314,10 @@ class Predictor:
             for row, hit in zip(embeddings, cached, strict=True)
         ]
         # For a shadow candidate: the token feeds and the primary's pooled embeddings.
-        feeds = encoder.encode(texts) if self.router is not None else {}
+        # (Tokenized once: the runner's feeds when every text went to the runner together.)
+        feeds: Feeds = {}
+        if self.router is not None:
+            feeds = encoded[0][1] if encoded and encoded[0][0] == texts else encoder.encode(texts)
         output = mv.model_schema.outputs[0].name
         backend = sum(backend_ms) if backend_ms else float("nan")
         return _Answer(predictions, feeds, {output: embeddings}, None, backend)
@@ -338,6 +342,7 @@ class Predictor:
                     if state is not None
                     else served.get(name) or (versions[-1].version if versions else None),
                     "rollout": _rollout_summary(state),
+                    "cache": self.cache.describe(name) if self.cache is not None else None,
                     "versions": [
                         {
                             "version": v.version,

@@ -153,16 +153,23 @@ class TextEncoder:
         }
         return {n: arrays[n] for n in self.input_names}
 
-    def decode(
+    def embeddings(
         self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray]
-    ) -> list[dict[str, Any]]:
-        """One ``{"embedding": [...]}`` per text, from pooled or token-level outputs."""
-        name, out = next(iter(outputs.items()))
+    ) -> np.ndarray:
+        """The ``[n, dim]`` float32 embeddings of ``n`` texts, from pooled or token outputs
+        (no per-row Python lists: the answer is built from this array once)."""
+        out = next(iter(outputs.values()))
         if out.ndim == 3:
             # Token states of a batch padded past this request's length: crop, then pool.
             mask = feeds["attention_mask"]
             out = l2_normalize(mean_pool(out[:, : mask.shape[1]], mask))
-        return [{"embedding": row.tolist()} for row in out]
+        return np.asarray(out, dtype=np.float32)
+
+    def decode(
+        self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray]
+    ) -> list[dict[str, Any]]:
+        """One ``{"embedding": [...]}`` per text, from pooled or token-level outputs."""
+        return [{"embedding": row.tolist()} for row in self.embeddings(outputs, feeds)]
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

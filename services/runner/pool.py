@@ -103,6 +103,7 @@ class ModelPool:
         self._sessions = sessions
         self.budget = self._res.budget
         self.stats = self._res.stats
+        self._cpu: dict[str, list[float]] = {}  # model -> decayed [CPU seconds, rows]
         self.batcher = AdaptiveBatcher(
             self._run_group,
             policy_for=lambda key: self.settings.batch.policy_for(key[0]),  # type: ignore[index]
@@ -191,10 +192,29 @@ class ModelPool:
                 version=version,
                 retry_after=1,
             )
+        cpu0 = time.thread_time()
         batch, sizes = concat_feeds(feeds)
         if switch is None:
-            return split_outputs(lm.backend.run(batch), sizes)
-        return split_outputs(lm.backend.run(batch, switch), sizes)  # type: ignore[call-arg]
+            out = split_outputs(lm.backend.run(batch), sizes)
+        else:
+            out = split_outputs(lm.backend.run(batch, switch), sizes)  # type: ignore[call-arg]
+        self._cpu_spent(cast(Key, key)[0], time.thread_time() - cpu0, sum(sizes))
+        return out
+
+    def _cpu_spent(self, model: str, cpu_s: float, rows: int) -> None:
+        """Learn ``model``'s CPU per row (decayed sums; a lost update between threads is
+        harmless)."""
+        sums = self._cpu.get(model)
+        if sums is None:
+            sums = self._cpu[model] = [0.0, 0.0]
+        sums[0] = sums[0] * 0.98 + cpu_s
+        sums[1] = sums[1] * 0.98 + rows
+
+    def cpu_per_row(self, model: str) -> float | None:
+        """CPU seconds per row of ``model``'s backend calls (the calling thread's CPU, as
+        the batcher measures it; None before any call)."""
+        sums = self._cpu.get(model)
+        return sums[0] / sums[1] if sums is not None and sums[1] > 0 else None
 
     def _limits_for(self, key: Hashable) -> LaneLimits:
         lim = self.mm.limits_for(key[0])  # type: ignore[index]

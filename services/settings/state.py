@@ -83,6 +83,27 @@ class CacheSettings(BaseSettings):
     )
     probe_window: int = Field(200, ge=10, description="Probe lookups needed to turn back on.")
     min_off_s: float = Field(60.0, ge=0, description="Shortest time a cache stays off.")
+    cost_policy: bool = Field(
+        True,
+        description="Also switch a model's cache by CPU cost: on only while the runner CPU "
+        "its hits save (hit rate x CPU per row) outweighs the cache's own CPU per lookup.",
+    )
+    cost_off_ratio: float = Field(
+        1.0, gt=0, description="Saved/spent CPU under which a model's cache turns off."
+    )
+    cost_on_ratio: float = Field(
+        1.5, gt=0, description="Probed saved/spent CPU at which an off cache turns back on."
+    )
+    cost_probe_rate: float = Field(
+        0.005,
+        gt=0,
+        le=1,
+        description="Share of inputs still cached while a model's cache is off for cost "
+        "(at most probe_rate).",
+    )
+    cost_min_rows: int = Field(
+        100, ge=10, description="Metered looked-up rows before the CPU costs decide anything."
+    )
     breaker_failures: int = Field(
         5, ge=1, description="Consecutive failed calls that open the circuit breaker."
     )

@@ -21,16 +21,18 @@ import asyncio
 import logging
 import struct
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from services.state.cache_policy import AutoDisable, CacheState, CircuitBreaker
+from services.state.cache_costs import CostReport, Counts, metered
+from services.state.cache_metrics import CacheMetrics, cache_metrics  # noqa: F401 - re-exported
+from services.state.cache_policy import AutoDisable, CacheState, CircuitBreaker, CpuCosts
 from services.state.coalesce import TickCoalescer
+from services.state.cpu_meter import CpuMeter
 from services.state.keys import prediction_key, prediction_key_from_digest, row_digest
 from services.state.redis_clients import is_cluster
 
@@ -62,65 +64,10 @@ def decode_output(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f4", offset=header).reshape(shape).astype(np.float32)
 
 
-class CacheMetrics:
-    """The cache's Prometheus metrics on one registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.hits = Counter(
-            "servekit_cache_hits", "Cache lookups that hit.", ["model"], registry=registry
-        )
-        self.misses = Counter(
-            "servekit_cache_misses", "Cache lookups that missed.", ["model"], registry=registry
-        )
-        self.bypasses = Counter(
-            "servekit_cache_bypasses",
-            "Rows not looked up (reason: disabled, off, breaker).",
-            ["model", "reason"],
-            registry=registry,
-        )
-        self.errors = Counter(
-            "servekit_cache_errors",
-            "Redis calls that failed or timed out, or values that did not decode.",
-            ["model", "kind"],
-            registry=registry,
-        )
-        self.joined = Counter(
-            "servekit_cache_singleflight_joined",
-            "Rows that joined an identical computation already in flight.",
-            ["model"],
-            registry=registry,
-        )
-        self.hit_rate = Gauge(
-            "servekit_cache_hit_rate",
-            "Hit rate over the sliding window (probes while off).",
-            ["model"],
-            registry=registry,
-        )
-        self.state = Gauge(
-            "servekit_cache_enabled",
-            "1 while the model's cache is on.",
-            ["model"],
-            registry=registry,
-        )
-        self.breaker = Gauge(
-            "servekit_cache_breaker_state",
-            "0 closed, 1 open, 2 half-open.",
-            registry=registry,
-        )
-
-
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, CacheMetrics] = weakref.WeakKeyDictionary()
-
-
-def cache_metrics(registry: CollectorRegistry | None = None) -> CacheMetrics:
-    """The cache metrics of ``registry`` (default: prometheus_client's), created once."""
-    registry = REGISTRY if registry is None else registry
-    if registry not in _METRICS:
-        _METRICS[registry] = CacheMetrics(registry)
-    return _METRICS[registry]
-
-
 _FAILED = object()
+_METER_EVERY = 4
+"""While a model's cache is on, one request in this many has its CPU metered (metering
+costs a few µs); while it is off, every probe is (they are few)."""
 
 
 class PredictionCache:
@@ -147,9 +94,15 @@ class PredictionCache:
         self._clock = clock
         self._timeout_s = settings.timeout_ms / 1000.0
         self._inflight: dict[bytes, asyncio.Future[np.ndarray]] = {}
+        self._calls = 0
+        self._off_children: dict[str, Any] = {}
         self.metrics = cache_metrics(registry)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s, clock)
-        self.policy = AutoDisable(settings, clock, self._export_state)
+        # The CPU accounting behind the cost policy; the runner's cost per row is wired in
+        # where the model pool is known (``costs.runner_cost``).
+        self.costs = CpuCosts()
+        self.policy = AutoDisable(settings, clock, self._export_state, self.costs)
+        self.report = CostReport(self.policy, clock, registry)
         # Concurrent requests' lookups and writes share one MGET / one pipeline per loop tick.
         self._reads: TickCoalescer[bytes, bytes | None] = TickCoalescer(self._mget_all)
         self._writes: TickCoalescer[tuple[bytes, bytes, int], Any] = TickCoalescer(self._set_all)
@@ -191,7 +144,8 @@ class PredictionCache:
 
         Looks all rows up in one MGET, computes the missing unique rows once (joining an
         identical computation already in flight in this process), writes them back in
-        one pipelined round trip and never fails because of Redis.
+        one pipelined round trip and never fails because of Redis. The CPU of the cache's
+        own work and of ``compute``'s gateway-side work is metered for the cost policy.
 
         Args:
             model: the model's name.
@@ -203,18 +157,46 @@ class PredictionCache:
             The float32 outputs, one row per input row, and a bool mask of the rows that
             came from the cache.
         """
+        on = self.policy.state(model) is CacheState.ON
+        if on:
+            self._calls += 1
+        # Metered: one request in _METER_EVERY while on, every probe while off (few).
+        sample = not on or self._calls % _METER_EVERY == 0
+        t0 = time.thread_time() if on and sample else None
         rows = _as_rows(rows)
         digests = [row_digest(r) for r in rows]
+        counts = Counts()
         if (
             self._settings.enabled
-            and self.policy.state(model) is not CacheState.ON
-            and not any(self.policy.is_probe(d) for d in digests)
+            and not on
+            and not any(self.policy.is_probe(d, model) for d in digests)
         ):
             # Off for this model and no probe among the rows: straight to the model, with
             # none of the single-flight bookkeeping (the cache is not worth its cost here).
-            self.metrics.bypasses.labels(model, "off").inc(len(rows))
+            self._off_bypass(model).inc(len(rows))
             out = np.asarray(await compute(rows)).astype(np.float32, copy=False)
             return out, np.zeros(len(rows), dtype=bool)
+        if not sample:
+            return await self._get_or_compute(model, version, rows, digests, compute, counts)
+        computed, meter = CpuMeter(), CpuMeter()
+        compute_metered = metered(compute, computed, counts)
+        meter.cpu = 0.0 if t0 is None else time.thread_time() - t0
+        result = await meter.run(
+            self._get_or_compute(model, version, rows, digests, compute_metered, counts)
+        )
+        self.report.metered(model, meter.cpu - computed.cpu, counts, computed.cpu)
+        return result
+
+    async def _get_or_compute(
+        self,
+        model: str,
+        version: str,
+        rows: np.ndarray,
+        digests: list[bytes],
+        compute: Compute,
+        counts: Counts,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The cached path of :meth:`get_or_compute` (rows looked up, or probed)."""
         keys = [prediction_key_from_digest(model, version, d) for d in digests]
         row_of: dict[bytes, np.ndarray] = {}
         digest_of: dict[bytes, bytes] = {}
@@ -223,11 +205,13 @@ class PredictionCache:
                 row_of[key] = row
                 digest_of[key] = digest
         cacheable = [k for k in row_of if self._should_lookup(model, digest_of[k])]
+        counts.looked = len(cacheable)
         found = await self._lookup(model, cacheable)
         missing = [k for k in row_of if k not in found]
         computed, owned = await self._compute_missing(model, missing, row_of, compute)
         cacheable_set = set(cacheable)
         to_write = {k: encode_output(computed[k]) for k in owned if k in cacheable_set}
+        counts.written = len(to_write)
         if to_write:
             await self._set(model, to_write)
 
@@ -250,14 +234,26 @@ class PredictionCache:
 
     def _export_state(self, model: str, state: CacheState) -> None:
         self.metrics.state.labels(model).set(1 if state is CacheState.ON else 0)
+        self.report.switched(model, state)
+
+    def _off_bypass(self, model: str) -> Any:
+        """The model's ``bypasses{reason="off"}`` child (looked up once: the hot path)."""
+        child = self._off_children.get(model)
+        if child is None:
+            child = self._off_children[model] = self.metrics.bypasses.labels(model, "off")
+        return child
+
+    def describe(self, model: str) -> dict[str, Any]:
+        """The model's cache decision and the CPU figures behind it (for ``GET /models``)."""
+        return self.report.describe(model)
 
     def _should_lookup(self, model: str, digest: bytes) -> bool:
         if not self._settings.enabled:
             self.metrics.bypasses.labels(model, "disabled").inc()
             return False
-        if self.policy.state(model) is CacheState.ON or self.policy.is_probe(digest):
+        if self.policy.state(model) is CacheState.ON or self.policy.is_probe(digest, model):
             return True
-        self.metrics.bypasses.labels(model, "off").inc()
+        self._off_bypass(model).inc()
         return False
 
     async def _mget(self, model: str, keys: list[bytes]) -> list[bytes | None]:
@@ -282,16 +278,23 @@ class PredictionCache:
         # Prediction keys carry no hash tag: on a Redis Cluster they spread over the slots,
         # so the lookup is one MGET per slot, pipelined to each node at once.
         if is_cluster(self._redis):
-            values: list[bytes | None] = await self._redis.mget_nonatomic(keys)  # type: ignore[attr-defined]
+            call = self._redis.mget_nonatomic(keys)  # type: ignore[attr-defined]
         else:
-            values = await self._redis.mget(keys)  # type: ignore[assignment]
+            call = self._redis.mget(keys)
+        meter = CpuMeter()
+        values: list[bytes | None] = await meter.run(call)  # type: ignore[arg-type]
+        self.costs.client_read.add(meter.cpu, len(keys))
         return list(values)
 
     async def _set_all(self, entries: list[tuple[bytes, bytes, int]]) -> list[Any]:
+        meter, t0 = CpuMeter(), time.thread_time()
         pipe = self._redis.pipeline(transaction=False)
         for key, value, ttl in entries:
             pipe.set(key, value, ex=ttl)
-        return list(await pipe.execute())
+        meter.cpu = time.thread_time() - t0
+        out = list(await meter.run(pipe.execute()))
+        self.costs.client_write.add(meter.cpu, len(entries))
+        return out
 
     async def _call(self, model: str, make: Callable[[], Awaitable[Any]], rows: int) -> Any:
         """Run one Redis call within budget; _FAILED (and counted) if skipped or failed."""

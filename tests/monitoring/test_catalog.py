@@ -19,6 +19,7 @@ from monitoring.collectors import PoolCollector, RouterCollector
 from monitoring.gpu import GpuDevice, GpuReading, GpuSampler
 from monitoring.metrics import LOAD_BUCKETS, ServingMetrics
 from services.state.cache import cache_metrics
+from services.state.cache_metrics import cost_metrics
 from services.state.features import feature_metrics
 from tests.conftest import INGEST, ServerProcess
 
@@ -196,7 +197,11 @@ def test_every_exporter_in_process_matches_the_catalog() -> None:
     metrics.observe_request("fraud", "1", "predict", 0.003, 2)
     metrics.observe_batch(("fraud", "1"), 2, 0.001)
     metrics.observe_error("/predict", 422, "InvalidInputError")
-    _touch_children(cache_metrics(metrics.registry), feature_metrics(metrics.registry))
+    _touch_children(
+        cache_metrics(metrics.registry),
+        cost_metrics(metrics.registry),
+        feature_metrics(metrics.registry),
+    )
     metrics.add_collector(PoolCollector(_fake_pool()))
     metrics.add_collector(RouterCollector(*_fake_router()))
     sampler = GpuSampler(_OneGpu(), window_s=300.0)

@@ -96,6 +96,21 @@ def test_decode_pools_token_states_cropped_to_the_request(encoder: TextEncoder) 
     assert pred["embedding"] == pytest.approx([0.0, 1.0])
 
 
+def test_embeddings_array_equals_decoded_lists(encoder: TextEncoder) -> None:
+    """The array the predictor answers from is what decode's lists held, float32 for float32
+    (pooled graphs and token-state graphs alike), without the per-row Python lists."""
+    rng = np.random.default_rng(3)
+    feeds = encoder.encode([SHORT, LONG, "ok"])
+    pooled = rng.standard_normal((3, 384)).astype(np.float32)
+    states = rng.standard_normal((3, feeds["attention_mask"].shape[1] + 5, 8)).astype(np.float32)
+    for outputs in ({"embedding": pooled}, {"last_hidden_state": states}):
+        got = encoder.embeddings(outputs, feeds)
+        want = np.array([p["embedding"] for p in encoder.decode(outputs, feeds)], np.float32)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got, want)
+    assert encoder.embeddings({"embedding": pooled}, feeds) is pooled  # no copy when float32
+
+
 # -- padded batching and length buckets -----------------------------------------------
 def test_concat_pads_token_tensors_and_keeps_equal_shapes() -> None:
     a = {"input_ids": np.array([[1, 2, 3]]), "attention_mask": np.ones((1, 3), np.int64)}
