@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitoring import catalog
+from monitoring import catalog, promql
 from tests.monitoring.test_dashboards import RULES, RUNNER_POD, problems, rule_groups
 
 SEVERITIES = {"critical", "warning", "info"}
@@ -52,7 +52,7 @@ def test_every_rule_series_is_exported() -> None:
     }
     assert {k: v for k, v in found.items() if v} == {}
     used = {
-        n for g in rule_groups() for r in g["rules"] for n in catalog.promql_names(r["expr"]).series
+        n for g in rule_groups() for r in g["rules"] for n in promql.promql_names(r["expr"]).series
     }
     assert recorded <= used  # no recording rule is left unused
 

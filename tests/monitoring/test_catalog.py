@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from monitoring import catalog
+from monitoring import catalog, promql
 from monitoring.catalog import CATALOG, CONDITIONS, ExportedFamily, exported_families
 from monitoring.collectors import PoolCollector, RouterCollector
 from monitoring.gpu import GpuDevice, GpuReading, GpuSampler
@@ -95,26 +95,26 @@ def test_promql_names_skip_functions_keywords_labels_and_durations() -> None:
         'sum without (job) (increase(servekit_errors_total{status=~"5.."}[1h:5m]))'
         ' > bool 0 and on (model) absent(up) or label_replace(vector(1), "dst", "$1", "s", "(.*)")'
     )
-    names = catalog.promql_names(expr)
+    names = promql.promql_names(expr)
     assert names.series == {
         "servekit_batch_rows_bucket": {"model", "version"},
         "servekit_errors_total": {"status"},
         "up": set(),
     }
     assert names.grouping == {"le", "model", "version", "job"}
-    assert catalog.expression_problems("sum by (model) (rate(servekit_errors_total[5m]))") == [
+    assert promql.expression_problems("sum by (model) (rate(servekit_errors_total[5m]))") == [
         "grouping by 'model', which no series here has"
     ]
-    assert catalog.expression_problems('servekit_errors_total{model="x"} + servekit_nope') == [
+    assert promql.expression_problems('servekit_errors_total{model="x"} + servekit_nope') == [
         "servekit_errors_total: no label 'model'",
         "servekit_nope: not in the catalog nor the external allow-list",
     ]
-    assert catalog.expression_problems("rate(servekit_request_latency_seconds[5m])") == [
+    assert promql.expression_problems("rate(servekit_request_latency_seconds[5m])") == [
         "servekit_request_latency_seconds: not in the catalog nor the external allow-list"
     ]  # a histogram is read through _bucket, _sum and _count
     dcgm = {"DCGM_FI_DEV_GPU_UTIL": {"gpu", "pod"}}
-    assert catalog.expression_problems("avg by (pod) (DCGM_FI_DEV_GPU_UTIL)", dcgm) == []
-    assert catalog.expression_problems("job:x:ratio > 0", recorded={"job:x:ratio"}) == []
+    assert promql.expression_problems("avg by (pod) (DCGM_FI_DEV_GPU_UTIL)", dcgm) == []
+    assert promql.expression_problems("job:x:ratio > 0", recorded={"job:x:ratio"}) == []
 
 
 def test_the_autoscaling_queries_read_exported_series() -> None:
@@ -124,7 +124,7 @@ def test_the_autoscaling_queries_read_exported_series() -> None:
 
     dcgm = {"DCGM_FI_DEV_GPU_UTIL": {"gpu", "UUID", "pod", "namespace"}}
     found = {
-        name: catalog.expression_problems(
+        name: promql.expression_problems(
             expr, dcgm, target_labels={"job", "instance", "namespace", "pod"}
         )
         for name, expr in shipped_queries().items()

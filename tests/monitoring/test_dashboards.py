@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitoring import catalog
+from monitoring import catalog, promql
 from tests.conftest import ServerProcess
 from tests.monitoring.prometheus import api, running_prometheus, stub_exporter, wait_for
 from tests.monitoring.test_catalog import drive_traffic
@@ -47,7 +47,7 @@ def substitute(expr: str) -> str:
 
 def problems(expr: str, recorded: Collection[str] = ()) -> list[str]:
     """What in ``expr`` (Grafana variables substituted) servekit does not export."""
-    return catalog.expression_problems(substitute(expr), EXTERNAL, recorded)
+    return promql.expression_problems(substitute(expr), EXTERNAL, recorded)
 
 
 # -- the dashboard ------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def test_dashboard_has_the_panels_operators_need() -> None:
     used = {
         name
         for e in dashboard_expressions().values()
-        for name in catalog.promql_names(substitute(e)).series
+        for name in promql.promql_names(substitute(e)).series
     }
     for series in (
         "servekit_request_latency_seconds_count",
@@ -132,7 +132,7 @@ def test_every_dashboard_series_is_exported() -> None:
         assert m is not None, var["definition"]
         metric, label = m.groups()
         assert problems(metric) == []
-        (series,) = catalog.promql_names(substitute(metric)).series
+        (series,) = promql.promql_names(substitute(metric)).series
         family = catalog.for_series(series)
         assert family is not None and label in family.labels, var["definition"]
 
@@ -140,8 +140,8 @@ def test_every_dashboard_series_is_exported() -> None:
 def test_legends_name_labels_the_series_carry() -> None:
     for p in panels():
         for t in p["targets"]:
-            names = catalog.promql_names(substitute(t["expr"]))
-            carried = set(catalog.TARGET_LABELS) | names.grouping
+            names = promql.promql_names(substitute(t["expr"]))
+            carried = set(promql.TARGET_LABELS) | names.grouping
             for name in names.series:
                 family = catalog.for_series(name)
                 carried |= set(family.labels) if family else EXTERNAL.get(name, set())
@@ -217,7 +217,7 @@ def test_every_dashboard_expression_evaluates(prometheus: str) -> None:
         answer = api(prometheus, "query", query=substitute(expr))
         assert answer["status"] == "success", f"{key}: {answer}"
         # where every series it reads is in Prometheus, the panel shows something
-        if set(catalog.promql_names(substitute(expr)).series) <= stored:
+        if set(promql.promql_names(substitute(expr)).series) <= stored:
             assert answer["data"]["result"], f"{key}: no data from {expr}"
             with_data.append(key)
     # no GPU of servekit's, drift report, eviction or backend error here; these must show
