@@ -112,6 +112,9 @@ async def test_a_killed_canary_run_resumes_its_step_when_run_again(
     record_fault(
         "canary_worker_sigkill",
         fault="the canary flow's process SIGKILLed mid-step, then the flow run again",
+        lost=rig.stats.errors,
+        lost_unit="failed requests",
+        recover_s=round(resumed_s, 3),
         requests_lost=rig.stats.errors,
         requests_served=rig.stats.requests,
         requests_during_recovery=rig.stats.requests - requests_at_kill,
@@ -192,6 +195,9 @@ async def test_a_redis_outage_in_one_interval_keeps_the_steps_progress(tmp_path:
     record_fault(
         "canary_redis_outage",
         fault="the canary's Redis paused (SIGSTOP) during an observation interval",
+        lost=round(max(before.observed_s - after.observed_s, 0.0), 3),
+        lost_unit="saved watched seconds",
+        recover_s=round(resumed_s, 3),
         intervals_kept=before.intervals,
         watched_s_kept=round(before.observed_s, 3),
         outage_s=round(outage_s, 3),

@@ -118,6 +118,9 @@ async def test_a_load_killed_halfway_never_shows_readers_a_mix_and_a_rerun_compl
     record_fault(
         "materialize_sigkill_midload",
         fault="the materialize flow's process SIGKILLed half-way through loading a view",
+        lost=sum(1 for r in reads if len(r) > 1),
+        lost_unit="reads seeing a mix of versions",
+        recover_s=round(rerun_s, 3),
         rows_written_before_kill=written,
         rows_in_view=USERS,
         reads_during_fault=len(reads),

@@ -126,6 +126,9 @@ async def test_a_killed_worker_loses_no_event_and_applies_none_twice(
     record_fault(
         "realtime_worker_sigkill",
         fault="the real-time worker's process SIGKILLed mid-stream, then started again",
+        lost=lost,
+        lost_unit="events",
+        recover_s=round(reclaimed_s, 3),
         events=total,
         kills=len(kills),
         events_pending_at_kills=kills,
