@@ -54,7 +54,8 @@ async def _read(store: FeatureStore) -> set[float]:
 
 
 async def _versions(client: aioredis.Redis) -> set[str]:
-    return {v.decode() for v in await client.smembers(keys.view_versions_key("user_stats"))}
+    members = await client.smembers(keys.view_versions_key("user_stats"))
+    return {v.decode() if isinstance(v, bytes) else str(v) for v in members}
 
 
 async def test_a_load_killed_halfway_never_shows_readers_a_mix_and_a_rerun_completes(
