@@ -82,6 +82,17 @@ async def _save(store: RolloutStore, progress: CanaryProgress, watch: StepWatch)
 
 
 @task(**REDIS_RETRIES)
+async def canary_under_way(model: str, candidate: str, redis_url: str) -> bool:
+    """Whether ``model`` is in ``candidate``'s canary with saved step progress: a run
+    that died after its shadow stage had passed (the rollout flow then resumes the
+    canary instead of shadowing again)."""
+    async with aioredis.Redis.from_url(redis_url) as client:
+        store = RolloutStore(client)
+        progress = await store.canary_progress(model)
+        return progress is not None and progress.continues(await store.find(model))
+
+
+@task(**REDIS_RETRIES)
 async def resume_point(
     model: str, candidate: str, plan: list[float], redis_url: str
 ) -> CanaryProgress | None:

@@ -1,5 +1,5 @@
 """A flow run in a child process, for the tests that kill it: ``python -m
-tests.flows.flow_child canary|materialize 'JSON keyword arguments'``.
+tests.flows.flow_child canary|rollout|materialize 'JSON keyword arguments'``.
 
 The child reports to the Prefect API named by ``PREFECT_API_URL`` (the test harness's
 server), so its flow runs are real runs that a kill leaves unfinished.
@@ -19,6 +19,10 @@ async def _main(kind: str, kwargs: dict[str, Any]) -> None:
         from flows.canary import canary_promotion
 
         await canary_promotion(**kwargs)
+    elif kind == "rollout":
+        from flows.rollout import rollout
+
+        await rollout(**kwargs)
     elif kind == "materialize":
         from flows.materialize import materialize
 

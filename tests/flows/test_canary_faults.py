@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 from prefect.settings import PREFECT_API_URL
 
 from flows.canary import canary_promotion
+from flows.rollout import rollout
 from services.rollout.feedback import FeedbackStore
 from services.rollout.state import RolloutStore
 from services.rollout.transitions import CanaryProgress
@@ -36,6 +37,36 @@ GOOD_SLACK_MS = 40.0
 def _history_matches(state: Any, last: Any) -> bool:
     """The newest history entry is the change that wrote ``state`` (nothing half-written)."""
     return last.revision == state.revision and last.state == state
+
+
+async def _kill_mid_canary(
+    rig: Any, kind: str, kwargs: dict[str, Any], tmp_path: Path
+) -> CanaryProgress:
+    """Run flow ``kind`` in a child, SIGKILL it once a canary step saved two intervals,
+    check the rollout state is whole; returns the step's saved progress."""
+    log = tmp_path / f"{kind}-child.log"
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    child = spawn(["tests.flows.flow_child", kind, json.dumps(kwargs)], log, env)
+    try:
+
+        async def two_intervals() -> CanaryProgress | None:
+            progress = await rig.store.canary_progress(MODEL)
+            return progress if progress is not None and progress.intervals >= 2 else None
+
+        await wait_for(
+            two_intervals, timeout_s=180, what="two saved intervals", proc=child, log=log
+        )
+    finally:
+        kill(child)
+    # Consistent after the kill: still the candidate's canary, state and history agree.
+    state = await rig.store.get(MODEL)
+    assert (state.mode, state.candidate) == ("canary", "2")
+    (last,) = await rig.store.history(MODEL, 1)
+    assert _history_matches(state, last)
+    saved = await rig.store.canary_progress(MODEL)
+    assert saved is not None and saved.experiment_id == state.experiment_id
+    assert state.percent == saved.percent
+    return saved
 
 
 async def test_a_killed_canary_run_resumes_its_step_when_run_again(
@@ -52,38 +83,13 @@ async def test_a_killed_canary_run_resumes_its_step_when_run_again(
         "latency_slack_ms": GOOD_SLACK_MS,
         "redis_url": redis_url,
     }
-    log = tmp_path / "canary-child.log"
     stop = asyncio.Event()
     driver = asyncio.create_task(rig.drive(stop))
-    child = spawn(
-        [
-            "tests.flows.flow_child",
-            "canary",
-            json.dumps({"model": MODEL, "candidate": "2", **options}),
-        ],
-        log,
-        {"PREFECT_API_URL": str(PREFECT_API_URL.value())},
-    )
     try:
-
-        async def two_intervals() -> CanaryProgress | None:
-            progress = await rig.store.canary_progress(MODEL)
-            return progress if progress is not None and progress.intervals >= 2 else None
-
-        await wait_for(
-            two_intervals, timeout_s=120, what="two saved intervals", proc=child, log=log
-        )
-        kill(child)
+        args = {"model": MODEL, "candidate": "2", **options}
+        saved = await _kill_mid_canary(rig, "canary", args, tmp_path)
         killed = time.monotonic()
         requests_at_kill = rig.stats.requests
-        # Consistent after the kill: still the candidate's canary, state and history agree.
-        state = await rig.store.get(MODEL)
-        assert (state.mode, state.candidate) == ("canary", "2")
-        (last,) = await rig.store.history(MODEL, 1)
-        assert _history_matches(state, last)
-        saved = await rig.store.canary_progress(MODEL)
-        assert saved is not None and saved.experiment_id == state.experiment_id
-        assert state.percent == saved.percent
 
         async def resumed() -> float | None:
             progress = await rig.store.canary_progress(MODEL)
@@ -97,7 +103,6 @@ async def test_a_killed_canary_run_resumes_its_step_when_run_again(
     finally:
         stop.set()
         await driver
-        kill(child)
     assert report.promoted and report.resumed_at is not None
     step, observed = report.resumed_at
     assert (step, observed) == (saved.step, saved.observed_s) and observed >= 2 * 0.9
@@ -125,6 +130,41 @@ async def test_a_killed_canary_run_resumes_its_step_when_run_again(
         seconds_to_finish_after_kill=round(finished_s, 3),
         outcome="promoted",
     )
+
+
+async def test_a_rollout_killed_mid_canary_resumes_the_canary_without_a_second_shadow(
+    rig_factory: Any, redis_url: str, tmp_path: Path
+) -> None:
+    rig = await rig_factory()
+    options: dict[str, Any] = {
+        "skip_canary_if_identical": False,
+        "shadow_window_s": 20.0,
+        "canary_steps": [50.0, 100.0],
+        "step_duration_s": 5.0,
+        "shadow_options": {"stop_at_pairs": 120, "poll_s": 0.05, "latency_slack_ms": GOOD_SLACK_MS},
+        "canary_options": {
+            "interval_s": 1.0,
+            "poll_s": 0.1,
+            "min_predictions": 50,
+            "latency_slack_ms": GOOD_SLACK_MS,
+        },
+        "redis_url": redis_url,
+    }
+    stop = asyncio.Event()
+    driver = asyncio.create_task(rig.drive(stop))
+    try:
+        args = {"model": MODEL, "candidate": "2", **options}
+        saved = await _kill_mid_canary(rig, "rollout", args, tmp_path)
+        report = await rollout(MODEL, "2", **options)
+    finally:
+        stop.set()
+        await driver
+    assert report.resumed and report.shadow is None and report.promoted
+    assert report.canary is not None and report.canary.resumed_at is not None
+    assert report.canary.resumed_at[0] == saved.step
+    actions = [e.action for e in await rig.store.history(MODEL, 20)]
+    assert actions.count("shadow") == 1 and actions.count("canary") == 1
+    assert actions[0] == "promote"
 
 
 async def _retried_intervals() -> int:
