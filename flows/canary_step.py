@@ -89,7 +89,9 @@ async def canary_under_way(model: str, candidate: str, redis_url: str) -> bool:
     async with aioredis.Redis.from_url(redis_url) as client:
         store = RolloutStore(client)
         progress = await store.canary_progress(model)
-        return progress is not None and progress.continues(await store.find(model))
+        if progress is None or progress.candidate != candidate:
+            return False
+        return progress.continues(await store.find(model))
 
 
 @task(**REDIS_RETRIES)
@@ -101,7 +103,9 @@ async def resume_point(
     async with aioredis.Redis.from_url(redis_url) as client:
         store = RolloutStore(client)
         progress = await store.canary_progress(model)
-        if progress is None or not progress.continues(await store.find(model)):
+        if progress is None or progress.candidate != candidate:
+            return None
+        if not progress.continues(await store.find(model)):
             return None
     if progress.step > len(plan) or plan[progress.step - 1] != progress.percent:
         return None
