@@ -167,6 +167,44 @@ async def test_a_rollout_killed_mid_canary_resumes_the_canary_without_a_second_s
     assert actions[0] == "promote"
 
 
+async def test_a_canary_run_terminated_mid_step_rolls_back_cleanly(
+    aredis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM (a worker shutting down) is a crash Prefect sees: the hook rolls back."""
+    store = RolloutStore(aredis)
+    await store.set_primary(MODEL, "1", reason="test")
+    args = {
+        "model": MODEL,
+        "candidate": "2",
+        "steps": [50.0, 100.0],
+        "step_duration_s": 60.0,
+        "interval_s": 0.5,
+        "poll_s": 0.1,
+        "redis_url": redis_url,
+    }
+    log = tmp_path / "canary-term.log"
+    env = {"PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    child = spawn(["tests.flows.flow_child", "canary", json.dumps(args)], log, env)
+    try:
+
+        async def two_intervals() -> CanaryProgress | None:
+            progress = await store.canary_progress(MODEL)
+            return progress if progress is not None and progress.intervals >= 2 else None
+
+        await wait_for(
+            two_intervals, timeout_s=180, what="two saved intervals", proc=child, log=log
+        )
+        child.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(child.wait, 60)
+    finally:
+        kill(child)
+    state = await store.get(MODEL)
+    assert (state.mode, state.primary, state.candidate) == ("off", "1", None), log.read_text()
+    (last,) = await store.history(MODEL, 1)
+    assert _history_matches(state, last) and last.actor == "flow:hook"
+    assert await store.canary_progress(MODEL) is None
+
+
 async def _retried_intervals() -> int:
     """Interval tasks that ran more than once (retried after an error)."""
     async with get_client() as client:
