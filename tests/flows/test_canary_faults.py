@@ -125,7 +125,7 @@ async def test_a_killed_canary_run_resumes_its_step_when_run_again(
         requests_during_recovery=rig.stats.requests - requests_at_kill,
         step_resumed=step,
         watched_s_kept=round(observed, 3),
-        watched_s_lost_at_most=options["interval_s"],
+        interval_s=options["interval_s"],
         seconds_to_resume_after_kill=round(resumed_s, 3),
         seconds_to_finish_after_kill=round(finished_s, 3),
         outcome="promoted",
