@@ -1,13 +1,14 @@
 """Rollout state per model in Redis: primary, candidate, mode, percent, experiment salt.
 
 Layout (keys built by ``services.state.keys``: bytes, a ``:`` inside a name escaped; the
-script below touches three keys, so a Redis Cluster would need them under one hash tag)::
+script below touches three keys, so they share the ``{rollouts}`` hash tag and hence one
+Redis Cluster slot)::
 
-    servekit:rollout:{model}            hash  rev -> int, state -> RolloutState JSON
-    servekit:rollout:{model}:history    stream, capped: at, action, reason, actor,
+    servekit:{rollouts}:<model>         hash  rev -> int, state -> RolloutState JSON
+    servekit:{rollouts}:<model>:history stream, capped: at, action, reason, actor,
                                         revision, state
-    servekit:rollout:{model}:canary     string: the running canary step's progress JSON
-    servekit:rollouts                   set of models that have a state
+    servekit:{rollouts}:<model>:canary  string: the running canary step's progress JSON
+    servekit:{rollouts}                 set of models that have a state
     servekit:rollout                    pub/sub channel: {"model", "revision", "state"}
 
 Every change is read-modify-write with optimistic concurrency: the new state is computed
@@ -19,8 +20,8 @@ periodic full read) so the serving path reads rollout state from memory.
 
 A canary flow saves its step's progress (``CanaryProgress``) after every observation
 interval with a second script that writes it only while the state is still that canary
-(same candidate and experiment), so a rolled-back or replaced rollout is never given a
-stale step's progress back.
+(same candidate and experiment; its key shares the rollout tag, so the script runs in one
+slot), so a rolled-back or replaced rollout is never given a stale step's progress back.
 
 What a state holds (modes ``off``, ``shadow``, ``canary``, ``ab``) and how each action
 changes it are in ``services.rollout.transitions``.
@@ -57,9 +58,10 @@ def channel_for(redis: aioredis.Redis) -> str:
 
     Pub/sub channels are server-wide, not per database: deployments sharing one Redis in
     different databases would otherwise steer each other's gateways. Database 0 keeps the
-    plain ``servekit:rollout``.
+    plain ``servekit:rollout``; a Redis Cluster has only database 0.
     """
-    return keys.rollout_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
+    pool = getattr(redis, "connection_pool", None)  # a cluster client has none
+    return keys.rollout_channel(int(pool.connection_kwargs.get("db") or 0) if pool else 0)
 
 
 class RolloutEvent(BaseModel):

@@ -23,7 +23,7 @@ def _progress(experiment_id: str, **changes: object) -> CanaryProgress:
 
 
 def test_the_progress_key_is_the_models_own() -> None:
-    assert keys.canary_progress_key("fraud") == b"servekit:rollout:fraud:canary"
+    assert keys.canary_progress_key("fraud") == b"servekit:{rollouts}:fraud:canary"
     assert keys.canary_progress_key("a") != keys.rollout_state_key("a:canary")
 
 
