@@ -19,6 +19,15 @@ with the primary's in the step (``flows.prediction_drift``), so a candidate whos
 rolled back before any outcome arrives. The ``canary-{model}`` markdown artifact gains a
 row per step (failed steps included); every look logs the progress.
 
+Each step is watched in observation intervals (``interval_s``, default
+``SERVEKIT_ROLLOUT_CANARY_INTERVAL_S``) whose progress is saved in Redis next to the
+rollout state (``flows.canary_step``): a look that hits a Redis error is retried from the
+last saved interval, and a run whose worker died is simply run again: it finds the model
+still in this candidate's canary, resumes the saved step where it stood, and goes on to
+promote or roll back. (A run that is cancelled or crashes in a way Prefect sees rolls the
+candidate back through ``flows.hooks``; a killed process leaves the canary standing at its
+step for the re-run.)
+
 Run once: ``python -m flows.canary MODEL CANDIDATE``.
 """
 
@@ -26,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -35,48 +43,38 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import ValidationError
 
-from flows.artifacts import artifact_key, format_percent
-from flows.canary_drift import StepDrift
-from flows.canary_report import canary_markdown, drift_cell
-from flows.gates import CanaryCheck, CanaryGateError, Thresholds, canary_check
+from flows.artifacts import artifact_key
+from flows.canary_report import canary_markdown
+from flows.canary_step import (
+    StepPlace,
+    StepWatch,
+    begin_canary_step,
+    resume_point,
+    watch_canary_step,
+)
+from flows.gates import CanaryCheck, CanaryGateError, Thresholds
 from flows.hooks import ROLLBACK_HOOKS
 from flows.parameters import Version, version_text
-from flows.rollout_progress import Progress, report_progress
 from flows.rollout_tasks import REDIS_RETRIES, promote_rollout, rollback_rollout
 from services.errors import InvalidInputError
-from services.rollout.feedback import FeedbackStore
-from services.rollout.prediction_log import PredictionLog
 from services.rollout.state import RolloutStore
+from services.rollout.transitions import CanaryProgress
 from services.settings import RolloutSettings, get_settings
 from services.state.redis_embedded import resolve_redis_url
 
 
 @dataclass(frozen=True, slots=True)
 class CanaryReport:
-    """What the canary did: every step's final look, and whether it promoted."""
+    """What the canary did: the final look of every step this run watched, whether it
+    promoted, and where it took the canary up when it resumed one (``resumed_at``: the
+    step's number and the seconds of it watched before; None when it started afresh)."""
 
     model: str
     candidate: str
     experiment_id: str
     steps: list[CanaryCheck]
     promoted: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StepWatch:
-    """How each canary step is watched.
-
-    Attributes:
-        duration_s: time at the step.
-        poll_s: how often the counters are read.
-        stop_at_predictions: end the step once it saw this many candidate predictions.
-        higher_is_better: whether a positive outcome is good (conversions) or bad.
-    """
-
-    duration_s: float
-    poll_s: float
-    stop_at_predictions: int | None
-    higher_is_better: bool
+    resumed_at: tuple[int, float] | None = None
 
 
 @task(**REDIS_RETRIES)
@@ -87,7 +85,9 @@ async def set_canary_step(model: str, candidate: str, percent: float, redis_url:
         current = await store.get(model)
         reason = f"canary step: {percent:g} %"
         if current.mode == "canary" and current.candidate == candidate:
-            state = await store.set_percent(model, percent, reason=reason, actor="flow:canary")
+            state = current
+            if current.percent != percent:  # a resumed run finds it set already
+                state = await store.set_percent(model, percent, reason=reason, actor="flow:canary")
         else:
             state = await store.start_canary(
                 model, candidate, percent, reason=reason, actor="flow:canary"
@@ -101,100 +101,6 @@ async def set_canary_step(model: str, candidate: str, percent: float, redis_url:
         state.experiment_id,
     )
     return state.experiment_id
-
-
-@dataclass(frozen=True, slots=True)
-class StepPlace:
-    """Which step is watched: its number, how many there are, its traffic share."""
-
-    number: int
-    total: int
-    percent: float
-
-
-@task(**REDIS_RETRIES)
-async def observe_canary_step(
-    model: str,
-    candidate: str,
-    experiment_id: str,
-    place: StepPlace,
-    thresholds: Thresholds,
-    watch: StepWatch,
-    previous_p_value: float,
-    redis_url: str,
-) -> CanaryCheck:
-    """Watch one step; returns at the first breach or with the step's final look.
-
-    Every look logs and publishes the progress (predictions, gates so far, time left).
-    """
-    logger = get_run_logger()
-    deadline = time.monotonic() + watch.duration_s
-    p_value = previous_p_value
-    async with aioredis.Redis.from_url(redis_url) as client:
-        feedback = FeedbackStore(client)
-        log = PredictionLog(client)
-        step_drift = StepDrift(log, model, await log.last_id(model))
-        start = await feedback.variant_stats(model, experiment_id)
-        start_count = start["candidate"].predictions if "candidate" in start else 0
-        while True:
-            variants = await feedback.variant_stats(model, experiment_id)
-            got = variants["candidate"].predictions if "candidate" in variants else 0
-            step_predictions = got - start_count
-            final = time.monotonic() >= deadline or (
-                watch.stop_at_predictions is not None
-                and step_predictions >= watch.stop_at_predictions
-            )
-            check = canary_check(
-                variants,
-                thresholds,
-                percent=place.percent,
-                step_predictions=step_predictions,
-                previous_p_value=p_value,
-                higher_is_better=watch.higher_is_better,
-                final=final,
-                drift=await step_drift.update(),
-            )
-            p_value = check.p_value
-            if final or not check.passed:
-                logger.info(
-                    "%s canary %g %%: %s after %d candidate predictions%s",
-                    model,
-                    place.percent,
-                    "passed" if check.passed else "FAILED",
-                    step_predictions,
-                    "" if check.passed else ": " + "; ".join(check.failures),
-                )
-                return check
-            left = max(deadline - time.monotonic(), 0.0)
-            await report_progress(_progress(model, candidate, place, check, thresholds, left))
-            await asyncio.sleep(min(watch.poll_s, left))
-
-
-def _progress(
-    model: str,
-    candidate: str,
-    place: StepPlace,
-    check: CanaryCheck,
-    thresholds: Thresholds,
-    left: float,
-) -> Progress:
-    gates = [
-        f"error rate {format_percent(check.candidate.error_rate) if check.candidate else '-'}",
-        f"drift PSI {drift_cell(check)}",
-        "mSPRT waiting for outcomes"
-        if check.sequential is None
-        else f"mSPRT p={check.sequential.p_value:.3g}",
-    ]
-    return Progress(
-        model,
-        candidate,
-        f"canary step {place.number}/{place.total}",
-        place.percent,
-        check.step_predictions,
-        thresholds.min_predictions,
-        left,
-        gates,
-    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -228,6 +134,33 @@ def canary_plan(steps: list[float] | None, settings: RolloutSettings) -> list[fl
     return list(checked.canary_steps)
 
 
+async def _start(
+    model: str,
+    candidate: str,
+    place: StepPlace,
+    experiment_id: str,
+    p_value: float,
+    watch: StepWatch,
+    redis_url: str,
+) -> CanaryProgress:
+    """Set the step's traffic share and begin (or take up) its progress.
+
+    Once the canary has an experiment (later steps, a resumed run) the progress is
+    saved before the share changes, so a run that dies in between resumes at the new
+    step rather than lowering the share back.
+    """
+    if not experiment_id:
+        experiment_id = await set_canary_step(model, candidate, place.percent, redis_url)
+        return await begin_canary_step(
+            model, candidate, experiment_id, place, p_value, watch, redis_url
+        )
+    progress = await begin_canary_step(
+        model, candidate, experiment_id, place, p_value, watch, redis_url
+    )
+    await set_canary_step(model, candidate, place.percent, redis_url)
+    return progress
+
+
 async def _ramp(
     model: str,
     candidate: str,
@@ -237,21 +170,26 @@ async def _ramp(
     redis_url: str,
     *,
     promote: bool,
-) -> tuple[str, list[CanaryCheck]]:
-    """Run the steps in order; returns the experiment id and each step's final look.
+) -> tuple[str, list[CanaryCheck], tuple[int, float] | None]:
+    """Run the steps in order (from a saved step when one is resumed), then promote
+    (``promote``); returns the experiment id, each watched step's final look and the
+    step and watched seconds it resumed at (None: it started afresh).
 
     Raises:
         CanaryGateError: a step failed; the candidate was rolled back.
     """
+    resumed = await resume_point(model, candidate, plan, redis_url)
+    first = resumed.step if resumed is not None else 1
+    experiment_id = resumed.experiment_id if resumed is not None else ""
     steps: list[tuple[CanaryCheck, str]] = []
-    experiment_id = ""
-    for number, percent in enumerate(plan, start=1):
-        experiment_id = await set_canary_step(model, candidate, percent, redis_url)
-        p_value = steps[-1][0].p_value if steps else 1.0
+    p_value = 1.0
+    for number in range(first, len(plan) + 1):
+        percent = plan[number - 1]
         place = StepPlace(number, len(plan), percent)
-        check = await observe_canary_step(
-            model, candidate, experiment_id, place, thresholds, watch, p_value, redis_url
-        )
+        progress = await _start(model, candidate, place, experiment_id, p_value, watch, redis_url)
+        experiment_id = progress.experiment_id
+        check, progress = await watch_canary_step(place, thresholds, watch, progress, redis_url)
+        p_value = check.p_value
         if not check.passed:
             reason = f"canary step {number} ({percent:g} %) failed: " + "; ".join(check.failures)
             steps.append((check, f"rolled back: {reason}"))
@@ -264,7 +202,11 @@ async def _ramp(
             action = "promoting" if promote else "held at the last step"
         steps.append((check, action))
         await publish_canary_artifact(model, candidate, steps, thresholds)
-    return experiment_id, [c for c, _ in steps]
+    if promote:
+        reason = f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %"
+        await promote_rollout(model, reason, redis_url, "flow:canary")
+    at = None if resumed is None else (resumed.step, resumed.observed_s)
+    return experiment_id, [c for c, _ in steps], at
 
 
 @flow(name="canary-promotion", **ROLLBACK_HOOKS)
@@ -278,6 +220,7 @@ async def canary_promotion(
     min_outcomes: int | None = None,
     stop_at_predictions: int | None = None,
     poll_s: float = 60.0,
+    interval_s: float | None = None,
     higher_is_better: bool = True,
     latency_slack_ms: float | None = None,
     max_error_rate: float | None = None,
@@ -297,6 +240,7 @@ async def canary_promotion(
         min_outcomes: outcomes per variant before the mSPRT runs (empty: settings).
         stop_at_predictions: end a step once it saw this many candidate predictions.
         poll_s: seconds between looks at the counters (each look logs the progress).
+        interval_s: seconds watched between saves of a step's progress (empty: settings).
         higher_is_better: whether a positive outcome is good (conversions) or bad.
         latency_slack_ms: milliseconds allowed on top of the p99 ratio (empty: settings).
         max_error_rate: most candidate errors per prediction (empty: settings).
@@ -319,15 +263,32 @@ async def canary_promotion(
         "max_p99_latency_ratio": max_p99_latency_ratio,
     }
     thresholds = Thresholds.from_settings(settings, max_drift_psi=max_drift_psi, **gates)
-    duration = settings.step_duration_s if step_duration_s is None else step_duration_s
-    watch = StepWatch(duration, poll_s, stop_at_predictions, higher_is_better)
-    experiment_id, checks = await _ramp(
+    watch = _step_watch(
+        settings, step_duration_s, interval_s, poll_s, stop_at_predictions, higher_is_better
+    )
+    experiment, checks, at = await _ramp(
         model, candidate, plan, thresholds, watch, url, promote=promote
     )
-    if promote:
-        reason = f"canary passed {len(plan)} step(s) up to {plan[-1]:g} %"
-        await promote_rollout(model, reason, url, "flow:canary")
-    return CanaryReport(model, candidate, experiment_id, checks, promote)
+    return CanaryReport(model, candidate, experiment, checks, promote, at)
+
+
+def _step_watch(
+    settings: RolloutSettings,
+    step_duration_s: float | None,
+    interval_s: float | None,
+    poll_s: float,
+    stop_at_predictions: int | None,
+    higher_is_better: bool,
+) -> StepWatch:
+    """How steps are watched: the run's values, the settings' where it gave none."""
+    return StepWatch(
+        settings.step_duration_s if step_duration_s is None else step_duration_s,
+        poll_s,
+        stop_at_predictions,
+        higher_is_better,
+        settings.canary_interval_s if interval_s is None else interval_s,
+        settings.counter_ttl_s,
+    )
 
 
 if __name__ == "__main__":

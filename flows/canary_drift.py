@@ -53,21 +53,32 @@ def prediction_rows(output: Any) -> list[tuple[object, list[float] | None]]:
 class StepDrift:
     """Each variant's predictions since ``since_id``, and their drift.
 
+    A step observed in several intervals keeps one ``StepDrift`` across them; each
+    interval passes the log of its own Redis connection to :meth:`update`. A run that
+    resumes a step builds a new one from the step's start id and reads the step again.
+
     Args:
-        log: the prediction log to read.
+        log: the prediction log to read (None: the one given to the first update).
         model: the model rolled out.
         since_id: the stream id at the step's start.
     """
 
-    def __init__(self, log: PredictionLog, model: str, since_id: str) -> None:
+    def __init__(self, log: PredictionLog | None, model: str, since_id: str) -> None:
         self._log = log
         self._model = model
         self._cursor = since_id
         self._labels: dict[str, list[object]] = {"primary": [], "candidate": []}
         self._probs: dict[str, list[list[float]]] = {"primary": [], "candidate": []}
 
-    async def update(self) -> PredictionDrift:
-        """Read what arrived since the last look; the drift over the whole step."""
+    async def update(self, log: PredictionLog | None = None) -> PredictionDrift:
+        """Read what arrived since the last look; the drift over the whole step.
+
+        A failed read changes nothing: the cursor moves only with the rows it read.
+        """
+        if log is not None:
+            self._log = log
+        if self._log is None:
+            raise ValueError("StepDrift.update needs a prediction log")
         while True:
             batch = await self._log.read(self._model, self._cursor, _READ_CHUNK)
             if not batch:

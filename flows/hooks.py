@@ -44,6 +44,7 @@ async def roll_back_after(
             return action
         else:
             state = await store.rollback(model, reason=reason, actor="flow:hook")
+            await store.clear_canary_progress(model)
             action = (
                 f"rolled back from {current.mode} mode: version {state.primary} "
                 f"(the primary) serves all traffic"

@@ -7,8 +7,10 @@ from a canary, and neither does one whose artifact is the primary's (same sha256
 ``skip_canary_if_identical`` (default on) it skips the canary and is promoted at once (a
 blue-green switch). Which path was taken, or which stage failed, is written to the
 ``rollout-{model}`` markdown artifact; a cancelled or crashed run is rolled back by the
-flow's state hooks (``flows.hooks``). ``profile="demo"`` shortens every window
-(``flows.rollout_profile``).
+flow's state hooks (``flows.hooks``). A run whose process was killed during the canary
+leaves the canary standing: running the rollout again resumes the canary's saved step
+(``flows.canary_step``) without a second shadow stage. ``profile="demo"`` shortens every
+window (``flows.rollout_profile``).
 
 Run once: ``python -m flows.rollout MODEL CANDIDATE``.
 """
@@ -28,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key, format_percent
 from flows.canary import CanaryReport, canary_promotion
+from flows.canary_step import canary_under_way
 from flows.gates import RolloutGateError, ShadowGateError, ShadowGateResult
 from flows.hooks import ROLLBACK_HOOKS
 from flows.parameters import Version, version_text
@@ -44,7 +47,8 @@ RolloutPath = Literal["canary", "blue-green"]
 class RolloutReport:
     """The shadow result, the canary's (None when skipped or not reached), the path taken.
 
-    ``failure`` says why the rollout stopped (empty when it did not).
+    ``failure`` says why the rollout stopped (empty when it did not); ``resumed``: the
+    run took up a canary that an earlier run of this rollout had begun (no shadow stage).
     """
 
     model: str
@@ -55,6 +59,7 @@ class RolloutReport:
     path: RolloutPath
     promoted: bool
     failure: str = ""
+    resumed: bool = False
 
 
 def _stage_rows(report: RolloutReport) -> list[str]:
@@ -67,6 +72,8 @@ def _stage_rows(report: RolloutReport) -> list[str]:
             f"{'-' if math.isnan(c.drift.psi) else f'{c.drift.psi:.3f}'}, "
             f"identical: {'yes' if c.identical else 'no'} |"
         )
+    elif report.resumed:
+        rows.append("| shadow | passed in an earlier run (canary resumed) |")
     if report.canary is not None:
         steps = ", ".join(f"{s.percent:g} %" for s in report.canary.steps)
         rows.append(f"| canary | {steps} |")
@@ -79,6 +86,8 @@ def _stage_rows(report: RolloutReport) -> list[str]:
 def _why(report: RolloutReport, skip_canary_if_identical: bool) -> str:
     if report.failure:
         return f"{report.failure}; the candidate was rolled back"
+    if report.resumed:
+        return "resumed the canary an earlier run had begun after its shadow stage passed"
     if report.path == "blue-green" and report.shadow is not None:
         return (
             "the candidate is identical to the primary (same artifact or the same outputs "
@@ -153,14 +162,9 @@ async def rollout(
     p = profile_values(profile)
     report = RolloutReport(model, candidate, profile, None, None, "canary", False)
     try:
-        shadow = await shadow_validation(
-            model,
-            candidate,
-            p.shadow_window_s if shadow_window_s is None else shadow_window_s,
-            redis_url=url,
-            **{**(p.shadow_options or {}), **(shadow_options or {})},
-        )
-        report = dataclasses.replace(report, shadow=shadow)
+        window = p.shadow_window_s if shadow_window_s is None else shadow_window_s
+        options = {**(p.shadow_options or {}), **(shadow_options or {})}
+        report = await _shadow_stage(report, window, options, url)
         report = await _after_shadow(
             report,
             skip_canary_if_identical=skip_canary_if_identical,
@@ -179,6 +183,19 @@ async def rollout(
     return report
 
 
+async def _shadow_stage(
+    report: RolloutReport, window_s: float | None, options: dict[str, Any], redis_url: str
+) -> RolloutReport:
+    """The shadow stage; skipped when an earlier run of this rollout died mid-canary (the
+    canary is then resumed)."""
+    if await canary_under_way(report.model, report.candidate, redis_url):
+        return dataclasses.replace(report, resumed=True)
+    shadow = await shadow_validation(
+        report.model, report.candidate, window_s, redis_url=redis_url, **options
+    )
+    return dataclasses.replace(report, shadow=shadow)
+
+
 def _failed_shadow(exc: RolloutGateError) -> ShadowGateResult | None:
     return exc.result if isinstance(exc, ShadowGateError) else None
 
@@ -193,10 +210,11 @@ async def _after_shadow(
     canary_options: dict[str, Any],
     redis_url: str,
 ) -> RolloutReport:
-    """The blue-green switch or the canary, after a passed shadow stage."""
-    assert report.shadow is not None
+    """The blue-green switch or the canary, after a passed shadow stage (none when a
+    canary is resumed)."""
     model, candidate = report.model, report.candidate
-    if skip_canary_if_identical and report.shadow.comparison.identical:
+    identical = report.shadow is not None and report.shadow.comparison.identical
+    if skip_canary_if_identical and identical:
         get_run_logger().info(
             "%s version %s is identical to the primary: skipping the canary", model, candidate
         )

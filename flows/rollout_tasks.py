@@ -38,7 +38,9 @@ REDIS_RETRIES: dict[str, Any] = {
 async def rollback_rollout(model: str, reason: str, redis_url: str, actor: str) -> None:
     """Drop the candidate, recording why; the primary keeps serving."""
     async with aioredis.Redis.from_url(redis_url) as client:
-        await RolloutStore(client).rollback(model, reason=reason[:1000], actor=actor)
+        store = RolloutStore(client)
+        await store.rollback(model, reason=reason[:1000], actor=actor)
+        await store.clear_canary_progress(model)
     get_run_logger().warning("rolled back %s: %s", model, reason)
 
 
@@ -46,7 +48,9 @@ async def rollback_rollout(model: str, reason: str, redis_url: str, actor: str) 
 async def promote_rollout(model: str, reason: str, redis_url: str, actor: str) -> str:
     """Make the candidate the primary; returns the new primary."""
     async with aioredis.Redis.from_url(redis_url) as client:
-        state = await RolloutStore(client).promote(model, reason=reason[:1000], actor=actor)
+        store = RolloutStore(client)
+        state = await store.promote(model, reason=reason[:1000], actor=actor)
+        await store.clear_canary_progress(model)
     get_run_logger().info("promoted %s: version %s is primary (%s)", model, state.primary, reason)
     return state.primary
 

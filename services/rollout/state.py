@@ -7,6 +7,7 @@ Redis Cluster slot)::
     servekit:{rollouts}:<model>         hash  rev -> int, state -> RolloutState JSON
     servekit:{rollouts}:<model>:history stream, capped: at, action, reason, actor,
                                         revision, state
+    servekit:{rollouts}:<model>:canary  string: the running canary step's progress JSON
     servekit:{rollouts}                 set of models that have a state
     servekit:rollout                    pub/sub channel: {"model", "revision", "state"}
 
@@ -16,6 +17,11 @@ revision is still ``r`` (else the writer reads again and retries). The same scri
 the history entry and publishes the notice, so a change, its audit line and its notice are
 never apart. ``RolloutFollower`` keeps an in-process copy fresh from the notices (and a
 periodic full read) so the serving path reads rollout state from memory.
+
+A canary flow saves its step's progress (``CanaryProgress``) after every observation
+interval with a second script that writes it only while the state is still that canary
+(same candidate and experiment; its key shares the rollout tag, so the script runs in one
+slot), so a rolled-back or replaced rollout is never given a stale step's progress back.
 
 What a state holds (modes ``off``, ``shadow``, ``canary``, ``ab``) and how each action
 changes it are in ``services.rollout.transitions``.
@@ -35,6 +41,7 @@ from pydantic import BaseModel, ConfigDict
 from services.errors import ConflictError, InvalidInputError
 from services.rollout import transitions
 from services.rollout.transitions import (
+    CanaryProgress,
     Change,
     RolloutState,
     check_model_name,
@@ -86,6 +93,21 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
+# KEYS: state hash, progress key. ARGV: progress JSON, candidate, experiment id, TTL s.
+_PROGRESS_SCRIPT = """
+local raw = redis.call('HGET', KEYS[1], 'state')
+if not raw then
+  return 0
+end
+local state = cjson.decode(raw)
+if state['mode'] ~= 'canary' or state['candidate'] ~= ARGV[2]
+    or state['experiment_id'] ~= ARGV[3] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[4])
+return 1
+"""
+
 
 class RolloutStore:
     """Reads and changes rollout state in Redis, atomically, with history and notices.
@@ -110,6 +132,7 @@ class RolloutStore:
         self._history_maxlen = history_maxlen
         self._max_attempts = max_attempts
         self._cas = redis.register_script(_CAS_SCRIPT)
+        self._save_progress = redis.register_script(_PROGRESS_SCRIPT)
 
     async def get(self, model: str) -> RolloutState:
         """The state of ``model``; NotFoundError when it has none."""
@@ -282,6 +305,35 @@ class RolloutStore:
         """Drop the candidate and end the rollout; the primary keeps serving."""
         change = transitions.rollback(model)
         return await self.update(model, change, action="rollback", reason=reason, actor=actor)
+
+    async def save_canary_progress(self, progress: CanaryProgress, ttl_s: int) -> bool:
+        """Save a canary step's progress, only while the model is still in that canary.
+
+        Returns:
+            False (nothing written) when the model's rollout is no longer that canary.
+        """
+        check_model_name(progress.model)
+        written = await self._save_progress(
+            keys=[keys.rollout_state_key(progress.model), keys.canary_progress_key(progress.model)],
+            args=[
+                progress.model_dump_json(),
+                progress.candidate,
+                progress.experiment_id,
+                max(int(ttl_s), 1),
+            ],
+        )
+        return bool(written)
+
+    async def canary_progress(self, model: str) -> CanaryProgress | None:
+        """The saved progress of ``model``'s canary step, or None."""
+        check_model_name(model)
+        raw = await self._redis.get(keys.canary_progress_key(model))
+        return None if raw is None else CanaryProgress.model_validate_json(raw)
+
+    async def clear_canary_progress(self, model: str) -> None:
+        """Forget ``model``'s canary step progress (the canary ended)."""
+        check_model_name(model)
+        await self._redis.delete(keys.canary_progress_key(model))
 
     async def history(self, model: str, n: int = 20) -> list[RolloutEvent]:
         """The last ``n`` changes of ``model``, newest first."""

@@ -279,3 +279,48 @@ def rollback(model: str) -> Change:
         return _ended(state, primary=state.primary)
 
     return change
+
+
+class CanaryProgress(BaseModel):
+    """How far a canary step has been watched, saved after every observation interval so
+    that a restarted flow or a retried task resumes the step instead of starting over.
+
+    Attributes:
+        model, candidate: what is rolled out.
+        experiment_id: the canary's experiment; progress of another one is stale.
+        step: the step's number (1-based) in the canary's plan.
+        percent: the step's candidate traffic share.
+        since_id: the prediction stream id at the step's start (the drift gate reads on).
+        start_count: candidate predictions counted in the experiment when the step began.
+        observed_s: seconds of the step watched so far (time nobody watched is not counted).
+        p_value: the mSPRT's running p-value so far.
+        intervals: observation intervals saved so far.
+        resumed: times a run took the step up from this saved progress.
+        started_at: when the step began (epoch seconds).
+        updated_at: when the progress was last saved.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model: str
+    candidate: str
+    experiment_id: str
+    step: int = Field(ge=1)
+    percent: float = Field(gt=0.0, le=100.0)
+    since_id: str = "0-0"
+    start_count: int = Field(0, ge=0)
+    observed_s: float = Field(0.0, ge=0.0)
+    p_value: float = Field(1.0, ge=0.0, le=1.0)
+    intervals: int = Field(0, ge=0)
+    resumed: int = Field(0, ge=0)
+    started_at: float = 0.0
+    updated_at: float = 0.0
+
+    def continues(self, state: RolloutState | None) -> bool:
+        """Whether ``state`` is still the canary this progress belongs to."""
+        return (
+            state is not None
+            and state.mode == "canary"
+            and state.candidate == self.candidate
+            and state.experiment_id == self.experiment_id
+        )

@@ -24,6 +24,12 @@ class RolloutSettings(BaseSettings):
     step_duration_s: float = Field(
         151_200, gt=0, description="Time at each canary step (default: 7 days over 4 steps)."
     )
+    canary_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Observation interval of a canary step: its progress is saved after "
+        "each one, so a restarted flow or a retried look resumes the step from there.",
+    )
     max_error_rate: float = Field(
         0.01, ge=0, le=1, description="Gate: most errors per prediction of the candidate."
     )

@@ -26,6 +26,7 @@ single Redis the braces are plain characters. Angle brackets are the parts::
     servekit:evseen:{<view>}:<group>:<event_id>    event applied to a view by a group
     servekit:{rollouts}:<model>                    rollout state (hash: rev, state)
     servekit:{rollouts}:<model>:history            rollout changes (stream, capped)
+    servekit:{rollouts}:<model>:canary             a running canary step's progress (JSON)
     servekit:{rollouts}                            models with a rollout state (set)
     servekit:rollout[:db<n>]                       rollout notices (pub/sub channel)
     servekit:feedback:<request_id>                 a prediction kept for its outcome (hash)
@@ -145,6 +146,11 @@ def rollout_state_key(model: str) -> bytes:
 def rollout_history_key(model: str) -> bytes:
     """The capped stream of ``model``'s rollout changes."""
     return rollout_state_key(model) + b":history"
+
+
+def canary_progress_key(model: str) -> bytes:
+    """The progress of ``model``'s running canary step (string: JSON, with a TTL)."""
+    return rollout_state_key(model) + b":canary"
 
 
 def rollout_models_key() -> bytes:
