@@ -34,10 +34,10 @@ FAST: dict[str, Any] = {
 
 
 # Good and identical candidates: the test process's event loop (Prefect's server runs in a
-# thread of it) stalls for tens of milliseconds now and then, on either side; the p99 of
+# thread of it) stalls for tens to hundreds of milliseconds on a loaded machine, on either side; the p99 of
 # 120 pairs is their 2nd-largest. The latency gate itself is tested by the slow candidate
 # (+40 ms).
-GOOD_SLACK_MS = 40.0
+GOOD_SLACK_MS = 250.0
 
 
 async def _artifacts(key: str, n: int) -> list[str]:
