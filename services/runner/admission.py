@@ -7,10 +7,11 @@ A lane learns, from its own backend calls, the wall time of one call and of one 
 
 and is refused at once (``OverloadedError``: 503 with Retry-After, the lane's drain time)
 when that is over the model's queueing budget (``BatchPolicy.queue_budget_ms``), unless
-the rows ahead do not yet fill one batch per slot: those are what the next batches need to
-stay full, so the budget never starves batching (a model whose single call outlasts the
-budget still queues one batch). A request is also refused at once when its client's
-deadline (``Request-Timeout``) would pass before its expected turn.
+nothing is queued ahead of it: a model whose single call outlasts the budget still serves
+one request after another. Under overload the budget so sets the batch size too (about
+budget / row time rows): a bigger budget buys fuller batches, hence more throughput, with
+longer waits. A request is also refused at once when its client's deadline
+(``Request-Timeout``) would pass before its expected turn.
 
 Once queued, a request is dropped before it runs (503, not computed) when its client's
 deadline has passed, when its client has disconnected, or when it has waited twice what
@@ -160,8 +161,7 @@ class Admission:
         expires = deadline
         if budget_ms and not math.isinf(lane.row_s):
             budget = budget_ms / 1000.0
-            batch_rows = lane.policy.max_batch_size * lane.limits.max_concurrency
-            if wait > budget and lane.queued_rows >= batch_rows:
+            if wait > budget and lane.queued_rows:
                 self.refuse(
                     lane, "budget", f"expected wait {wait:.3f} s is over the {budget:g} s budget"
                 )

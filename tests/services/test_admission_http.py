@@ -140,14 +140,16 @@ def test_overload_is_shed_at_once_and_accepted_requests_stay_near_the_budget(
     results = asyncio.run(open_loop(url, infer_body(SHORT), 4 * capacity, 3.0))
     ok = sorted(t for s, t, _ in results if s == 200)
     refused = sorted(t for s, t, _ in results if s == 503)
-    assert {s for s, _, _ in results} <= {200, 503}
-    assert len(refused) > len(results) / 2  # 4x capacity: most are shed ...
-    assert len(ok) >= 0.5 * capacity * 3.0  # ... while the model keeps serving
+    p99 = ok[int(0.99 * (len(ok) - 1))] if ok else None
+    seen = f"call {call:.3f} s, {len(ok)} ok (p99 {p99}), {len(refused)} refused"
+    assert {s for s, _, _ in results} <= {200, 503}, seen
+    assert len(refused) > len(results) / 2, seen  # 4x capacity: most are shed ...
+    assert len(ok) >= 0.5 * capacity * 3.0, seen  # ... while the model keeps serving
     assert all(ra.isdigit() and int(ra) >= 1 for s, _, ra in results if s == 503)
     # Refusals are answered at once (not after a wait), accepted ones within the budget
     # plus their own call and the one running ahead (slack for a shared machine).
-    assert statistics.median(refused) < 0.05
-    assert ok[int(0.99 * (len(ok) - 1))] < BUDGET_MS / 1000 + 3 * call + 0.15
+    assert statistics.median(refused) < 0.05, seen
+    assert p99 is not None and p99 < BUDGET_MS / 1000 + 3 * call + 0.15, seen
     assert metric(spin_gateway, "servekit_admission_refusals_total", reason="budget") > 0
 
 

@@ -72,14 +72,15 @@ async def hold_lane(batcher: AdaptiveBatcher, backend: SlowBackend) -> asyncio.F
     return held
 
 
-async def test_over_budget_is_refused_at_once_after_one_full_batch() -> None:
-    backend = SlowBackend(0.05)
-    batcher = make(backend, budget_ms=20)
+async def test_over_budget_is_refused_at_once() -> None:
+    backend = SlowBackend(0.1)
+    batcher = make(backend, budget_ms=200)
     held = await hold_lane(batcher, backend)
-    queued = [asyncio.ensure_future(submit(batcher, i)) for i in range(4)]
-    await until(lambda: batcher._lanes[GROUP].queued_rows == 4)
+    # 100 ms calls, one at a time: a row with k rows ahead expects k x 100 ms + half a call.
+    queued = [asyncio.ensure_future(submit(batcher, i)) for i in range(2)]
+    await until(lambda: batcher._lanes[GROUP].queued_rows == 2)
     t0 = time.perf_counter()
-    with pytest.raises(OverloadedError, match="over the 0.02 s budget") as refused:
+    with pytest.raises(OverloadedError, match="over the 0.2 s budget") as refused:
         await submit(batcher, 99)
     assert time.perf_counter() - t0 < 0.005  # refused at once, not after a wait
     assert refused.value.context["reason"] == "budget"
@@ -88,7 +89,7 @@ async def test_over_budget_is_refused_at_once_after_one_full_batch() -> None:
     assert batcher.stats.shed == 1
     backend.gate.set()
     results = await asyncio.gather(held, *queued)
-    assert [r["y"][0, 0] for r in results] == [-4.0, 0.0, 2.0, 4.0, 6.0]
+    assert [r["y"][0, 0] for r in results] == [-4.0, 0.0, 2.0]
     assert 99.0 not in backend.seen
     await batcher.close()
 
@@ -104,6 +105,20 @@ async def test_without_a_budget_only_the_row_limit_sheds(budget_ms: float | None
     results = await asyncio.gather(held, *queued)
     assert len(results) == 13 and batcher.admission.stats.refused == {}
     assert batcher.admission.stats.dropped == {}
+    await batcher.close()
+
+
+async def test_an_empty_queue_admits_a_call_longer_than_the_budget() -> None:
+    backend = SlowBackend(0.05)
+    batcher = make(backend, budget_ms=10)  # one call is five budgets
+    held = await hold_lane(batcher, backend)
+    first = asyncio.ensure_future(submit(batcher, 1))
+    await until(lambda: batcher._lanes[GROUP].queued_rows == 1)
+    with pytest.raises(OverloadedError, match="budget"):
+        await submit(batcher, 2)
+    backend.gate.set()
+    assert (await first)["y"][0, 0] == 2.0
+    await held
     await batcher.close()
 
 
