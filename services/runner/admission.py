@@ -7,11 +7,13 @@ A lane learns, from its own backend calls, the wall time of one call and of one 
 
 and is refused at once (``OverloadedError``: 503 with Retry-After, the lane's drain time)
 when that is over the model's queueing budget (``BatchPolicy.queue_budget_ms``), unless
-nothing is queued ahead of it: a model whose single call outlasts the budget still serves
-one request after another. Under overload the budget so sets the batch size too (about
-budget / row time rows): a bigger budget buys fuller batches, hence more throughput, with
-longer waits. A request is also refused at once when its client's deadline
-(``Request-Timeout``) would pass before its expected turn.
+the rows ahead do not yet fill one batch per slot: those ride in the next batches, which
+must stay full for the model to keep its throughput. A model whose call outlasts the
+budget (a text model's batch of 32 on a small CPU) so still fills each batch, and its
+requests wait at most about one call; a fast model queues as many batches as fit in the
+budget. (Refusing everything past the budget there would shrink its batches to one row
+and its throughput to the unbatched one.) A request is also refused at once when its
+client's deadline (``Request-Timeout``) would pass before its expected turn.
 
 Once queued, a request is dropped before it runs (503, not computed) when its client's
 deadline has passed, when its client has disconnected, or when it has waited twice what
@@ -161,7 +163,8 @@ class Admission:
         expires = deadline
         if budget_ms and not math.isinf(lane.row_s):
             budget = budget_ms / 1000.0
-            if wait > budget and lane.queued_rows:
+            batch_rows = lane.policy.max_batch_size * lane.limits.max_concurrency
+            if wait > budget and lane.queued_rows >= batch_rows:
                 self.refuse(
                     lane, "budget", f"expected wait {wait:.3f} s is over the {budget:g} s budget"
                 )

@@ -72,25 +72,38 @@ async def hold_lane(batcher: AdaptiveBatcher, backend: SlowBackend) -> asyncio.F
     return held
 
 
-async def test_over_budget_is_refused_at_once() -> None:
-    backend = SlowBackend(0.1)
-    batcher = make(backend, budget_ms=200)
+async def test_over_budget_is_refused_at_once_once_the_next_batch_is_full() -> None:
+    backend = SlowBackend(0.05)
+    batcher = make(backend, budget_ms=20)  # one call outlasts the budget
     held = await hold_lane(batcher, backend)
-    # 100 ms calls, one at a time: a row with k rows ahead expects k x 100 ms + half a call.
-    queued = [asyncio.ensure_future(submit(batcher, i)) for i in range(2)]
-    await until(lambda: batcher._lanes[GROUP].queued_rows == 2)
+    # The rows that fill the next batch are admitted whatever the budget says ...
+    queued = [asyncio.ensure_future(submit(batcher, i)) for i in range(4)]
+    await until(lambda: batcher._lanes[GROUP].queued_rows == 4)
     t0 = time.perf_counter()
-    with pytest.raises(OverloadedError, match="over the 0.2 s budget") as refused:
-        await submit(batcher, 99)
-    assert time.perf_counter() - t0 < 0.005  # refused at once, not after a wait
+    with pytest.raises(OverloadedError, match="over the 0.02 s budget") as refused:
+        await submit(batcher, 99)  # ... the next one would wait for two calls: refused
+    assert time.perf_counter() - t0 < 0.005  # at once, not after a wait
     assert refused.value.context["reason"] == "budget"
     assert refused.value.retry_after >= 1
     assert batcher.admission.stats.refused == {("m", "1", "budget"): 1}
     assert batcher.stats.shed == 1
     backend.gate.set()
     results = await asyncio.gather(held, *queued)
-    assert [r["y"][0, 0] for r in results] == [-4.0, 0.0, 2.0]
+    assert [r["y"][0, 0] for r in results] == [-4.0, 0.0, 2.0, 4.0, 6.0]
     assert 99.0 not in backend.seen
+    await batcher.close()
+
+
+async def test_a_fast_model_queues_as_many_batches_as_fit_in_the_budget() -> None:
+    backend = SlowBackend(0.001)
+    batcher = make(backend, budget_ms=1000, max_batch=2)
+    held = await hold_lane(batcher, backend)
+    # ~1 ms per call of one row: 20 rows (10 batches) ahead expect ~20 ms, well in budget.
+    queued = [asyncio.ensure_future(submit(batcher, i)) for i in range(20)]
+    await until(lambda: batcher._lanes[GROUP].queued_rows == 20)
+    backend.gate.set()
+    assert len(await asyncio.gather(held, *queued)) == 21
+    assert batcher.admission.stats.refused == {}
     await batcher.close()
 
 
@@ -105,20 +118,6 @@ async def test_without_a_budget_only_the_row_limit_sheds(budget_ms: float | None
     results = await asyncio.gather(held, *queued)
     assert len(results) == 13 and batcher.admission.stats.refused == {}
     assert batcher.admission.stats.dropped == {}
-    await batcher.close()
-
-
-async def test_an_empty_queue_admits_a_call_longer_than_the_budget() -> None:
-    backend = SlowBackend(0.05)
-    batcher = make(backend, budget_ms=10)  # one call is five budgets
-    held = await hold_lane(batcher, backend)
-    first = asyncio.ensure_future(submit(batcher, 1))
-    await until(lambda: batcher._lanes[GROUP].queued_rows == 1)
-    with pytest.raises(OverloadedError, match="budget"):
-        await submit(batcher, 2)
-    backend.gate.set()
-    assert (await first)["y"][0, 0] == 2.0
-    await held
     await batcher.close()
 
 
