@@ -25,7 +25,7 @@ from services.errors import (
     ServekitError,
     UnavailableError,
 )
-from services.runner.admission import bind_request, parse_timeout
+from services.runner.admission import bind_request, parse_timeout, request_answered
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class GatewayApp:
             resp = error_response(ServekitError("internal"))
             if self.predictor is not None:
                 self.predictor.metrics.observe_error(route, 500, "InternalError")
+        request_answered()
         headers = [*resp.headers, (b"content-length", str(len(resp.body)).encode())]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": resp.body})

@@ -52,22 +52,26 @@ _MAX_TIMEOUT_S = 86_400.0
 class RequestContext:
     """One request's deadline (``time.perf_counter`` seconds) and its connection."""
 
-    __slots__ = ("deadline", "receive", "watcher", "gone")
+    __slots__ = ("deadline", "receive", "watcher", "gone", "answered")
 
     def __init__(self, deadline: float, receive: Receive | None) -> None:
         self.deadline = deadline  # math.inf: none
         self.receive = receive
         self.watcher: asyncio.Task[None] | None = None
-        self.gone = False  # the client disconnected (or the response was sent)
+        self.gone = False  # the client disconnected before it was answered
+        # Answered: work the request left behind (shadow calls, which inherit this
+        # context) is no longer bound by its client's deadline or connection.
+        self.answered = False
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Learn of the client's disconnect while the request waits (once per request)."""
-        if self.watcher is None and self.receive is not None:
+        if self.watcher is None and self.receive is not None and not self.answered:
             self.watcher = loop.create_task(self._watch(self.receive))
 
     async def _watch(self, receive: Receive) -> None:
+        # ``receive`` also answers http.disconnect once the response is sent.
         message = await receive()
-        if message.get("type") == "http.disconnect":
+        if message.get("type") == "http.disconnect" and not self.answered:
             self.gone = True
 
 
@@ -80,6 +84,13 @@ def bind_request(timeout_s: float | None, receive: Receive | None) -> RequestCon
     ctx = RequestContext(deadline, receive)
     REQUEST.set(ctx)
     return ctx
+
+
+def request_answered() -> None:
+    """The current request's response is about to leave (see ``RequestContext.answered``)."""
+    ctx = REQUEST.get()
+    if ctx is not None:
+        ctx.answered = True
 
 
 def shorten_deadline(timeout_s: float) -> None:
@@ -154,7 +165,7 @@ class Admission:
         """Admit a request to ``lane`` or raise ``OverloadedError``; the time past which
         it is dropped from the queue (``math.inf``: never)."""
         budget_ms = lane.policy.queue_budget_ms
-        deadline = math.inf if ctx is None else ctx.deadline
+        deadline = math.inf if ctx is None or ctx.answered else ctx.deadline
         if not budget_ms and deadline == math.inf:
             return math.inf  # no budget, no client deadline: the old behaviour
         wait = expected_wait(lane)
@@ -190,7 +201,7 @@ class Admission:
         """Answer a queued ``job`` that will not run (gone, past its deadline or budget)."""
         if job.ctx is not None and job.ctx.gone:
             reason, why = "disconnected", "the client disconnected"
-        elif job.ctx is not None and job.ctx.deadline <= now:
+        elif job.ctx is not None and not job.ctx.answered and job.ctx.deadline <= now:
             reason, why = "deadline", "its deadline passed while it was queued"
         else:
             reason, why = "budget", f"it waited {now - job.enqueued:.3f} s, past its budget"

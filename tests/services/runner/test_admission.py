@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from services.errors import BadRequestError, OverloadedError
-from services.runner.admission import REQUEST, bind_request, parse_timeout, shorten_deadline
+from services.runner.admission import (
+    REQUEST,
+    bind_request,
+    parse_timeout,
+    request_answered,
+    shorten_deadline,
+)
 from services.runner.batching import AdaptiveBatcher
 from services.runner.feeds import Feeds, concat_feeds, split_outputs
 from services.settings import BatchPolicy, BatchSettings
@@ -184,6 +190,31 @@ async def test_a_disconnected_client_is_not_run() -> None:
         await orphan
     assert 8.0 not in backend.seen
     assert batcher.admission.stats.dropped == {("m", "1", "disconnected"): 1}
+    await batcher.close()
+
+
+async def test_work_left_behind_by_an_answered_request_is_not_bound_by_its_client() -> None:
+    """A shadow call inherits its request's context; once the request is answered its
+    client's deadline and the end of its connection no longer apply."""
+    backend = SlowBackend(0.0)
+    batcher = make(backend, budget_ms=0)
+    held = await hold_lane(batcher, backend)
+
+    async def answered() -> dict[str, Any]:
+        return {"type": "http.disconnect"}  # what receive says once the response is sent
+
+    async def shadow() -> Feeds:
+        bind_request(0.05, answered)
+        request_answered()
+        return await batcher.submit(GROUP, feeds(9), 1)
+
+    late = asyncio.ensure_future(shadow())
+    await until(lambda: batcher._lanes[GROUP].queued_rows == 1)
+    await asyncio.sleep(0.1)  # past the client's 50 ms
+    backend.gate.set()
+    await held
+    assert (await late)["y"][0, 0] == 18.0
+    assert batcher.admission.stats.dropped == {}
     await batcher.close()
 
 
