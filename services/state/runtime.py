@@ -3,7 +3,9 @@ event log and the real-time worker, started once the server's event loop runs.
 
 Redis is always the backend (``SERVEKIT_REDIS_URL``, else the embedded server is started);
 there is no in-memory stand-in. The serving-path client has a short socket timeout and no
-retries, so a slow or dead Redis costs a few milliseconds, never a failed request.
+retries, so a slow or dead Redis costs a few milliseconds, never a failed request. Every
+client reconnects on its next call once Redis is back; when the embedded server died, the
+real-time worker's retry loop starts it again (its append-only file brings the state back).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -39,6 +42,18 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
+async def restart_embedded(server: EmbeddedRedis) -> bool:
+    """Start the embedded server again if it is down (off the event loop); whether it
+    answers now."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, server.start)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        logger.warning("embedded Redis not restarted: %s", exc)
+        return False
+    return True
+
+
 class RedisRuntime:
     """Everything the gateway keeps in Redis.
 
@@ -50,6 +65,7 @@ class RedisRuntime:
     def __init__(self, settings: Settings, metrics_registry: Any) -> None:
         self.settings = settings
         self.url = redis_url(settings)
+        self.embedded = None if settings.redis.url else EmbeddedRedis(settings.redis.embedded_dir)
         self.client = aioredis.Redis.from_url(
             self.url,
             socket_timeout=settings.redis.socket_timeout_ms / 1000,
@@ -114,7 +130,9 @@ class RedisRuntime:
                     logger.warning(
                         "real-time worker: Redis failed (%d in a row): %s", failures, exc
                     )
-                await asyncio.sleep(min(5.0, 0.1 * failures))
+                if self.embedded is not None:
+                    await restart_embedded(self.embedded)
+                await asyncio.sleep(min(2.0, 0.1 * failures))
 
     async def append_event(self, body: Any) -> str:
         """Validate and append one event (``POST /events``); returns its stream id."""
