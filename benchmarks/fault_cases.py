@@ -1,0 +1,170 @@
+"""The serving-path faults, each run for real under ``SteadyLoad`` against a `bentoml serve`
+gateway: Redis paused and killed, the embedded Redis killed, S3 unreachable while a model
+loads, an artifact corrupted in the store, the split shape's ``ModelRunner`` killed.
+
+Each case returns one row: requests, failed, 503s, answers neither successful nor a 503
+with Retry-After ("unexplained"), events and feedback lost, and the seconds from the end
+of the fault to the last failed answer (``recover_s``). The fault suite
+(tests/services/faults/) asserts on the rows; ``benchmarks/faults.py`` tabulates them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks.common import Server
+from benchmarks.fault_load import SteadyLoad, events_lost, feedback_lost, summarize, wait_until
+
+Row = dict[str, Any]
+
+
+class RedisServer:
+    """A throwaway redis-server on ``port`` (append-only file in ``folder``, as a production
+    Redis keeps one), that can be paused, killed and started again."""
+
+    def __init__(self, port: int, folder: Path) -> None:
+        self.port = port
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.folder)],
+            stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+        def answers() -> bool:
+            try:
+                return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
+            except (redis.RedisError, OSError):
+                return False
+
+        wait_until(answers, 10, f"redis-server on {self.port}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextmanager
+def gateway(env: dict[str, str], log: Path) -> Iterator[Server]:
+    """A `bentoml serve` gateway with ``env``, stopped on exit."""
+    server = Server({"SERVEKIT_ROLLOUT_FEEDBACK_TTL_S": "3600", **env}, log)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_fault(
+    load: SteadyLoad,
+    inject: Callable[[], None],
+    repair: Callable[[], None],
+    *,
+    fault_s: float,
+    settle_s: float = 3.0,
+    recover_timeout_s: float = 60.0,
+) -> tuple[float, float]:
+    """Under ``load``: a steady second, ``inject``, the fault for ``fault_s``, ``repair``,
+    then load until a run of requests succeeds again and ``settle_s`` more. Returns the
+    fault's (start, end) on the monotonic clock."""
+    time.sleep(1.0)  # a steady baseline before the fault
+    start = time.monotonic()
+    inject()
+    time.sleep(fault_s)  # the fault lasts this long
+    repair()
+    end = time.monotonic()
+
+    def healthy() -> bool:
+        recent = [o for o in load.outcomes if o.start > time.monotonic() - 1.0]
+        return len(recent) >= 5 and all(o.status in (200, 201, 202) for o in recent)
+
+    wait_until(healthy, recover_timeout_s, "steady load answered again", 0.2)
+    time.sleep(settle_s)  # keep the load on after recovery
+    return start, end
+
+
+def redis_fault(store: Path, work: Path, port: int, kind: str, fault_s: float = 3.0) -> Row:
+    """Redis paused (``kind="pause"``: SIGSTOP, SIGCONT) or killed and started again."""
+    redis_server = RedisServer(port, work / f"redis-{kind}")
+    redis_server.start()
+    env = {"SERVEKIT_MODEL_STORE": str(store), "SERVEKIT_REDIS_URL": redis_server.url}
+    try:
+        with gateway(env, work / f"gateway-redis-{kind}.log") as server:
+            with SteadyLoad(server.url) as load:
+                if kind == "pause":
+                    inject = lambda: redis_server.signal(signal.SIGSTOP)  # noqa: E731
+                    repair = lambda: redis_server.signal(signal.SIGCONT)  # noqa: E731
+                else:
+                    inject = lambda: redis_server.signal(signal.SIGKILL)  # noqa: E731
+                    repair = redis_server.start
+                start, end = run_fault(load, inject, repair, fault_s=fault_s)
+            row = summarize(load.outcomes, start, end)
+            row["feedback_lost"] = feedback_lost(server.url, load.outcomes)
+        row["events_lost"] = events_lost(redis_server.url, load.outcomes)
+    finally:
+        redis_server.stop()
+    return {
+        "fault": f"Redis {'paused' if kind == 'pause' else 'killed'}",
+        "fault_s": fault_s,
+        **row,
+    }
+
+
+def embedded_redis_killed(store: Path, work: Path) -> Row:
+    """The embedded Redis (no ``SERVEKIT_REDIS_URL``) killed with SIGKILL; the gateway
+    starts it again, and its append-only file brings the state back."""
+    import redis
+
+    from services.state.keys import rollout_state_key
+    from services.state.redis_embedded import EmbeddedRedis
+
+    folder = work / "er"
+    embedded = EmbeddedRedis(folder)
+    env = {"SERVEKIT_MODEL_STORE": str(store), "SERVEKIT_REDIS_EMBEDDED_DIR": str(folder)}
+    try:
+        with gateway(env, work / "gateway-embedded.log") as server:
+            client = redis.Redis(unix_socket_path=str(embedded.socket))
+            with SteadyLoad(server.url) as load:
+                # The gateway writes the served model's rollout state on its first request.
+                state = rollout_state_key("fraud")
+                wait_until(lambda: client.exists(state), 10, "fraud's rollout state")
+                rollout_before = client.hgetall(state)
+                pid = embedded.pid()
+                assert pid is not None
+
+                def kill() -> None:
+                    os.kill(pid, signal.SIGKILL)
+                    wait_until(lambda: not psutil.pid_exists(pid), 10, "redis gone")
+
+                start, end = run_fault(load, kill, lambda: None, fault_s=0.0)
+            row = summarize(load.outcomes, start, end)
+            row["feedback_lost"] = feedback_lost(server.url, load.outcomes)
+            row["events_lost"] = events_lost(embedded.url, load.outcomes)
+            row["rollout_state_kept"] = client.hgetall(state) == rollout_before
+            row["restarted_pid_differs"] = embedded.pid() != pid
+    finally:
+        embedded.stop()
+    return {"fault": "embedded Redis killed", "fault_s": 0.0, **row}
