@@ -168,3 +168,35 @@ def embedded_redis_killed(store: Path, work: Path) -> Row:
     finally:
         embedded.stop()
     return {"fault": "embedded Redis killed", "fault_s": 0.0, **row}
+
+
+def runner_process(server: Server) -> psutil.Process:
+    """The split shape's ``ModelRunner`` worker process under ``server``."""
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if "servekit-runner" in child.cmdline():
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    raise LookupError("no servekit-runner process")
+
+
+def runner_killed(store: Path, work: Path, redis_url: str) -> Row:
+    """The split shape's ``ModelRunner`` killed with SIGKILL mid-traffic; BentoML starts
+    it again. Recovery counts from the kill."""
+    env = {"SERVEKIT_SHAPE": "split", "SERVEKIT_MODEL_STORE": str(store),
+           "SERVEKIT_REDIS_URL": redis_url, "SERVEKIT_CACHE_ENABLED": "false"}  # fmt: skip
+    with gateway(env, work / "gateway-runner.log") as server:
+        with SteadyLoad(server.url, event_hz=0, feedback_hz=0) as load:
+            runner = runner_process(server)
+            start, end = run_fault(load, runner.kill, lambda: None, fault_s=0.0)
+        row = summarize(load.outcomes, start, end)
+
+        def restarted() -> bool:
+            try:
+                return runner_process(server).pid != runner.pid
+            except LookupError:
+                return False
+
+        row["runner_restarted"] = restarted()
+    return {"fault": "ModelRunner killed", "fault_s": 0.0, **row}

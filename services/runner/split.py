@@ -4,7 +4,9 @@ The gateway's ``RemoteRunner`` sends one item per request, ``{"model", "version"
 "feeds"}``, to ``ModelRunner.infer`` (``bentoml.depends``); BentoML's batchable API
 gathers items from concurrent requests into one call, and ``run_items`` runs them: items
 of one (model, version) as one backend call, each group's failure answered as
-``{"error": message}`` for its own items only.
+``{"error": message}`` for its own items only. A runner that cannot be reached (killed,
+restarting: the connection is refused or dropped, or BentoML answers 5xx) fails the
+requests it had with 503 and Retry-After; BentoML starts the runner again.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aiohttp
+import httpx
 import numpy as np
+from bentoml.exceptions import BentoMLException
 
-from services.errors import ModelLoadError
+from services.errors import ModelLoadError, UnavailableError
 from services.registry.versions import ModelVersion
 from services.runner.feeds import Feeds
 from services.runner.pool import ModelPool
@@ -47,6 +52,17 @@ def resident_versions(pool: ModelPool) -> dict[str, Any]:
     return {f"{k[0]}:{k[1]}": lm.describe() for k, lm in pool.loaded().items()}
 
 
+def runner_unavailable(mv: ModelVersion, exc: Exception) -> UnavailableError:
+    """The 503 for a request the runner could not answer (it died or is restarting)."""
+    logger.warning("model runner unavailable for %s:%s: %r", mv.name, mv.version, exc)
+    return UnavailableError(
+        f"the model runner is unavailable ({type(exc).__name__}); retry",
+        model=mv.name,
+        version=mv.version,
+        retry_after=2,
+    )
+
+
 class RemoteRunner:
     """The gateway's runner in the split shape: calls ``ModelRunner.infer`` remotely.
 
@@ -59,9 +75,16 @@ class RemoteRunner:
 
     async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds:
         """Run one request's feeds of ``mv`` in the runner; its outputs."""
-        (out,) = await self.proxy.to_async.infer(
-            [{"model": mv.name, "version": mv.version, "feeds": feeds}]
-        )
+        try:
+            (out,) = await self.proxy.to_async.infer(
+                [{"model": mv.name, "version": mv.version, "feeds": feeds}]
+            )
+        except (aiohttp.ClientError, httpx.TransportError) as exc:
+            raise runner_unavailable(mv, exc) from exc
+        except BentoMLException as exc:
+            if int(exc.error_code) < 500:
+                raise
+            raise runner_unavailable(mv, exc) from exc
         # An output tensor could be named "error": only a message is a failure.
         if "error" in out and not isinstance(out["error"], np.ndarray):
             raise ModelLoadError(f"runner failed on {mv.name} version {mv.version}: {out['error']}")
