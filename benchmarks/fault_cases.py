@@ -200,3 +200,86 @@ def runner_killed(store: Path, work: Path, redis_url: str) -> Row:
 
         row["runner_restarted"] = restarted()
     return {"fault": "ModelRunner killed", "fault_s": 0.0, **row}
+
+
+@contextmanager
+def moto_s3(port: int, store: Path) -> Iterator[tuple[Any, str]]:
+    """moto's S3 server on ``port`` holding ``store``'s models, plus version 2 of fraud (a
+    copy of version 1); yields (the server, the store's s3:// URL). A restarted server
+    keeps the objects (moto keeps them in this process)."""
+    from moto.server import ThreadedMotoServer
+
+    from services.registry.stores import LocalStore, S3Store
+    from services.registry.versions import ModelRegistry
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = S3Store("s3://servekit-models/store", endpoint_url=endpoint)
+    s3.client.create_bucket(Bucket="servekit-models")
+    local = LocalStore(store)
+    for key in local.list():
+        s3.put(key, local.get(key))
+    registry = ModelRegistry(s3)
+    v1 = registry.get("fraud", "1")
+    registry.register("fraud", registry.load_artifact(v1), schema=v1.model_schema)
+    try:
+        yield server, s3.url
+    finally:
+        server.stop()
+
+
+def served_version(url: str) -> str:
+    """The version of fraud the gateway at ``url`` answers with."""
+    import httpx
+
+    body = {"model": "fraud", "inputs": [{"amount": 1.0, "merchant_category": "grocery",
+                                          "hour": 3, "channel": "online"}]}  # fmt: skip
+    return str(httpx.post(f"{url}/predict", json=body, timeout=30).json()["version"])
+
+
+def s3_fault(store: Path, work: Path, redis_url: str, port: int, kind: str) -> Row:
+    """A model version loaded on demand while S3 is unreachable (``kind="down"``: the
+    endpoint stopped for 3 s) or while its artifact is corrupted (``"corrupt"``: restored
+    after 3 s). The served version keeps answering; the other one answers 503 with
+    Retry-After until it loads."""
+    from services.registry.stores import S3Store
+
+    with moto_s3(port, store) as (moto, url):
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = S3Store(url, endpoint_url=endpoint)
+        env = {"SERVEKIT_MODEL_STORE": url, "SERVEKIT_S3_ENDPOINT_URL": endpoint,
+               "SERVEKIT_REDIS_URL": redis_url, "SERVEKIT_CACHE_ENABLED": "false",
+               **{k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                             "AWS_DEFAULT_REGION")}}  # fmt: skip
+        with gateway(env, work / f"gateway-s3-{kind}.log") as server:
+            # Of versions 1 and 2, the one the gateway does not serve loads under the fault.
+            served = served_version(server.url)
+            other = "1" if served == "2" else "2"
+            artifact = next(k for k in s3.list(f"fraud/{other}/") if k.endswith(".onnx"))
+            original = s3.get(artifact)
+            with SteadyLoad(server.url, event_hz=0, feedback_hz=0) as load:
+
+                def inject() -> None:
+                    if kind == "down":
+                        moto.stop()
+                    else:
+                        s3.put(artifact, original[: len(original) // 2] + b"corrupted")
+                    load.second_version = other  # not loaded yet: loads now, from S3
+
+                def repair() -> None:
+                    if kind == "down":
+                        moto.start()
+                    else:
+                        s3.put(artifact, original)
+
+                start, end = run_fault(load, inject, repair, fault_s=3.0)
+            row = summarize(load.outcomes, start, end)
+            row["first_version_ok"] = all(
+                o.status == 200 for o in load.outcomes if o.kind == "predict" and o.start < start
+            )
+    label = "S3 unreachable during a load" if kind == "down" else "artifact corrupted in S3"
+    return {"fault": label, "fault_s": 3.0, **row}

@@ -82,6 +82,8 @@ class SteadyLoad:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="steady-load", daemon=True)
         self._seq = 0
+        self.second_version: str | None = None
+        """When set, every other prediction asks for this version of the model."""
 
     def __enter__(self) -> SteadyLoad:
         self.start()
@@ -139,6 +141,8 @@ class SteadyLoad:
             # A new amount each time: every prediction reaches the model (no cache hit).
             record = {**GOOD, "amount": 10.0 + n / 1000}
             body = {"model": self.model, "user_id": f"u{n % 50}", "inputs": [record]}
+            if self.second_version is not None and n % 2:
+                body["version"] = self.second_version
             return "/predict", body, {}
         if kind == "event":
             body = {"timestamp": time.time(), "entities": {"user": f"u{n % 50}"}, "amount": 1.0}

@@ -143,6 +143,8 @@ class GatewayApp:
                 resp = json_response({"error": f"method {method} not allowed on {path}"}, 405)
             else:
                 resp = error_response(exc)
+                if resp.status >= 500:
+                    logger.warning("%s %s: %s: %s", method, path, type(exc).__name__, exc)
             if self.predictor is not None:
                 self.predictor.metrics.observe_error(route, resp.status, type(exc).__name__)
         except (RedisConnectionError, RedisTimeoutError) as exc:
