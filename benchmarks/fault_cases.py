@@ -23,6 +23,7 @@ import psutil
 
 from benchmarks.common import Server
 from benchmarks.fault_load import SteadyLoad, events_lost, feedback_lost, summarize, wait_until
+from services.state.redis_embedded import server_binary
 
 Row = dict[str, Any]
 
@@ -42,7 +43,7 @@ class RedisServer:
 
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.folder)],
             stdout=(self.folder / "redis.log").open("ab"), stderr=subprocess.STDOUT,
         )  # fmt: skip

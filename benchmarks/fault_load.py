@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ class Outcome:
     ident: str | None = None
     detail: str = ""
     origin: float | None = None
+    error_type: str | None = None
 
     @property
     def fine(self) -> bool:
@@ -147,10 +148,11 @@ class SteadyLoad:
         if kind == "event":
             body = {"timestamp": time.time(), "entities": {"user": f"u{n % 50}"}, "amount": 1.0}
             return "/events", body, INGEST_HEADERS
-        # Feedback for predictions answered at least a second ago (their records written).
+        # Feedback for the latest prediction answered at least a second ago (its record
+        # written): the newest, so that feedback does not fall behind the predictions.
         if not self._answered:
             return None
-        request_id, answered = self._answered.popleft()
+        request_id, answered = self._answered.pop()
         body = {"request_id": request_id, "outcome": n % 2, "_answered": answered}
         return "/feedback", body, INGEST_HEADERS
 
@@ -176,6 +178,7 @@ class SteadyLoad:
             loop.call_later(1.0, self._answered.append, (ident, out.end))
         elif out.status not in OK_STATUSES:
             out.detail = str(doc)[:300]
+            out.error_type = doc.get("type") if isinstance(doc, dict) else None
         out.ident = ident
         out.origin = origin
         self.outcomes.append(out)
@@ -221,6 +224,8 @@ def summarize(outcomes: list[Outcome], fault_start: float, fault_end: float) -> 
             }
             for kind in ("predict", "event", "feedback")
         },
+        "refused_as": dict(Counter(str(o.error_type) for o in outcomes if o.status == 503)),
+        "slowest_s": round(max((o.end - o.start for o in outcomes), default=0.0), 2),
         "recover_s": round(recover_s, 2),
     }
 

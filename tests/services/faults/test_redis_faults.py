@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from benchmarks.fault_cases import embedded_redis_killed, redis_fault
+from tests.conftest import free_port
 
 RECOVER_S = 10.0
 
@@ -25,7 +26,7 @@ def check_row(row: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_redis_paused(fraud_store: Path, work: Path) -> None:
-    row = redis_fault(fraud_store, work, 6390, "pause")
+    row = redis_fault(fraud_store, work, free_port(), "pause")
     check_row(row)
     # Predictions do not need Redis: answered all through the pause.
     predict = row["by_kind"]["predict"]
@@ -34,7 +35,7 @@ def test_redis_paused(fraud_store: Path, work: Path) -> None:
 
 @pytest.mark.slow
 def test_redis_killed_and_restarted(fraud_store: Path, work: Path) -> None:
-    row = redis_fault(fraud_store, work, 6391, "kill")
+    row = redis_fault(fraud_store, work, free_port(), "kill")
     check_row(row)
     predict = row["by_kind"]["predict"]
     assert predict["ok"] == predict["sent"], row

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.fault_cases import s3_fault
+from tests.conftest import free_port
 
 
 @pytest.mark.slow
@@ -17,7 +18,7 @@ from benchmarks.fault_cases import s3_fault
 def test_store_fault_while_loading(
     fraud_store: Path, work: Path, serving_redis_url: str, kind: str
 ) -> None:
-    row = s3_fault(fraud_store, work, serving_redis_url, 6393, kind)
+    row = s3_fault(fraud_store, work, serving_redis_url, free_port(), kind)
     assert row["unexplained"] == 0, row["unexplained_examples"]
     assert row["503"] > 0, row  # the fault was felt, and refused the right way
     assert row["first_version_ok"], row
