@@ -10,6 +10,7 @@ of the fault to the last failed answer (``recover_s``). The fault suite
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -213,6 +214,7 @@ def moto_s3(port: int, store: Path) -> Iterator[tuple[Any, str]]:
     from services.registry.stores import LocalStore, S3Store
     from services.registry.versions import ModelRegistry
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(name, "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

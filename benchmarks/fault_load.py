@@ -225,7 +225,7 @@ def summarize(outcomes: list[Outcome], fault_start: float, fault_end: float) -> 
             for kind in ("predict", "event", "feedback")
         },
         "refused_as": dict(Counter(str(o.error_type) for o in outcomes if o.status == 503)),
-        "slowest_s": round(max((o.end - o.start for o in outcomes), default=0.0), 2),
+        "slowest_ms": round(1000 * max((o.end - o.start for o in outcomes), default=0.0)),
         "recover_s": round(recover_s, 2),
     }
 

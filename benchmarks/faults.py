@@ -49,7 +49,7 @@ COLUMNS = [
     ("events_lost", "events lost"),
     ("feedback_lost", "feedback lost"),
     ("feedback_unattributed", "feedback refused (404)"),
-    ("slowest_s", "slowest answer s"),
+    ("slowest_ms", "slowest answer ms"),
     ("recover_s", "recovery s"),
 ]
 

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 def server_binary() -> str:
@@ -57,7 +59,15 @@ class EmbeddedRedis:
         if not self.socket.exists():
             return False
         try:
-            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=0.5).ping())
+            # One try, no retries: the client's default backs off for seconds on a dead socket.
+            client = redis.Redis(
+                unix_socket_path=str(self.socket),
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+                retry=Retry(NoBackoff(), 0),
+            )
+            with client:
+                return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             return False
 
