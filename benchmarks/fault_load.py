@@ -198,9 +198,10 @@ def unattributed(outcomes: list[Outcome], since: float, until: float) -> list[Ou
 def summarize(outcomes: list[Outcome], fault_start: float, fault_end: float) -> dict[str, Any]:
     """Counts over the whole run and the recovery time.
 
-    ``recover_s``: from the end of the fault (resume, restart) to the last failed answer
-    (feedback refused for a prediction answered during the fault aside); 0 when every
-    request after the fault's end succeeded.
+    ``recover_s``: from the end of the fault (resume, restart; for a fault that heals by
+    itself, its start) to the last failed answer (feedback refused for a prediction
+    answered during the fault aside); 0 when every request after it succeeded.
+    ``failing_s``: from the first failed request's start to the last one's answer.
     """
     bad_after = [
         o.end
@@ -208,6 +209,8 @@ def summarize(outcomes: list[Outcome], fault_start: float, fault_end: float) -> 
         if o.status not in OK_STATUSES and o.end > fault_end and o.status != 404
     ]
     recover_s = max(bad_after) - fault_end if bad_after else 0.0
+    bad = [o for o in outcomes if o.status not in OK_STATUSES and o.status != 404]
+    failing_s = max(o.end for o in bad) - min(o.start for o in bad) if bad else 0.0
     explained = unattributed(outcomes, fault_start - 0.5, fault_end + recover_s + 0.5)
     unfine = [o for o in outcomes if not o.fine and o not in explained]
     return {
@@ -226,6 +229,7 @@ def summarize(outcomes: list[Outcome], fault_start: float, fault_end: float) -> 
         },
         "refused_as": dict(Counter(str(o.error_type) for o in outcomes if o.status == 503)),
         "slowest_ms": round(1000 * max((o.end - o.start for o in outcomes), default=0.0)),
+        "failing_s": round(failing_s, 2),
         "recover_s": round(recover_s, 2),
     }
 

@@ -50,6 +50,7 @@ COLUMNS = [
     ("feedback_lost", "feedback lost"),
     ("feedback_unattributed", "feedback refused (404)"),
     ("slowest_ms", "slowest answer ms"),
+    ("failing_s", "failures span s"),
     ("recover_s", "recovery s"),
 ]
 

@@ -109,7 +109,13 @@ def build_split(
     )
     for name in settings.serving.models:
         catalog.pin(registry.get(name))
-    return _predictor(settings, catalog, RemoteRunner(proxy), runtime, metrics)
+    return _predictor(
+        settings,
+        catalog,
+        RemoteRunner(proxy, timeout_s=settings.serving.runner_timeout_s),
+        runtime,
+        metrics,
+    )
 
 
 def _predictor(

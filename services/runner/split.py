@@ -5,12 +5,14 @@ The gateway's ``RemoteRunner`` sends one item per request, ``{"model", "version"
 gathers items from concurrent requests into one call, and ``run_items`` runs them: items
 of one (model, version) as one backend call, each group's failure answered as
 ``{"error": message}`` for its own items only. A runner that cannot be reached (killed,
-restarting: the connection is refused or dropped, or BentoML answers 5xx) fails the
-requests it had with 503 and Retry-After; BentoML starts the runner again.
+restarting: the connection is refused or dropped, BentoML answers 5xx, or no answer within
+``SERVEKIT_RUNNER_TIMEOUT_S``) fails the requests with 503 and Retry-After; BentoML starts
+the runner again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -68,18 +70,22 @@ class RemoteRunner:
 
     Args:
         proxy: the ``bentoml.depends`` handle of ``ModelRunner``.
+        timeout_s: longest a request waits for the runner (a restarting runner's socket
+            accepts and holds requests until it serves again); past it, 503.
     """
 
-    def __init__(self, proxy: Any) -> None:
+    def __init__(self, proxy: Any, *, timeout_s: float | None = None) -> None:
         self.proxy = proxy
+        self.timeout_s = timeout_s
 
     async def infer(self, mv: ModelVersion, feeds: Feeds, rows: int) -> Feeds:
         """Run one request's feeds of ``mv`` in the runner; its outputs."""
+        call = self.proxy.to_async.infer(
+            [{"model": mv.name, "version": mv.version, "feeds": feeds}]
+        )
         try:
-            (out,) = await self.proxy.to_async.infer(
-                [{"model": mv.name, "version": mv.version, "feeds": feeds}]
-            )
-        except (aiohttp.ClientError, httpx.TransportError) as exc:
+            (out,) = await asyncio.wait_for(call, self.timeout_s)
+        except (TimeoutError, aiohttp.ClientError, httpx.TransportError) as exc:
             raise runner_unavailable(mv, exc) from exc
         except BentoMLException as exc:
             if int(exc.error_code) < 500:

@@ -64,6 +64,12 @@ class ServingSettings(BaseSettings):
         description="colocated: pool and batcher in the gateway's process; split: a "
         "ModelRunner BentoML service reached with bentoml.depends.",
     )
+    runner_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Split shape: longest a request waits for ModelRunner (one that is "
+        "restarting after a crash included); past it, 503 with Retry-After.",
+    )
     model_store: str = Field(
         "model_store",
         description="Local folder, s3://bucket/prefix, or bentoml (the BentoML model store).",

@@ -4,13 +4,14 @@ into a 503 and passes outputs through."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from services.errors import ModelLoadError
+from services.errors import ModelLoadError, UnavailableError
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
 from services.runner.pool import ModelPool
@@ -82,4 +83,23 @@ async def test_remote_runner_turns_an_error_item_into_a_load_error(pool: ModelPo
     mv = pool.registry.get("a")
     with pytest.raises(ModelLoadError, match="runner failed on a version 1: boom"):
         await RemoteRunner(Proxy({"error": "boom"})).infer(mv, feeds(1.0), 1)
+    await pool.close()
+
+
+class SilentProxy:
+    """A runner that takes the request and never answers (restarting after a crash)."""
+
+    def __init__(self) -> None:
+        self.to_async = self
+
+    async def infer(self, items: list[Any]) -> list[Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_remote_runner_answers_503_when_the_runner_does_not(pool: ModelPool) -> None:
+    mv = pool.registry.get("a")
+    with pytest.raises(UnavailableError, match="model runner is unavailable") as info:
+        await RemoteRunner(SilentProxy(), timeout_s=0.05).infer(mv, feeds(1.0), 1)
+    assert not isinstance(info.value, ModelLoadError) and info.value.retry_after == 2
     await pool.close()
