@@ -3,8 +3,9 @@ event log and the real-time worker, started once the server's event loop runs.
 
 Redis is always the backend (``SERVEKIT_REDIS_URL``, else the embedded server is started);
 there is no in-memory stand-in. The serving-path client has a short socket timeout and no
-retries, so a slow or dead Redis costs a few milliseconds, never a failed request. Every
-client reconnects on its next call once Redis is back; when the embedded server died, the
+retry on a timeout, so a slow or dead Redis costs a few milliseconds, never a failed
+request. A dropped connection is retried once at once on a new one, so once Redis is back
+no call fails on a connection pooled before it went away; when the embedded server died, the
 real-time worker's retry loop starts it again (its append-only file brings the state back).
 """
 
@@ -19,9 +20,10 @@ import subprocess
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from services.errors import InvalidInputError, UnavailableError
 from services.settings import Settings
@@ -40,6 +42,16 @@ def redis_url(settings: Settings) -> str:
     url = EmbeddedRedis(settings.redis.embedded_dir).start()
     logger.info("no SERVEKIT_REDIS_URL: using the embedded Redis at %s", url)
     return url
+
+
+def reconnect_once() -> Retry:
+    """One immediate retry when a connection drops, none on a timeout.
+
+    After Redis restarts, every pooled connection is dead and fails on its next use: the
+    retry opens a new one instead of failing that call. A slow or paused Redis is not
+    waited for twice.
+    """
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 async def restart_embedded(server: EmbeddedRedis) -> bool:
@@ -70,17 +82,21 @@ class RedisRuntime:
             self.url,
             socket_timeout=settings.redis.socket_timeout_ms / 1000,
             socket_connect_timeout=settings.redis.socket_timeout_ms / 1000,
-            retry=Retry(NoBackoff(), 0),
+            retry=reconnect_once(),
         )
         # The stream worker blocks on XREADGROUP, and control operations (rollout changes)
         # may wait on a busy Redis: they get their own, patient client.
         self._worker_client = aioredis.Redis.from_url(
-            self.url, socket_timeout=settings.redis.worker_socket_timeout_ms / 1000
+            self.url,
+            socket_timeout=settings.redis.worker_socket_timeout_ms / 1000,
+            retry=reconnect_once(),
         )
         self.control_client = self._worker_client
         # Prediction log and feedback writes happen off the request path.
         self.background_client = aioredis.Redis.from_url(
-            self.url, socket_timeout=settings.redis.background_socket_timeout_ms / 1000
+            self.url,
+            socket_timeout=settings.redis.background_socket_timeout_ms / 1000,
+            retry=reconnect_once(),
         )
         # The rollout follower's pub/sub connection waits for notices: no socket timeout.
         self.pubsub_client = aioredis.Redis.from_url(self.url)
