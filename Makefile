@@ -31,9 +31,13 @@ $(VENV)/.serve: $(VENV)/bin/activate pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[demo]"
 	touch $@
 
-# Everything the test suite needs, torch included (CPU build: torch==2.13.0).
-$(VENV)/.dev: $(VENV)/.serve
+# Everything the test suite needs, torch included (CPU build: torch==2.13.0), and KServe's
+# client apart in $(VENV)/kserve-client (requirements/kserve-client.txt says why).
+$(VENV)/.dev: $(VENV)/.serve requirements/kserve-client.txt
 	$(PIP) install -q -c constraints.txt -e ".[demo,convert,monitoring,dev]"
+	rm -rf $(VENV)/kserve-client
+	$(PIP) install -q --no-deps --target $(VENV)/kserve-client -c constraints.txt \
+	  -r requirements/kserve-client.txt
 	touch $@
 
 models: $(VENV)/.serve

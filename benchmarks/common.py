@@ -53,23 +53,33 @@ def free_port() -> int:
 
 
 class Server:
-    """`bentoml serve services.service:Gateway` with extra environment."""
+    """`bentoml serve services.service:Gateway` (or another ``target``) with extra
+    environment, from ``root`` (a checkout of servekit: this one by default), ready once
+    ``ready_path`` answers 200."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        root: Path = ROOT,
+        *,
+        target: str = "services.service:Gateway",
+        ready_path: str = "/v2/health/ready",
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "services.service:Gateway",
+            [sys.executable, "-m", "bentoml", "serve", target,
              "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=full, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=root, env=full, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited; see {log}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.url}{ready_path}", timeout=1) as r:
                     if r.status == 200:
                         return
             except OSError:

@@ -5,6 +5,11 @@ This sends one-record ``/predict`` calls at a steady rate, drawn from the same s
 world as the demo fraud model and its materialized features (users ``u000000`` to
 ``u000999``), and tallies the versions that answered.
 
+With ``--outcomes`` each answer's outcome (the synthetic record's fraud label) follows on
+``POST /feedback`` with the answer's ``signed_request_id``, so A/B experiments get
+outcomes; the ingest token is ``SERVEKIT_INGEST_TOKEN`` (unset: fine against a gateway on
+the loopback, which takes ingest from local clients without one).
+
 Run: ``python -m flows.demo_traffic --url http://127.0.0.1:3000 --rate 40 --duration 300``.
 """
 
@@ -22,6 +27,7 @@ from typing import Any
 import httpx
 
 from flows.recipes.synthetic import TransactionGenerator
+from services.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +39,47 @@ class TrafficTally:
     versions: Counter[str] = field(default_factory=Counter)
     failures: int = 0
     seconds: float = 0.0
+    outcomes: int = 0
+    """Outcomes the gateway counted (``--outcomes``)."""
+    outcome_failures: int = 0
 
     @property
     def requests(self) -> int:
         """Calls answered."""
         return sum(self.versions.values())
+
+
+async def _predict(
+    client: httpx.AsyncClient, model: str, record: dict[str, Any], tally: TrafficTally
+) -> dict[str, Any] | None:
+    """One ``/predict`` call; its answer, or None (counted as a failure)."""
+    body = {"model": model, "user_id": record["user_id"], "inputs": [record]}
+    try:
+        response = await client.post("/predict", json=body)
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        tally.versions[str(answer["version"])] += 1
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        tally.failures += 1
+        if tally.failures <= 3:
+            logger.warning("demo /predict failed: %s", exc)
+        return None
+    return answer
+
+
+async def _outcome(
+    client: httpx.AsyncClient, answer: dict[str, Any], label: bool, tally: TrafficTally
+) -> None:
+    """The answer's outcome on ``/feedback`` (the ingest token is the client's header)."""
+    doc = {"signed_request_id": answer.get("signed_request_id"), "outcome": int(label)}
+    try:
+        response = await client.post("/feedback", json=doc)
+        response.raise_for_status()
+        tally.outcomes += 1
+    except httpx.HTTPError as exc:
+        tally.outcome_failures += 1
+        if tally.outcome_failures <= 3:
+            logger.warning("demo /feedback failed: %s", exc)
 
 
 async def send_traffic(
@@ -50,12 +92,15 @@ async def send_traffic(
     stop: asyncio.Event | None = None,
     concurrency: int = 8,
     transport: httpx.AsyncBaseTransport | None = None,
+    outcomes: bool = False,
+    ingest_token: str | None = None,
 ) -> TrafficTally:
     """Send ``rate`` calls a second for ``duration_s`` (or until ``stop`` is set).
 
     Calls are started on a fixed schedule and run concurrently (at most ``concurrency``),
     so a slow answer does not slow the rate down. ``transport``: an httpx transport to
-    send through instead of the network.
+    send through instead of the network. ``outcomes``: post each answer's outcome to
+    ``/feedback`` with ``ingest_token`` as its bearer token.
     """
     if rate <= 0 or duration_s <= 0:
         raise ValueError("rate and duration_s must be > 0")
@@ -64,26 +109,24 @@ async def send_traffic(
     records: Iterator[dict[str, Any]] = iter(())
     slots = asyncio.Semaphore(concurrency)
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=url, timeout=10.0, transport=transport) as client:
+    headers = {"Authorization": f"Bearer {ingest_token}"} if ingest_token else None
+    async with httpx.AsyncClient(
+        base_url=url, timeout=10.0, transport=transport, headers=headers
+    ) as client:
 
         async def one(record: dict[str, Any]) -> None:
             async with slots:
-                body = {"model": model, "user_id": record["user_id"], "inputs": [record]}
-                try:
-                    response = await client.post("/predict", json=body)
-                    response.raise_for_status()
-                    tally.versions[str(response.json()["version"])] += 1
-                except (httpx.HTTPError, KeyError, ValueError) as exc:
-                    tally.failures += 1
-                    if tally.failures <= 3:
-                        logger.warning("demo /predict failed: %s", exc)
+                label = bool(record.pop("is_fraud", False))
+                answer = await _predict(client, model, record, tally)
+                if outcomes and answer is not None:
+                    await _outcome(client, answer, label, tally)
 
         pending: set[asyncio.Task[None]] = set()
         sent = 0
         while (stop is None or not stop.is_set()) and time.monotonic() - t0 < duration_s:
             record = next(records, None)
             if record is None:
-                records = iter(generator.records(500, seed=seed + sent))
+                records = iter(generator.records(500, with_label=outcomes, seed=seed + sent))
                 continue
             task = asyncio.create_task(one(record))
             pending.add(task)
@@ -106,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="calls per second")
     parser.add_argument("--duration", type=float, default=300.0, help="seconds to run")
     parser.add_argument("--seed", type=int, default=11, help="seed of the records")
+    parser.add_argument(
+        "--outcomes",
+        action="store_true",
+        help="also post each answer's outcome to /feedback (token: SERVEKIT_INGEST_TOKEN)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tally = asyncio.run(
@@ -115,12 +163,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate=args.rate,
             duration_s=args.duration,
             seed=args.seed,
+            outcomes=args.outcomes,
+            ingest_token=get_settings().serving.ingest_token if args.outcomes else None,
         )
     )
     versions = ", ".join(f"v{v}: {n}" for v, n in sorted(tally.versions.items())) or "none"
     print(
         f"{tally.requests} answered in {tally.seconds:.0f} s ({versions}); {tally.failures} failed"
     )
+    if args.outcomes:
+        print(f"{tally.outcomes} outcomes counted; {tally.outcome_failures} refused or failed")
     return 0 if tally.requests else 1
 
 

@@ -109,6 +109,15 @@ _GATEWAY = (
     _family("servekit_admin_auth_failures_total", "counter", ("reason",),
             "Admin requests refused for a missing or wrong token (invalid) or because their "
             "address failed too often (rate_limited).", _METRICS),
+    _family("servekit_ingest_auth_failures_total", "counter", ("reason",),
+            "Ingest requests (/events, /feedback) refused for a missing or wrong token "
+            "(invalid), because their address failed too often (rate_limited), or from a "
+            "non-loopback client while no ingest token is configured (not_loopback).",
+            _METRICS),
+    _family("servekit_feedback_rejected_total", "counter", ("reason",),
+            "Outcomes refused by POST /feedback: no signed_request_id (unsigned), a malformed "
+            "or forged signature, an id never answered (unknown), expired, or counted already "
+            "(duplicate).", _METRICS),
 )  # fmt: skip
 
 _FEATURE_STORE = (

@@ -62,15 +62,29 @@ class ServingMetrics:
             ["route", "status", "error"],
             registry=self.registry,
         )
-        self.admin_auth_failures = Counter(
+        self.admin_auth_failures = _reason_counter(
+            self.registry,
             "servekit_admin_auth_failures",
             "Admin requests refused for a missing or wrong token (invalid) or because their "
             "address failed too often (rate_limited).",
-            ["reason"],
-            registry=self.registry,
+            ("invalid", "rate_limited"),
         )
-        for reason in ("invalid", "rate_limited"):  # exported at 0 from the start
-            self.admin_auth_failures.labels(reason)
+        self.ingest_auth_failures = _reason_counter(
+            self.registry,
+            "servekit_ingest_auth_failures",
+            "Ingest requests (/events, /feedback) refused for a missing or wrong token "
+            "(invalid), because their address failed too often (rate_limited), or from a "
+            "non-loopback client while no ingest token is configured (not_loopback).",
+            ("invalid", "rate_limited", "not_loopback"),
+        )
+        self.feedback_rejected = _reason_counter(
+            self.registry,
+            "servekit_feedback_rejected",
+            "Outcomes refused by POST /feedback: no signed_request_id (unsigned), a malformed "
+            "or forged signature, an id never answered (unknown), expired, or counted already "
+            "(duplicate).",
+            ("unsigned", "malformed", "forged", "unknown", "expired", "duplicate"),
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def observe_request(
@@ -107,6 +121,14 @@ class ServingMetrics:
         """One admin request refused by authentication ("invalid" or "rate_limited")."""
         self.admin_auth_failures.labels(reason).inc()
 
+    def observe_ingest_auth_failure(self, reason: str) -> None:
+        """One ingest request refused ("invalid", "rate_limited" or "not_loopback")."""
+        self.ingest_auth_failures.labels(reason).inc()
+
+    def observe_feedback_rejected(self, reason: str) -> None:
+        """One outcome refused by ``POST /feedback``, by reason."""
+        self.feedback_rejected.labels(reason).inc()
+
     def add_collector(self, collector: Collector) -> None:
         """Register a scrape-time collector (queue depth, pool state, ...)."""
         self.registry.register(collector)
@@ -114,3 +136,13 @@ class ServingMetrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def _reason_counter(
+    registry: CollectorRegistry, name: str, help_: str, reasons: tuple[str, ...]
+) -> Counter:
+    """A counter labelled by ``reason``, every reason exported at 0 from the start."""
+    counter = Counter(name, help_, ["reason"], registry=registry)
+    for reason in reasons:
+        counter.labels(reason)
+    return counter

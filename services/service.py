@@ -7,9 +7,10 @@ services.service:Gateway`` runs:
 
 - colocated (default): the model pool and the adaptive batcher live in the gateway's
   process (a second HTTP hop costs several times the in-process call; docs/design.md);
-- split: the gateway validates and routes, and a ``ModelRunner`` service, reached with
-  ``bentoml.depends`` and batching with BentoML's batchable API, runs the models in its
-  own process (for GPU models that need their own process and scaling).
+- split: the gateway validates, routes and batches (servekit's batcher), and a
+  ``ModelRunner`` service, reached with ``bentoml.depends``, runs each batch in its own
+  process (for GPU models that need their own process and scaling): one call per batch,
+  tensors as raw bytes (``services.runner.split``).
 
 Both services carry the same trims: tracing excluded, access log and BentoML's metrics off
 (servekit exports its own on ``/metrics``), the TimeoutMiddleware timer fixed
@@ -21,9 +22,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import bentoml
+from bentoml.validators import ContentType
 from redis.exceptions import RedisError
 
 from monitoring.collectors import PoolCollector, RouterCollector
@@ -35,7 +37,9 @@ from services.edge.admin import AdminRoutes
 from services.edge.admin_auth import AdminAuth
 from services.edge.bentoml_client import client_routes, publish_routes
 from services.edge.docs import ApiDocs
-from services.edge.http import GatewayApp, HTTPResponse, json_response, parse_json
+from services.edge.http import GatewayApp, HTTPResponse, json_response
+from services.edge.ingest import FeedbackRoute, add_events_route
+from services.edge.ingest_auth import IngestAuth
 from services.errors import ServekitError
 from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
@@ -46,9 +50,10 @@ from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
 from services.rollout.routing import TrafficRouter
+from services.rollout.signing import RequestSigner
 from services.rollout.state import RolloutStore
 from services.runner.pool import ModelPool
-from services.runner.split import RemoteRunner, resident_versions, run_items
+from services.runner.split import FrameServer, RemoteRunner, resident_versions
 from services.settings import Settings, get_settings
 from services.state.features import FeatureRegistry
 from services.state.runtime import RedisRuntime
@@ -64,6 +69,9 @@ _TRIMS: dict[str, Any] = {
     "metrics": {"enabled": False},
     "tracing": {"excluded_urls": [".*"]},
 }
+# The split shape's batch frames: raw bytes both ways (BentoML sends a positional bytes
+# input as the request body, unpickled, and a bytes output as the response body).
+WireBytes = Annotated[bytes, ContentType("application/octet-stream")]
 app = GatewayApp()
 _BACKGROUND: set[asyncio.Task[Any]] = set()
 
@@ -109,13 +117,8 @@ def build_split(
     )
     for name in settings.serving.models:
         catalog.pin(registry.get(name))
-    return _predictor(
-        settings,
-        catalog,
-        RemoteRunner(proxy, timeout_s=settings.serving.runner_timeout_s),
-        runtime,
-        metrics,
-    )
+    runner = RemoteRunner(proxy, settings, on_batch=metrics.observe_batch)
+    return _predictor(settings, catalog, runner, runtime, metrics)
 
 
 def _predictor(
@@ -135,21 +138,24 @@ def _predictor(
     )
 
 
-def _runtime() -> tuple[RedisRuntime, ServingMetrics]:
-    """Metrics (drift results included), the Redis runtime and its ``/events`` route."""
+def _runtime() -> tuple[RedisRuntime, ServingMetrics, IngestAuth]:
+    """Metrics (drift results included), the Redis runtime, its ``/events`` route and the
+    ingest credential check it shares with ``/feedback``."""
     metrics = ServingMetrics()
     runtime = RedisRuntime(SETTINGS, metrics.registry)
-
-    async def events(body: bytes, scope: dict[str, Any]) -> HTTPResponse:
-        entry = await runtime.append_event(parse_json(body))
-        return json_response({"accepted": True, "id": entry}, 202)
-
-    app.add_route("POST", "/events", events)
+    serving = SETTINGS.serving
+    ingest = IngestAuth(  # failures limited like the admin token's, in buckets of its own
+        serving.ingest_token,
+        max_failures=serving.admin_auth_max_failures,
+        window_s=serving.admin_auth_window_s,
+        on_failure=metrics.observe_ingest_auth_failure,
+    )
+    add_events_route(app, ingest, runtime.append_event)
     app.readiness.append(runtime.health)
     app.on_first_request.append(runtime.start)
     metrics.add_collector(drift := DriftCollector(runtime.background_client, SETTINGS.monitoring))
     app.on_first_request.append(drift.start)
-    return runtime, metrics
+    return runtime, metrics, ingest
 
 
 def _gpu_sampler(settings: Settings) -> GpuSampler:
@@ -173,7 +179,7 @@ def _gpu_route(sampler: GpuSampler, metrics: ServingMetrics) -> None:
 
 
 def _routing(
-    runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics
+    runtime: RedisRuntime, predictor: Predictor, metrics: ServingMetrics, ingest: IngestAuth
 ) -> RolloutFollower:
     """Rollout routing: the follower (pub/sub), the prediction log, feedback, admin."""
     rollout = SETTINGS.rollout
@@ -204,7 +210,11 @@ def _routing(
         window_s=SETTINGS.serving.admin_auth_window_s,
         on_failure=metrics.observe_admin_auth_failure,
     )
-    AdminRoutes(store, feedback, auth).register(app)
+    AdminRoutes(store, auth).register(app)
+    predictor.signer = _signer()
+    FeedbackRoute(feedback, ingest, predictor.signer, metrics.observe_feedback_rejected).register(
+        app
+    )
     metrics.add_collector(RouterCollector(router, log, follower))
 
     async def start() -> None:
@@ -220,6 +230,17 @@ def _routing(
     predictor.router = router
     predictor.rollout_states = lambda: follower.states
     return follower
+
+
+def _signer() -> RequestSigner:
+    """Signs the request ids predictions answer with; ``/feedback`` accepts only those."""
+    signer = RequestSigner(SETTINGS.serving.request_id_secret)
+    if not signer.shared:
+        logger.warning(
+            "SERVEKIT_REQUEST_ID_SECRET is unset: request ids are signed with a key of this "
+            "process only, so other replicas refuse its predictions' feedback"
+        )
+    return signer
 
 
 async def _init_rollout_states(store: RolloutStore, predictor: Predictor) -> None:
@@ -259,23 +280,22 @@ def _client_routes() -> list[dict[str, Any]]:
     **_TRIMS,
 )
 class ModelRunner:
-    """Runs models for the split shape; BentoML's batchable API forms the batches."""
+    """Runs models for the split shape: the gateway batches, and each batch arrives as one
+    ``run_batch`` call carrying raw tensor bytes (``services.runner.wire``)."""
 
     def __init__(self) -> None:
         settings = get_settings()
         self.pool = ModelPool(ModelRegistry(open_store(settings.serving)), settings)
         self.pool.preload(settings.serving.models)
+        self.frames = FrameServer(self.pool)
         self.gpu_sampler = _gpu_sampler(settings)
         _freeze()
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=SETTINGS.batch.max_batch_size,
-        max_latency_ms=SETTINGS.batch.runner_max_latency_ms,
-    )
-    def infer(self, items: list[Any]) -> list[Any]:
-        """Run a batch of ``{"model", "version", "feeds"}`` items; one output dict each."""
-        return run_items(self.pool, items)
+    @bentoml.api
+    async def run_batch(self, frame: WireBytes, /) -> WireBytes:
+        """Run one batch frame (a positional bytes input: sent raw, never pickled); its
+        outputs, or an error frame."""
+        return await self.frames.serve(frame)
 
     @bentoml.api
     def loaded(self) -> dict[str, Any]:
@@ -300,7 +320,7 @@ class Gateway:
         runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
-        self.redis, metrics = _runtime()
+        self.redis, metrics, ingest = _runtime()
         if SPLIT:
             self.predictor = build_split(SETTINGS, self.runner, self.redis, metrics)
         else:
@@ -309,7 +329,7 @@ class Gateway:
             _gpu_route(_gpu_sampler(SETTINGS), metrics)
         follower = None
         if SETTINGS.rollout.enabled:
-            follower = _routing(self.redis, self.predictor, metrics)
+            follower = _routing(self.redis, self.predictor, metrics, ingest)
         _docs(self.redis, self.predictor, follower)
         app.bind(
             self.predictor,

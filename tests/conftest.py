@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--redis-url",
         default="redis://127.0.0.1:6379/9",
         help="A Redis the tests may flush (default: db 9 of the local server).",
+    )
+    parser.addoption(
+        "--redis-cluster-port",
+        type=int,
+        default=7000,
+        help="First of three loopback ports for the Redis Cluster the tests start.",
     )
 
 
@@ -76,6 +84,72 @@ async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+# -- a real three-master Redis Cluster on loopback ports, started once per test run -------
+
+
+def _wait_cluster_ok(ports: list[int], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            infos = [redis.Redis(port=p).cluster("info") for p in ports]
+        except redis.RedisError:
+            infos = []
+        if infos and all(i.get("cluster_state") == "ok" for i in infos):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the Redis Cluster on ports {ports} is not ok after {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A ``redis+cluster://`` URL of a fresh three-master cluster (no replicas)."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are needed for the Redis Cluster tests")
+    base: int = request.config.getoption("--redis-cluster-port")
+    ports = [base, base + 1, base + 2]
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.fail(f"port {port} is taken: pass a free --redis-cluster-port")
+    root = tmp_path_factory.mktemp("redis-cluster")
+    for port in ports:
+        subprocess.run(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+             "--dir", str(root), "--save", "", "--appendonly", "no",
+             "--logfile", str(root / f"{port}.log")],
+            check=True,
+        )  # fmt: skip
+    try:
+        for port in ports:
+            _wait_ping(port)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        _wait_cluster_ok(ports)
+        yield f"redis+cluster://127.0.0.1:{base}"
+    finally:
+        for port in ports:
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis(port=port).shutdown(nosave=True)
+
+
+def _wait_ping(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            redis.Redis(port=port, socket_connect_timeout=0.5).ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 # -- servekit fixtures: a trained demo registry and real BentoML servers ------------------
 
 
@@ -98,17 +172,25 @@ def fraud_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-class ServerProcess:
-    """A `bentoml serve` of the servekit gateway in a subprocess."""
+INGEST_TOKEN = "test-ingest-token-0123456789abcdef"  # the gateway fixture's; 32+ characters
+INGEST = {"Authorization": f"Bearer {INGEST_TOKEN}"}
+# Gateways that must sign request ids alike (replicas of one deployment) share this key.
+REQUEST_ID_SECRET = "test-request-id-secret-0123456789abcdef"
 
-    def __init__(self, env: dict[str, str], *, timeout_s: float = 90.0) -> None:
+
+class ServerProcess:
+    """A `bentoml serve` of the servekit gateway in a subprocess, bound to ``host``."""
+
+    def __init__(
+        self, env: dict[str, str], *, timeout_s: float = 90.0, host: str = "127.0.0.1"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(env.get("SERVEKIT_TEST_LOG", f"/tmp/servekit-test-{self.port}.log"))
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "services.service:Gateway",
-             "--host", "127.0.0.1", "--port", str(self.port)],
+             "--host", host, "--port", str(self.port)],
             cwd=ROOT, env=full_env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
@@ -145,6 +227,8 @@ def gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerProcess
             "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_MAX_RECORDS": "64",
             "SERVEKIT_MAX_BODY_BYTES": "65536",
+            "SERVEKIT_INGEST_TOKEN": INGEST_TOKEN,
+            "SERVEKIT_REQUEST_ID_SECRET": REQUEST_ID_SECRET,
         }
     )
     yield server

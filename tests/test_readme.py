@@ -34,6 +34,7 @@ from tests.readme.run import expectations, run_block
 README = ROOT / "README.md"
 PARSED = parse(README)
 ADMIN_TOKEN = "readme-test-token-0123456789abcdef"
+INGEST_TOKEN = "readme-test-ingest-token-0123456789"
 BLOCK_TIMEOUT_S = 180.0
 MARK_IT = (
     "If it needs what this test cannot have (a GPU, a cluster, its own environment, a long "
@@ -62,6 +63,7 @@ def _block_env(tmp: Path, store: Path, redis_url: str) -> dict[str, str]:
         "SERVEKIT_MODEL_STORE": str(store),
         "SERVEKIT_REDIS_URL": redis_url,
         "SERVEKIT_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SERVEKIT_INGEST_TOKEN": INGEST_TOKEN,
         "PREFECT_HOME": str(tmp / "prefect"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "BENTOML_DO_NOT_TRACK": "true",

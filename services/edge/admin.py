@@ -1,4 +1,4 @@
-"""Admin routes (rollout control) and the public feedback route.
+"""Admin routes: rollout control.
 
 Admin routes need ``Authorization: Bearer <SERVEKIT_ADMIN_TOKEN>``, compared in constant
 time, with failures rate-limited per client address (``services.edge.admin_auth``); with no
@@ -9,13 +9,12 @@ Routes:
 - ``POST /admin/rollout``  ``{"model", "action", "candidate"?, "percent"?, "version"?,
   "reason"?}`` with action one of status, set-primary, shadow, canary, percent, ab,
   promote, rollback
-- ``POST /feedback``       ``{"request_id", "outcome"}``: a prediction's outcome, attributed
-  to the variant that served it
+
+``POST /feedback`` (outcomes) is an ingest route: ``services.edge.ingest``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from services.edge.http import HTTPResponse, json_response, parse_json
@@ -25,7 +24,6 @@ from services.registry.versions import validate_model_name, validate_version
 if TYPE_CHECKING:
     from services.edge.admin_auth import AdminAuth
     from services.edge.http import GatewayApp
-    from services.rollout.feedback import FeedbackStore
     from services.rollout.state import RolloutStore
 
 ACTIONS = ("status", "set-primary", "shadow", "canary", "percent", "ab", "promote", "rollback")
@@ -55,24 +53,21 @@ def _percent(body: dict[str, Any], default: float | None = None) -> float:
 
 
 class AdminRoutes:
-    """Registers the admin and feedback routes on the gateway's ASGI app.
+    """Registers the admin routes on the gateway's ASGI app.
 
     Args:
         store: rollout state in Redis.
-        feedback: outcome attribution in Redis.
         auth: checks the admin bearer token, rate-limiting failures per client address.
     """
 
-    def __init__(self, store: RolloutStore, feedback: FeedbackStore, auth: AdminAuth) -> None:
+    def __init__(self, store: RolloutStore, auth: AdminAuth) -> None:
         self.store = store
-        self.feedback = feedback
         self.auth = auth
 
     def register(self, app: GatewayApp) -> None:
         """Add the routes to ``app``."""
         app.add_route("GET", "/admin/rollouts", self.rollouts)
         app.add_route("POST", "/admin/rollout", self.rollout)
-        app.add_route("POST", "/feedback", self.record_feedback)
 
     async def rollouts(self, body: bytes, scope: dict[str, Any]) -> HTTPResponse:
         self.auth.check(scope)
@@ -118,17 +113,3 @@ class AdminRoutes:
                 "history": [h.model_dump(mode="json") for h in history],
             }
         )
-
-    async def record_feedback(self, body: bytes, scope: dict[str, Any]) -> HTTPResponse:
-        doc = parse_json(body)
-        if not isinstance(doc, dict):
-            raise InvalidInputError("the request must be a JSON object", field="body")
-        request_id = _str(doc, "request_id")
-        outcome = doc.get("outcome")
-        if isinstance(outcome, bool):
-            outcome = float(outcome)
-        if not isinstance(outcome, int | float):
-            raise InvalidInputError("'outcome' must be a number or a boolean", field="outcome")
-        assert request_id is not None
-        attribution = await self.feedback.record_outcome(request_id, outcome)
-        return json_response(dataclasses.asdict(attribution), 201)

@@ -1,4 +1,8 @@
-"""Admin authentication: a constant-time bearer check, rate-limited per client address.
+"""Bearer authentication: a constant-time token check, rate-limited per client address.
+
+``BearerAuth`` guards one realm of routes with one token: ``AdminAuth`` the admin routes,
+``services.edge.ingest_auth.IngestAuth`` the ingest routes (``/events``, ``/feedback``),
+each with buckets of its own.
 
 Each client address has a token bucket of ``max_failures`` failed authentications that
 refills over ``window_s``; once it is empty every admin request from that address gets
@@ -25,7 +29,7 @@ _MAX_CLIENTS = 10_000  # addresses tracked at once (least recently failed go fir
 
 
 class TooManyAuthFailuresError(ServekitError):
-    """Too many failed admin authentications from one address; ``retry_after`` seconds."""
+    """Too many failed authentications from one address; ``retry_after`` seconds."""
 
     error_code = HTTPStatus.TOO_MANY_REQUESTS
 
@@ -34,11 +38,12 @@ class TooManyAuthFailuresError(ServekitError):
         self.retry_after = retry_after
 
 
-class AdminAuth:
+class BearerAuth:
     """Checks ``Authorization: Bearer <token>`` and limits failures per client address.
 
     Args:
-        token: the admin bearer token (``None``: admin routes off, every call is 404).
+        token: the realm's bearer token (``None``: see ``unconfigured``).
+        realm: what the token guards, in messages ("admin", "ingest").
         max_failures: failed authentications an address may make per ``window_s``.
         window_s: how long an empty bucket takes to refill completely.
         on_failure: called with "invalid" or "rate_limited" for each refused request.
@@ -49,12 +54,14 @@ class AdminAuth:
         self,
         token: str | None,
         *,
+        realm: str = "admin",
         max_failures: int = 10,
         window_s: float = 60.0,
         on_failure: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token = token
+        self.realm = realm
         self.capacity = float(max(1, max_failures))
         self.rate = self.capacity / window_s  # failures refilled per second
         self._on_failure = on_failure
@@ -62,15 +69,16 @@ class AdminAuth:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     def check(self, scope: dict[str, Any]) -> None:
-        """Refuse the request unless it carries the admin token and its address may try."""
+        """Refuse the request unless it carries the token and its address may try."""
         if self.token is None:
-            raise NotFoundError("admin routes are off: set SERVEKIT_ADMIN_TOKEN to enable them")
-        address = _client_address(scope)
+            self.unconfigured(scope)
+            return
+        address = client_address(scope)
         tokens = self._tokens(address)
         if tokens < 1.0:
-            self._count("rate_limited")
+            self.count("rate_limited")
             raise TooManyAuthFailuresError(
-                "too many failed admin authentications from this address; retry later",
+                f"too many failed {self.realm} authentications from this address; retry later",
                 retry_after=(1.0 - tokens) / self.rate,
             )
         if not _bearer_matches(scope, self.token):
@@ -78,11 +86,15 @@ class AdminAuth:
             self._buckets.move_to_end(address)
             while len(self._buckets) > _MAX_CLIENTS:
                 self._buckets.popitem(last=False)
-            self._count("invalid")
-            logger.warning("failed admin authentication from %s", address)
+            self.count("invalid")
+            logger.warning("failed %s authentication from %s", self.realm, address)
             raise UnauthorizedError(
-                "a valid 'Authorization: Bearer <admin token>' header is required"
+                f"a valid 'Authorization: Bearer <{self.realm} token>' header is required"
             )
+
+    def unconfigured(self, scope: dict[str, Any]) -> None:
+        """With no token configured: refuse (the default) or let the request through."""
+        raise NotFoundError(f"{self.realm} routes are off: no token is configured")
 
     def _tokens(self, address: str) -> float:
         """The address's bucket now (full when it never failed)."""
@@ -92,12 +104,22 @@ class AdminAuth:
         tokens, at = entry
         return min(self.capacity, tokens + (self._clock() - at) * self.rate)
 
-    def _count(self, reason: str) -> None:
+    def count(self, reason: str) -> None:
+        """Report one refused request (``on_failure``)."""
         if self._on_failure is not None:
             self._on_failure(reason)
 
 
-def _client_address(scope: dict[str, Any]) -> str:
+class AdminAuth(BearerAuth):
+    """The admin routes' bearer check; with no token configured they are off (404)."""
+
+    def unconfigured(self, scope: dict[str, Any]) -> None:
+        """Admin routes off: every call is 404."""
+        raise NotFoundError("admin routes are off: set SERVEKIT_ADMIN_TOKEN to enable them")
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    """The peer address of the connection ("unknown" when the server gives none)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
 

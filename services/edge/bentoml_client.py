@@ -62,9 +62,10 @@ PREDICT = _route(
 FEEDBACK = _route(
     "feedback",
     "/feedback",
-    "Record a prediction's outcome: feedback(request_id, outcome).",
-    {"request_id": _STRING, "outcome": {"type": ["number", "boolean"]}},
-    ["request_id", "outcome"],
+    "Record a prediction's outcome: feedback(signed_request_id, outcome), with the "
+    "signed_request_id the prediction answered with.",
+    {"signed_request_id": _STRING, "outcome": {"type": ["number", "boolean"]}},
+    ["signed_request_id", "outcome"],
 )
 ROLLOUT = _route(
     "rollout",

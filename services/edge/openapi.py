@@ -24,10 +24,14 @@ from services.registry.schema import ModelSchema
 
 _ERRORS = {
     400: ("BadRequest", "Malformed JSON or an unreadable body."),
-    401: ("Unauthorized", "A missing or wrong admin bearer token."),
+    401: ("Unauthorized", "A missing or wrong bearer token (admin or ingest)."),
+    403: ("Forbidden", "Ingest from a non-loopback client while no ingest token is set."),
     404: ("NotFound", "An unknown model, version or route (admin routes: off)."),
+    409: ("Conflict", "Already done: this prediction's outcome was recorded."),
+    410: ("Gone", "Too late: the prediction's attribution expired."),
     413: ("TooLarge", "The body or the number of records is over a limit (`limit`)."),
     422: ("Invalid", "A missing, extra or mistyped field or tensor; `field` names it."),
+    429: ("TooManyRequests", "Too many failed authentications from this address; see Retry-After."),
     503: ("Unavailable", "Starting, overloaded or a model that cannot load; see Retry-After."),
 }
 
@@ -99,7 +103,14 @@ def build_openapi(ctx: DocContext) -> JSON:
         "components": {
             "schemas": components,
             "responses": {name: _error_response(text) for name, text in _ERRORS.values()},
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "adminToken": {"type": "http", "scheme": "bearer"},
+                "ingestToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "SERVEKIT_INGEST_TOKEN (unset: loopback clients only).",
+                },
+            },
         },
     }
 
@@ -219,8 +230,9 @@ def _events(ctx: DocContext) -> JSON:
         "features",
         "Append a real-time event",
         {202: _json(accepted, "Accepted")},
-        (400, 413, 422, 503),
+        (400, 401, 403, 413, 422, 429, 503),
         requestBody=_body(ref("Event")),
+        security=[{"ingestToken": []}],
     )
 
 
@@ -229,8 +241,12 @@ def _feedback(ctx: DocContext) -> JSON:
         "experiments",
         "Record a prediction's outcome",
         {201: _json(ref("Attribution"), "Counted for this variant")},
-        (400, 404, 413, 422),
+        (400, 401, 403, 404, 409, 410, 413, 422, 429),
+        description="Only a `signed_request_id` a prediction answered with counts: a bare "
+        "`request_id`, a malformed or forged signature (422), an id never answered (404), "
+        "expired (410) or already counted (409) is refused.",
         requestBody=_body(ref("Feedback")),
+        security=[{"ingestToken": []}],
     )
 
 

@@ -195,6 +195,11 @@ PREDICT_RESPONSE: JSON = {
             },
         },
         "request_id": {"type": "string"},
+        "signed_request_id": {
+            "type": "string",
+            "description": "`request_id.signature` (HMAC-SHA256, 128 bits, base64url): what "
+            "`POST /feedback` takes back. Present when rollouts are on.",
+        },
         "variant": {"type": "string", "examples": ["primary", "candidate"]},
         "assignment": {"type": "string", "enum": ["user", "request"]},
     },
@@ -204,10 +209,14 @@ PREDICT_RESPONSE: JSON = {
 FEEDBACK: JSON = {
     "type": "object",
     "properties": {
-        "request_id": {"type": "string", "minLength": 1},
+        "signed_request_id": {
+            "type": "string",
+            "minLength": 1,
+            "description": "The `signed_request_id` the prediction answered with.",
+        },
         "outcome": {"type": ["number", "boolean"], "description": "> 0 is a conversion."},
     },
-    "required": ["request_id", "outcome"],
+    "required": ["signed_request_id", "outcome"],
 }
 
 ATTRIBUTION: JSON = {

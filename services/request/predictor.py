@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from services.rollout.attribution import AttributionWriter
     from services.rollout.routing import TrafficRouter
+    from services.rollout.signing import RequestSigner
     from services.state.cache import PredictionCache
     from services.state.features import FeatureStore
 
@@ -95,6 +96,8 @@ class Predictor:
         self.features = features
         self.router = router
         self.attribution = attribution
+        self.signer: RequestSigner | None = None
+        """Signs each answer's request id for ``POST /feedback`` (``None``: unsigned)."""
         self.rollout_states: Callable[[], Mapping[str, RolloutState]] | None = None
         """Every model's rollout state (the follower's copy): what ``/models`` calls served."""
         self.ready = False
@@ -166,7 +169,7 @@ class Predictor:
             )
         if written is not None and self.attribution is not None:
             await self.attribution.wait(written)
-        return {
+        out = {
             "model": mv.name,
             "version": mv.version,
             "predictions": answer.predictions,
@@ -174,6 +177,9 @@ class Predictor:
             "variant": decision.variant,
             "assignment": decision.unit,
         }
+        if self.signer is not None:
+            out["signed_request_id"] = self.signer.sign(request_id)
+        return out
 
     def _check_body(self, body: Any) -> tuple[list[Any], str, str | None]:
         """The records, the request id (given or new) and the user id of a ``/predict`` body."""

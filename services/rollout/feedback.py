@@ -44,6 +44,7 @@ from services.state.keys import (
     experiments_key,
     feedback_key,
 )
+from services.state.redis_clients import is_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,24 @@ redis.call('HINCRBY', info[1], 'outcomes', 1)
 if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', info[1], 'conversions', 1) end
 redis.call('HINCRBYFLOAT', info[1], 'outcome_sum', ARGV[1])
 return {1, info[3], info[4], info[5], info[6]}
+"""
+
+# On a Redis Cluster the request's hash and the variant's counters live in different slots,
+# so one script cannot touch both: the claim marks the outcome (once) and names the
+# counters, then a second script counts it there. A crash between the two loses that one
+# outcome from the counters (it stays on the request's hash).
+_CLAIM_SCRIPT = """
+local info = redis.call('HMGET', KEYS[1], 'counters', 'outcome', 'model', 'experiment', 'variant', 'version')
+if not info[1] then return {0} end
+if info[2] then return {-1} end
+redis.call('HSET', KEYS[1], 'outcome', ARGV[1])
+return {1, info[3], info[4], info[5], info[6], info[1]}
+"""
+_COUNT_SCRIPT = """
+redis.call('HINCRBY', KEYS[1], 'outcomes', 1)
+if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', KEYS[1], 'conversions', 1) end
+redis.call('HINCRBYFLOAT', KEYS[1], 'outcome_sum', ARGV[1])
+return 1
 """
 
 
@@ -106,6 +125,8 @@ class FeedbackStore:
         self._counter_ttl = counter_ttl_seconds
         self._clock = clock
         self._outcome = redis.register_script(_OUTCOME_SCRIPT)
+        self._claim = redis.register_script(_CLAIM_SCRIPT)
+        self._count = redis.register_script(_COUNT_SCRIPT)
 
     async def record_predictions(self, items: Sequence[PredictionRecordIn]) -> int:
         """Record many predictions in one round trip, counters summed per variant.
@@ -216,7 +237,13 @@ class FeedbackStore:
         value = float(outcome)
         if not math.isfinite(value):
             raise InvalidInputError("outcome must be a finite number", field="outcome")
-        result = await self._outcome(keys=[feedback_key(request_id)], args=[repr(value)])
+        args = [repr(value)]
+        if is_cluster(self._redis):
+            result = await self._claim(keys=[feedback_key(request_id)], args=args)
+            if result[0] == 1:
+                await self._count(keys=[result[5]], args=args)
+        else:
+            result = await self._outcome(keys=[feedback_key(request_id)], args=args)
         if result[0] == 0:
             raise self._missing(request_id)
         if result[0] == -1:

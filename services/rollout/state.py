@@ -1,12 +1,13 @@
 """Rollout state per model in Redis: primary, candidate, mode, percent, experiment salt.
 
 Layout (keys built by ``services.state.keys``: bytes, a ``:`` inside a name escaped; the
-script below touches three keys, so a Redis Cluster would need them under one hash tag)::
+script below touches three keys, so they share the ``{rollouts}`` hash tag and hence one
+Redis Cluster slot)::
 
-    servekit:rollout:{model}            hash  rev -> int, state -> RolloutState JSON
-    servekit:rollout:{model}:history    stream, capped: at, action, reason, actor,
+    servekit:{rollouts}:<model>         hash  rev -> int, state -> RolloutState JSON
+    servekit:{rollouts}:<model>:history stream, capped: at, action, reason, actor,
                                         revision, state
-    servekit:rollouts                   set of models that have a state
+    servekit:{rollouts}                 set of models that have a state
     servekit:rollout                    pub/sub channel: {"model", "revision", "state"}
 
 Every change is read-modify-write with optimistic concurrency: the new state is computed
@@ -50,9 +51,10 @@ def channel_for(redis: aioredis.Redis) -> str:
 
     Pub/sub channels are server-wide, not per database: deployments sharing one Redis in
     different databases would otherwise steer each other's gateways. Database 0 keeps the
-    plain ``servekit:rollout``.
+    plain ``servekit:rollout``; a Redis Cluster has only database 0.
     """
-    return keys.rollout_channel(int(redis.connection_pool.connection_kwargs.get("db") or 0))
+    pool = getattr(redis, "connection_pool", None)  # a cluster client has none
+    return keys.rollout_channel(int(pool.connection_kwargs.get("db") or 0) if pool else 0)
 
 
 class RolloutEvent(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_ADMIN_TOKEN_LENGTH = 32
@@ -37,12 +37,6 @@ class BatchSettings(BaseSettings):
     per_model: dict[str, BatchPolicy] = Field(
         default_factory=dict, description='JSON, e.g. {"text-embed": {"max_batch_size": 64}}'
     )
-    runner_max_latency_ms: int = Field(
-        60_000,
-        ge=1,
-        description="Split shape: max_latency_ms of ModelRunner.infer, the longest BentoML's "
-        "batching dispatcher keeps a request waiting before refusing it with 503.",
-    )
 
     def policy_for(self, model: str) -> BatchPolicy:
         """The batching policy of ``model``: its override, else the defaults."""
@@ -63,12 +57,6 @@ class ServingSettings(BaseSettings):
         "colocated",
         description="colocated: pool and batcher in the gateway's process; split: a "
         "ModelRunner BentoML service reached with bentoml.depends.",
-    )
-    runner_timeout_s: float = Field(
-        5.0,
-        gt=0,
-        description="Split shape: longest a request waits for ModelRunner (one that is "
-        "restarting after a crash included); past it, 503 with Retry-After.",
     )
     model_store: str = Field(
         "model_store",
@@ -122,6 +110,19 @@ class ServingSettings(BaseSettings):
     admin_auth_window_s: float = Field(
         60.0, gt=0, description="Window over which admin_auth_max_failures refills."
     )
+    ingest_token: str | None = Field(
+        None,
+        description=f"Bearer token of POST /events and POST /feedback, at least "
+        f"{MIN_ADMIN_TOKEN_LENGTH} characters and not the admin token; unset: those routes "
+        "accept only loopback clients. Failures are rate-limited like the admin token's.",
+    )
+    request_id_secret: str | None = Field(
+        None,
+        description=f"HMAC key (at least {MIN_ADMIN_TOKEN_LENGTH} characters) signing the "
+        "request ids predictions answer with; POST /feedback accepts only ids it signed. "
+        "Every worker and replica needs the same one; unset: a random key per process "
+        "(refused with SERVEKIT_WORKERS > 1).",
+    )
 
     @field_validator("admin_token")
     @classmethod
@@ -134,6 +135,36 @@ class ServingSettings(BaseSettings):
                 "the admin routes off"
             )
         return value
+
+    @field_validator("ingest_token", "request_id_secret")
+    @classmethod
+    def _long_secret(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and len(value) < MIN_ADMIN_TOKEN_LENGTH:
+            name = f"SERVEKIT_{str(info.field_name).upper()}"
+            raise ValueError(
+                f"{name} is {len(value)} characters; it must be at least "
+                f"{MIN_ADMIN_TOKEN_LENGTH} (e.g. `openssl rand -hex 16`), or unset"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_secrets(self) -> ServingSettings:
+        # Ingest clients must never hold the admin token, nor the key that signs request ids.
+        if self.ingest_token is not None and self.ingest_token in (
+            self.admin_token,
+            self.request_id_secret,
+        ):
+            raise ValueError(
+                "SERVEKIT_INGEST_TOKEN must differ from SERVEKIT_ADMIN_TOKEN and "
+                "SERVEKIT_REQUEST_ID_SECRET"
+            )
+        if self.workers > 1 and self.request_id_secret is None:
+            raise ValueError(
+                f"SERVEKIT_WORKERS={self.workers} needs SERVEKIT_REQUEST_ID_SECRET, shared "
+                "by every worker and replica, so that any of them verifies the request ids "
+                "another signed"
+            )
+        return self
 
 
 class ModelLimits(BaseModel):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,7 +15,11 @@ class RedisSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SERVEKIT_REDIS_", extra="ignore")
 
-    url: str | None = Field(None, description="redis://host:port/db or unix:///path.sock")
+    url: str | None = Field(
+        None,
+        description="redis://host:port/db or unix:///path.sock; a Redis Cluster: "
+        "redis+cluster://host:port (any node; database 0 only).",
+    )
     embedded_dir: Path = Field(Path(".servekit/redis"), description="Embedded server's dir.")
     socket_timeout_ms: float = Field(
         100.0,
@@ -23,6 +28,17 @@ class RedisSettings(BaseSettings):
         "cache's timeout_ms for why it is not a few ms).",
     )
     stream_maxlen: int = Field(100_000, ge=100, description="Cap of the prediction stream.")
+
+    @field_validator("url")
+    @classmethod
+    def _cluster_db_zero(cls, url: str | None) -> str | None:
+        scheme, _, rest = (url or "").partition("://")
+        if scheme.lower().endswith("+cluster"):
+            path = urlsplit(f"redis://{rest}").path.strip("/")
+            if path not in ("", "0"):
+                raise ValueError(f"a Redis Cluster has only database 0, not {path!r}")
+        return url
+
     worker_socket_timeout_ms: float = Field(
         10_000.0,
         gt=0,

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from services.state.cache_policy import AutoDisable, CacheState, CircuitBreaker
 from services.state.coalesce import TickCoalescer
 from services.state.keys import prediction_key, prediction_key_from_digest, row_digest
+from services.state.redis_clients import is_cluster
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -278,7 +279,12 @@ class PredictionCache:
         await self._call(model, lambda: self._writes.submit(entries), len(items))
 
     async def _mget_all(self, keys: list[bytes]) -> list[bytes | None]:
-        values: list[bytes | None] = await self._redis.mget(keys)  # type: ignore[assignment]
+        # Prediction keys carry no hash tag: on a Redis Cluster they spread over the slots,
+        # so the lookup is one MGET per slot, pipelined to each node at once.
+        if is_cluster(self._redis):
+            values: list[bytes | None] = await self._redis.mget_nonatomic(keys)  # type: ignore[attr-defined]
+        else:
+            values = await self._redis.mget(keys)  # type: ignore[assignment]
         return list(values)
 
     async def _set_all(self, entries: list[tuple[bytes, bytes, int]]) -> list[Any]:

@@ -1,6 +1,7 @@
 """Online feature reads: every view a request needs, for every row, in one Lua call.
 
-One round trip, and one command to pack and parse. Batch views resolve their current
+One round trip, and one command to pack and parse (on a Redis Cluster, one command per
+view, sent to the views' nodes at once: a view's keys share its hash tag's slot). Batch views resolve their current
 version and read its rows inside the same script, so a reader sees the old snapshot or the
 new one, never a mix. A view whose entity has no data serves its defaults and flags the
 row ``missing``; a view older than its ``max_staleness_s`` flags it ``stale``.
@@ -8,6 +9,7 @@ row ``missing``; a view older than its ``max_staleness_s`` flags it ``stale``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -18,6 +20,7 @@ import numpy as np
 from redis.exceptions import NoScriptError
 
 from services.state import keys
+from services.state.redis_clients import is_cluster
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -145,17 +148,19 @@ def _plan(
     return _Plan([spec.default for _, spec in resolved], views, columns, entity_ids)
 
 
-def _script_args(plan: _Plan, now: float) -> list[Any]:
-    """The read script's ARGV (layout above the script)."""
-    args: list[Any] = [len(plan.batch)]
-    for view in plan.batch:
+def _script_args(
+    plan: _Plan, now: float, batch: Sequence[FeatureView], realtime: Sequence[FeatureView]
+) -> list[Any]:
+    """The read script's ARGV (layout above the script) for these views of ``plan``."""
+    args: list[Any] = [len(batch)]
+    for view in batch:
         v = view.name
         fields = [spec.name for _, spec in plan.columns[v]]
         ents = [keys.escape(e) for e in plan.entity_ids[v]]
         args += [keys.view_pointer_key(v), keys.feature_key_prefix(v), len(fields)]
         args += [*fields, len(ents), *ents]
-    args.append(len(plan.realtime))
-    for view in plan.realtime:
+    args.append(len(realtime))
+    for view in realtime:
         v = view.name
         args += [keys.realtime_heartbeat_key(v), len(plan.columns[v])]
         base = keys.realtime_state_key(v, "")
@@ -220,7 +225,11 @@ class FeatureReader:
         values = np.array([plan.defaults] * n, dtype=np.float32).reshape(n, len(plan.defaults))
         if n == 0 or not plan.views:
             return values, [RowFlags() for _ in range(n)]
-        batch_reply, realtime_reply = await self._call(_script_args(plan, now))
+        if is_cluster(self._redis):
+            batch_reply, realtime_reply = await self._call_per_view(plan, now)
+        else:
+            args = _script_args(plan, now, plan.batch, plan.realtime)
+            batch_reply, realtime_reply = await self._call(args)
         found: dict[str, dict[str, Row]] = {}
         stale: dict[str, bool] = {}
         for view, reply in zip(plan.batch, batch_reply, strict=True):
@@ -229,13 +238,33 @@ class FeatureReader:
             found[view.name], stale[view.name] = self._realtime_rows(plan, view, reply, now)
         return values, self._fill(plan, requests, values, found, stale)
 
-    async def _call(self, args: list[Any]) -> Any:
+    async def _call(self, args: list[Any], route: bytes | None = None) -> Any:
+        """One script call; ``route`` (a key of the views read) picks the cluster node."""
+        keys_part = [] if route is None else [route]
         try:
-            return await self._redis.evalsha(await self._script_sha(), 0, *args)
+            return await self._redis.evalsha(
+                await self._script_sha(), len(keys_part), *keys_part, *args
+            )
         except NoScriptError:
             # The server lost its script cache (restart, SCRIPT FLUSH): load it, once more.
             self._sha = None
-            return await self._redis.evalsha(await self._script_sha(), 0, *args)
+            return await self._redis.evalsha(
+                await self._script_sha(), len(keys_part), *keys_part, *args
+            )
+
+    async def _call_per_view(self, plan: _Plan, now: float) -> tuple[list[Any], list[Any]]:
+        """On a Redis Cluster: one script call per view (a view's keys share one slot),
+        all in flight at once, so a read still costs one round trip of wall time."""
+        calls = [
+            self._call(_script_args(plan, now, [v], []), keys.view_pointer_key(v.name))
+            for v in plan.batch
+        ] + [
+            self._call(_script_args(plan, now, [], [v]), keys.realtime_heartbeat_key(v.name))
+            for v in plan.realtime
+        ]
+        replies = await asyncio.gather(*calls)
+        n = len(plan.batch)
+        return [r[0][0] for r in replies[:n]], [r[1][0] for r in replies[n:]]
 
     def _batch_rows(
         self, plan: _Plan, view: FeatureView, reply: Any, now: float

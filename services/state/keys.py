@@ -3,33 +3,39 @@
 Every key is bytes under the ``servekit:`` namespace (the pub/sub channel's name is a
 str). Parts taken from callers (model, version, view, entity id, event id, request id,
 experiment, variant) are escaped so that a ``:`` inside a part can never make two
-different tuples build the same key (``%`` -> ``%25``, ``:`` -> ``%3A``).
+different tuples build the same key (``%`` -> ``%25``, ``:`` -> ``%3A``), and so that a
+brace in a part can never move a hash tag (``{`` -> ``%7B``, ``}`` -> ``%7D``).
 
-Layout::
+Hash tags (literal braces below) keep the keys that one Lua script or one atomic step
+touches in one Redis Cluster slot: all keys of a feature view share the view's slot (its
+read script resolves the current version and reads the rows in one step), and all rollout
+keys share one slot (a transition writes the state, its history and the model set at
+once). Keys without a tag (predictions, feedback, streams) spread over the cluster. On a
+single Redis the braces are plain characters. Angle brackets are the parts::
 
-    servekit:pred:{model}:{version}:{blake2b-128 hex of the input row}   prediction
-    servekit:feat:{view}:{version}:{entity}        batch view row (hash: feature -> value)
-    servekit:featptr:{view}                        current version (hash: version, ...)
-    servekit:featver:{view}                        versions written (set), for clean-up
-    servekit:featidx:{view}:{version}              entity ids of one version (set)
-    servekit:rt:{view}:{entity}                    real-time state (hash: last_ts, ...)
-    servekit:rt:{view}:{entity}:last:{field}       last N values of a field (list)
-    servekit:rt:{view}:{entity}:win                recent events (sorted set by time)
-    servekit:rtbeat:{view}                         real-time worker heartbeat (string)
+    servekit:pred:<model>:<version>:<blake2b-128 hex of the input row>   prediction
+    servekit:feat:{<view>}:<version>:<entity>      batch view row (hash: feature -> value)
+    servekit:featptr:{<view>}                      current version (hash: version, ...)
+    servekit:featver:{<view>}                      versions written (set), for clean-up
+    servekit:featidx:{<view>}:<version>            entity ids of one version (set)
+    servekit:rt:{<view>}:<entity>                  real-time state (hash: last_ts, ...)
+    servekit:rt:{<view>}:<entity>:last:<field>     last N values of a field (list)
+    servekit:rt:{<view>}:<entity>:win              recent events (sorted set by time)
+    servekit:rtbeat:{<view>}                       real-time worker heartbeat (string)
     servekit:events                                event stream
-    servekit:evseen:{group}:{event_id}             event applied by a group (dedupe)
-    servekit:rollout:{model}                       rollout state (hash: rev, state)
-    servekit:rollout:{model}:history               rollout changes (stream, capped)
-    servekit:rollouts                              models with a rollout state (set)
-    servekit:rollout[:db{n}]                       rollout notices (pub/sub channel)
-    servekit:feedback:{request_id}                 a prediction kept for its outcome (hash)
-    servekit:experiment:{model}:{exp}:{variant}    a variant's counters (hash)
-    servekit:experiment:{model}:{exp}:{variant}:latency   its latency histogram (hash)
-    servekit:experiments:{model}                   experiments by first sight (sorted set)
-    servekit:predictions:{model}                   served predictions (stream, capped)
-    servekit:shadow:{model}                        shadow comparisons (stream, capped)
+    servekit:evseen:{<view>}:<group>:<event_id>    event applied to a view by a group
+    servekit:{rollouts}:<model>                    rollout state (hash: rev, state)
+    servekit:{rollouts}:<model>:history            rollout changes (stream, capped)
+    servekit:{rollouts}                            models with a rollout state (set)
+    servekit:rollout[:db<n>]                       rollout notices (pub/sub channel)
+    servekit:feedback:<request_id>                 a prediction kept for its outcome (hash)
+    servekit:experiment:<model>:<exp>:<variant>    a variant's counters (hash)
+    servekit:experiment:<model>:<exp>:<variant>:latency   its latency histogram (hash)
+    servekit:experiments:<model>                   experiments by first sight (sorted set)
+    servekit:predictions:<model>                   served predictions (stream, capped)
+    servekit:shadow:<model>                        shadow comparisons (stream, capped)
     servekit:drift                                 latest drift result per version (hash:
-                                                   {model}:{version} -> small JSON)
+                                                   <model>:<version> -> small JSON)
 """
 
 from __future__ import annotations
@@ -42,8 +48,19 @@ NAMESPACE = b"servekit"
 
 
 def escape(part: str) -> bytes:
-    """One key part as bytes, with ``%`` and ``:`` escaped."""
-    return part.replace("%", "%25").replace(":", "%3A").encode()
+    """One key part as bytes, with ``%``, ``:``, ``{`` and ``}`` escaped."""
+    return (
+        part.replace("%", "%25")
+        .replace(":", "%3A")
+        .replace("{", "%7B")
+        .replace("}", "%7D")
+        .encode()
+    )
+
+
+def tag(part: str) -> bytes:
+    """``part`` escaped and braced: a Redis Cluster hash tag (keys with it share a slot)."""
+    return b"{" + escape(part) + b"}"
 
 
 def row_digest(row: np.ndarray) -> bytes:
@@ -64,7 +81,7 @@ def prediction_key(model: str, version: str, row: np.ndarray) -> bytes:
 
 def feature_key_prefix(view: str) -> bytes:
     """The start of every row key of a batch view; the version and entity follow."""
-    return b":".join((NAMESPACE, b"feat", escape(view))) + b":"
+    return b":".join((NAMESPACE, b"feat", tag(view))) + b":"
 
 
 def feature_key(view: str, version: str, entity_id: str) -> bytes:
@@ -74,22 +91,22 @@ def feature_key(view: str, version: str, entity_id: str) -> bytes:
 
 def view_pointer_key(view: str) -> bytes:
     """The hash naming a batch view's current version (``version``, ``materialized_at``)."""
-    return b":".join((NAMESPACE, b"featptr", escape(view)))
+    return b":".join((NAMESPACE, b"featptr", tag(view)))
 
 
 def view_versions_key(view: str) -> bytes:
     """The set of a batch view's versions still holding keys (current and leftovers)."""
-    return b":".join((NAMESPACE, b"featver", escape(view)))
+    return b":".join((NAMESPACE, b"featver", tag(view)))
 
 
 def view_index_key(view: str, version: str) -> bytes:
     """The set of entity ids written in one version of a batch view."""
-    return b":".join((NAMESPACE, b"featidx", escape(view), escape(version)))
+    return b":".join((NAMESPACE, b"featidx", tag(view), escape(version)))
 
 
 def realtime_state_key(view: str, entity_id: str) -> bytes:
     """The hash of an entity's real-time state (``last_ts``)."""
-    return b":".join((NAMESPACE, b"rt", escape(view), escape(entity_id)))
+    return b":".join((NAMESPACE, b"rt", tag(view), escape(entity_id)))
 
 
 def realtime_last_key(view: str, entity_id: str, field: str) -> bytes:
@@ -104,7 +121,7 @@ def realtime_window_key(view: str, entity_id: str) -> bytes:
 
 def realtime_heartbeat_key(view: str) -> bytes:
     """When the real-time worker last ran for ``view`` (epoch seconds)."""
-    return b":".join((NAMESPACE, b"rtbeat", escape(view)))
+    return b":".join((NAMESPACE, b"rtbeat", tag(view)))
 
 
 def event_stream_key() -> bytes:
@@ -112,9 +129,9 @@ def event_stream_key() -> bytes:
     return NAMESPACE + b":events"
 
 
-def event_seen_key(group: str, event_id: str) -> bytes:
-    """Marks that ``group`` has applied event ``event_id`` (replays are skipped)."""
-    return b":".join((NAMESPACE, b"evseen", escape(group), escape(event_id)))
+def event_seen_key(view: str, group: str, event_id: str) -> bytes:
+    """Marks that ``group`` has applied event ``event_id`` to ``view`` (replays are skipped)."""
+    return b":".join((NAMESPACE, b"evseen", tag(view), escape(group), escape(event_id)))
 
 
 # --------------------------------------------------------------------------- rollouts
@@ -122,7 +139,7 @@ def event_seen_key(group: str, event_id: str) -> bytes:
 
 def rollout_state_key(model: str) -> bytes:
     """The hash of ``model``'s rollout state (``rev``, ``state`` JSON)."""
-    return b":".join((NAMESPACE, b"rollout", escape(model)))
+    return rollout_models_key() + b":" + escape(model)
 
 
 def rollout_history_key(model: str) -> bytes:
@@ -131,8 +148,8 @@ def rollout_history_key(model: str) -> bytes:
 
 
 def rollout_models_key() -> bytes:
-    """The set of models that have a rollout state."""
-    return NAMESPACE + b":rollouts"
+    """The set of models that have a rollout state (every rollout key shares its tag)."""
+    return NAMESPACE + b":" + tag("rollouts")
 
 
 def rollout_channel(db: int) -> str:

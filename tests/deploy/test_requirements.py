@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,29 @@ def test_image_requirements_are_pinned_by_constraints(name: str) -> None:
     assert [
         n for n, v in declared.items() if n not in constraints or v not in (None, constraints[n])
     ] == []
+
+
+def test_kserve_client_requirements_are_pinned_to_constraints() -> None:
+    """KServe's client is installed with --no-deps (no resolver): every line pins a version."""
+    constraints = pins(ROOT / "constraints.txt")
+    declared = requirements(ROOT / "requirements" / "kserve-client.txt")
+    assert declared.get("kserve") and None not in declared.values()
+    assert {n: v for n, v in declared.items() if constraints.get(n) != v} == {}
+
+
+def test_kserve_client_requirements_shadow_nothing_servekit_installs() -> None:
+    """Its directory goes on PYTHONPATH, ahead of the venv: a package the venv also holds
+    would replace servekit's version in the client's interpreter."""
+
+    def installed(name: str) -> bool:
+        try:
+            version(name)
+        except PackageNotFoundError:
+            return False
+        return True
+
+    declared = requirements(ROOT / "requirements" / "kserve-client.txt")
+    assert [n for n in declared if installed(n)] == []
 
 
 def test_serving_requirements_hold_no_training_stack() -> None:

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from flows.demo_traffic import main, send_traffic
+from tests.conftest import INGEST_TOKEN, ServerProcess
 
 
 def _gateway(seen: list[dict[str, object]]) -> httpx.MockTransport:
@@ -45,3 +46,11 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0 and "--rate" in capsys.readouterr().out
+
+
+async def test_outcomes_follow_on_feedback_with_the_ingest_token(gateway: ServerProcess) -> None:
+    tally = await send_traffic(
+        gateway.url, rate=20.0, duration_s=1.0, outcomes=True, ingest_token=INGEST_TOKEN
+    )
+    assert tally.requests >= 10 and tally.failures == 0
+    assert tally.outcomes == tally.requests and tally.outcome_failures == 0

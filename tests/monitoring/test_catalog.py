@@ -20,7 +20,7 @@ from monitoring.gpu import GpuDevice, GpuReading, GpuSampler
 from monitoring.metrics import LOAD_BUCKETS, ServingMetrics
 from services.state.cache import cache_metrics
 from services.state.features import feature_metrics
-from tests.conftest import ServerProcess
+from tests.conftest import INGEST, ServerProcess
 
 # What the session's `gateway` fixture runs with: colocated, cache and rollouts on.
 GATEWAY_CONDITIONS = {None, "colocated", "cache", "rollout"}
@@ -216,7 +216,9 @@ def test_every_exporter_in_process_matches_the_catalog() -> None:
 
 def _post(gateway: ServerProcess, path: str, body: object) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
-        f"{gateway.url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        f"{gateway.url}{path}",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json", **INGEST},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
@@ -233,7 +235,7 @@ def drive_traffic(gateway: ServerProcess) -> None:
         body = {"model": "fraud", "user_id": f"u-catalog-{k % 2}", "inputs": [RECORD]}
         status, answer = _post(gateway, "/predict", body)
         assert status == 200, answer
-        request_id = answer["request_id"]
+        request_id = answer["signed_request_id"]
     assert _post(gateway, "/predict", {"model": "fraud", "inputs": []})[0] == 422
     v2 = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 7], "data": [1.0] * 7}]}
     assert _post(gateway, "/v2/models/fraud/infer", v2)[0] == 200
@@ -241,7 +243,7 @@ def drive_traffic(gateway: ServerProcess) -> None:
     assert _post(gateway, "/events", event)[0] == 202
     # the attribution record is written off the request path: give it a moment
     deadline = time.monotonic() + 3
-    while _post(gateway, "/feedback", {"request_id": request_id, "outcome": 1})[0] != 201:
+    while _post(gateway, "/feedback", {"signed_request_id": request_id, "outcome": 1})[0] != 201:
         if time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -4,14 +4,20 @@ OpenAPI document with its docs page."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import INGEST_TOKEN, ServerProcess
 
 RISKY = {"amount": 4000, "merchant_category": "crypto", "hour": 2, "channel": "online"}
 # The fraud model's v2 input: amount, merchant_category (index), hour, channel (index),
@@ -63,7 +69,7 @@ async def test_bentoml_async_client(gateway: ServerProcess) -> None:
     import bentoml
 
     record = {**RISKY, "hour": uuid.uuid4().int % 24}
-    async with bentoml.AsyncHTTPClient(gateway.url) as client:
+    async with bentoml.AsyncHTTPClient(gateway.url, token=INGEST_TOKEN) as client:
         got = await client.predict(model="fraud", inputs=[record], request_id="a-1")
         event = await client.events(timestamp=1.7e9, entities={"user": "u-async"}, amount=3.5)
     raw = httpx.post(
@@ -107,31 +113,78 @@ def test_tritonclient_wrong_shape_is_its_exception_with_the_422_message(
 
 
 # -- KServe's v2 REST client -------------------------------------------------------------
-async def test_kserve_rest_client(gateway: ServerProcess) -> None:
-    """kserve pins psutil<6 and pandas<3, which servekit cannot install beside itself; the
-    client itself runs with servekit's versions, so this runs wherever kserve imports."""
-    kserve = pytest.importorskip("kserve", reason="kserve is not installable beside servekit")
-    client = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
-    base = gateway.url
-    try:
-        assert await client.is_server_live(base) and await client.is_server_ready(base)
-        assert await client.is_model_ready(base, "fraud")
-        assert not await client.is_model_ready(base, "nope")
-        for binary in (False, True):
-            x = kserve.InferInput("features", list(FEATURES.shape), "FP32")
-            x.set_data_from_numpy(FEATURES, binary_data=binary)
-            request = kserve.InferRequest(model_name="fraud", infer_inputs=[x], request_id="k-1")
-            result = await client.infer(base, request, model_name="fraud")
-            probs = result.get_output_by_name("probabilities").as_numpy()
-            assert probs.shape == (2, 2) and probs.argmax(axis=1).tolist() == [1, 0]
-            assert result.id == "k-1"
-        bad = kserve.InferInput("features", [1, 4], "FP32")
-        bad.set_data_from_numpy(np.zeros((1, 4), np.float32), binary_data=False)
-        with pytest.raises(httpx.HTTPStatusError, match=r"the model takes \[-1, 7\]") as info:
-            await client.infer(base, kserve.InferRequest("fraud", [bad]), model_name="fraud")
-        assert info.value.response.status_code == 422
-    finally:
-        await client.close()
+# Installed apart by `make test` (requirements/kserve-client.txt), run in its own interpreter.
+KSERVE_CLIENT = Path(sys.prefix) / "kserve-client"
+
+
+@pytest.fixture(scope="module")
+def kserve_seen(gateway: ServerProcess) -> dict[str, Any]:
+    """What KServe's REST client answered and raised against the gateway (kserve_probe.py)."""
+    if not (KSERVE_CLIENT / "kserve" / "__init__.py").is_file():
+        pytest.fail(
+            f"KServe's client is not installed in {KSERVE_CLIENT}: run `make test` (its "
+            f"set-up target `make {Path(sys.prefix).name}/.dev` installs it from "
+            "requirements/kserve-client.txt)",
+            pytrace=False,
+        )
+    probe = Path(__file__).with_name("kserve_probe.py")
+    env = {**os.environ, "PYTHONPATH": str(KSERVE_CLIENT)}
+    done = subprocess.run(
+        [sys.executable, str(probe), gateway.url], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, f"kserve_probe.py failed:\n{done.stderr[-3000:]}"
+    seen: dict[str, Any] = json.loads(done.stdout)
+    return seen
+
+
+def test_kserve_client_is_the_pinned_one_installed_apart(kserve_seen: dict[str, Any]) -> None:
+    assert kserve_seen["kserve"]["version"] == "0.21.0"
+    assert Path(kserve_seen["kserve"]["file"]).is_relative_to(KSERVE_CLIENT)
+    assert "kserve" not in sys.modules  # the test process never imported it
+
+
+def test_kserve_readiness_and_metadata(kserve_seen: dict[str, Any]) -> None:
+    assert kserve_seen["live"] is True and kserve_seen["ready"] is True
+    assert kserve_seen["fraud_ready"] is True and kserve_seen["nope_ready"] is False
+    assert kserve_seen["server"]["name"] == "servekit"
+    assert kserve_seen["server"]["extensions"] == ["binary_tensor_data"]
+    model = kserve_seen["model"]
+    assert model["name"] == "fraud" and model["versions"]
+    assert model["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 7]}]
+    assert {o["name"]: o["datatype"] for o in model["outputs"]}["probabilities"] == "FP32"
+
+
+@pytest.mark.parametrize("encoding", ["json", "binary"])
+def test_kserve_infer(kserve_seen: dict[str, Any], encoding: str) -> None:
+    got = kserve_seen["infer"][encoding]
+    # (kserve 0.21 drops the response's model_version when it parses a REST answer)
+    assert got["id"] == "k-1" and got["model_name"] == "fraud"
+    assert got["outputs"] == [o["name"] for o in kserve_seen["model"]["outputs"]]
+    assert got["datatype"] == "FP32" and got["shape"] == [2, 2]
+    probs = np.array(got["probabilities"])
+    assert probs.argmax(axis=1).tolist() == [1, 0]
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("wrong_shape", 422, r"has shape \[1, 4\]; the model takes \[-1, 7\]"),
+        ("wrong_datatype", 422, r"must have datatype FP32, got 'INT64'"),
+        ("unknown_model", 404, r"unknown model"),
+    ],
+)
+def test_kserve_errors_carry_the_gateway_message(
+    kserve_seen: dict[str, Any], case: str, status: int, message: str
+) -> None:
+    """The REST client raises its documented httpx.HTTPStatusError, its message built from
+    the gateway's ``error`` field (kserve reads it only from an application/json body)."""
+    error = kserve_seen["errors"][case]
+    assert error is not None, f"{case}: kserve's client raised nothing"
+    assert error["type"] == "httpx.HTTPStatusError" and error["status"] == status
+    gateway_part = error["message"].split(f", '{status} ")[0]
+    assert re.search(message, gateway_part), error["message"]
 
 
 # -- the OpenAPI document and its docs page ------------------------------------------------

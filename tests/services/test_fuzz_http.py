@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ServerProcess
+from tests.conftest import INGEST, ServerProcess
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 HTTP = settings(
@@ -48,7 +48,7 @@ predict_bodies = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def client(gateway: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, timeout=10) as c:
+    with httpx.Client(base_url=gateway.url, timeout=10, headers=INGEST) as c:
         yield c
 
 

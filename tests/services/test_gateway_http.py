@@ -14,7 +14,7 @@ import pytest
 from flows.recipes.demo_models import vectors
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
-from tests.conftest import ServerProcess
+from tests.conftest import INGEST, ServerProcess
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 RISKY = {"amount": 4000.0, "merchant_category": "crypto", "hour": 2, "channel": "online"}
@@ -22,7 +22,7 @@ RISKY = {"amount": 4000.0, "merchant_category": "crypto", "hour": 2, "channel": 
 
 @pytest.fixture(scope="module")
 def client(gateway: ServerProcess) -> httpx.Client:
-    with httpx.Client(base_url=gateway.url, timeout=10) as c:
+    with httpx.Client(base_url=gateway.url, timeout=10, headers=INGEST) as c:
         yield c
 
 

@@ -16,7 +16,7 @@ import redis
 
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
-from tests.conftest import ServerProcess
+from tests.conftest import INGEST, INGEST_TOKEN, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +37,17 @@ def two_versions(fraud_store: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def rollout_gateway(two_versions: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
+    from services.state.keys import rollout_state_key, shadow_stream_key
+
     redis.Redis.from_url(serving_redis_url).delete(
-        "servekit:rollout:fraud", "servekit:shadow:fraud"
+        rollout_state_key("fraud"), shadow_stream_key("fraud")
     )
     server = ServerProcess(
         {
             "SERVEKIT_MODEL_STORE": str(two_versions),
             "SERVEKIT_REDIS_URL": serving_redis_url,
             "SERVEKIT_ADMIN_TOKEN": TOKEN,
+            "SERVEKIT_INGEST_TOKEN": INGEST_TOKEN,
             "SERVEKIT_CACHE_ENABLED": "false",
         }
     )
@@ -136,18 +139,15 @@ def test_feedback_is_attributed_to_the_serving_variant(rollout_gateway: ServerPr
         json={"model": "fraud", "inputs": [GOOD], "request_id": "fb-1"},
     ).json()
     deadline = time.monotonic() + 5
+    outcome = {"signed_request_id": body["signed_request_id"], "outcome": True}
     while True:  # the prediction is recorded in the background: wait for it
-        resp = httpx.post(
-            f"{rollout_gateway.url}/feedback", json={"request_id": "fb-1", "outcome": True}
-        )
+        resp = httpx.post(f"{rollout_gateway.url}/feedback", json=outcome, headers=INGEST)
         if resp.status_code != 404 or time.monotonic() > deadline:
             break
         time.sleep(0.02)
     assert resp.status_code == 201, resp.text
     assert resp.json()["variant"] == body["variant"] and resp.json()["version"] == body["version"]
-    again = httpx.post(
-        f"{rollout_gateway.url}/feedback", json={"request_id": "fb-1", "outcome": True}
-    )
+    again = httpx.post(f"{rollout_gateway.url}/feedback", json=outcome, headers=INGEST)
     assert again.status_code == 409
     admin(rollout_gateway, action="rollback", reason="feedback test over")
 
@@ -217,19 +217,21 @@ def test_feedback_right_after_predict_outside_a_rollout(rollout_gateway: ServerP
     admin(rollout_gateway, action="set-primary", version="1")  # mode off: 10 % logged
     url = rollout_gateway.url
     statuses = []
-    with httpx.Client() as client:
+    with httpx.Client(headers=INGEST) as client:
         for i in range(20):
             body = client.post(
                 f"{url}/predict", json={"model": "fraud", "inputs": [GOOD], "user_id": f"i{i}"}
             ).json()
             resp = client.post(
-                f"{url}/feedback", json={"request_id": body["request_id"], "outcome": i % 2}
+                f"{url}/feedback",
+                json={"signed_request_id": body["signed_request_id"], "outcome": i % 2},
             )
             statuses.append(resp.status_code)
             assert resp.status_code != 201 or resp.json()["version"] == body["version"]
     assert statuses == [201] * 20
-    unknown = httpx.post(f"{url}/feedback", json={"request_id": "never-seen", "outcome": 1})
-    assert unknown.status_code == 404 and "unknown request_id" in unknown.json()["error"]
+    forged = {"signed_request_id": "never-seen." + "A" * 22, "outcome": 1}
+    refused = httpx.post(f"{url}/feedback", json=forged, headers=INGEST)
+    assert refused.status_code == 422 and refused.json()["reason"] == "forged"
 
 
 def test_models_shows_what_predict_answers_after_a_promotion(
@@ -271,7 +273,7 @@ def test_client_mistakes_during_a_canary_do_not_count_against_the_candidate(
         {k: v for k, v in GOOD.items() if k != "amount"},
         {**GOOD, "amount": "lots"},
     ]
-    with httpx.Client() as client:
+    with httpx.Client(headers=INGEST) as client:
         for i in range(200):  # a burst of client mistakes from users on the candidate
             user = users[i % len(users)]
             resp = client.post(

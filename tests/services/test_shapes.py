@@ -9,14 +9,16 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import httpx
+import numpy as np
 import pytest
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import REQUEST_ID_SECRET, ROOT, ServerProcess
 
 GOOD = {"amount": 12.5, "merchant_category": "grocery", "hour": 3, "channel": "online"}
 RISKY = {"amount": 4000.0, "merchant_category": "crypto", "hour": 2, "channel": "online"}
@@ -54,26 +56,57 @@ def test_colocated_gateway_starts_no_runner() -> None:
 
 @pytest.fixture(scope="module")
 def split_gateway(fraud_store: Path, serving_redis_url: str) -> Iterator[ServerProcess]:
+    """The split shape with its prediction cache off: every answer is its runner's own (the
+    colocated gateway shares this Redis, and its cache would hold the same inputs)."""
     server = ServerProcess(
         {
             "SERVEKIT_SHAPE": "split",
             "SERVEKIT_MODEL_STORE": str(fraud_store),
             "SERVEKIT_REDIS_URL": serving_redis_url,
+            "SERVEKIT_CACHE_ENABLED": "false",
+            "SERVEKIT_REQUEST_ID_SECRET": REQUEST_ID_SECRET,  # signs as the other does
         }
     )
     yield server
     server.stop()
 
 
+def fresh_records(n: int) -> list[dict[str, object]]:
+    """``n`` records no earlier request sent (so no prediction cache holds them), risky and
+    ordinary ones alternating."""
+    rng = np.random.default_rng(uuid.uuid4().int)
+    return [
+        {**(RISKY if i % 2 else GOOD), "amount": round(float(rng.uniform(1, 5000)), 2),
+         "hour": int(rng.integers(0, 24))}
+        for i in range(n)
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_split_matches_colocated(gateway: ServerProcess, split_gateway: ServerProcess) -> None:
-    payload = {"model": "fraud", "inputs": [GOOD, RISKY, GOOD], "request_id": "same"}
+    """Both shapes compute the same answers: records new to the colocated gateway's cache, and
+    the split gateway's cache off, so neither side answers from a cache."""
+    payload = {"model": "fraud", "inputs": fresh_records(12), "request_id": "same"}
     a = httpx.post(f"{gateway.url}/predict", json=payload, timeout=10).json()
     b = httpx.post(f"{split_gateway.url}/predict", json=payload, timeout=10).json()
     for body in (a, b):
-        for pred in body["predictions"]:
-            pred.pop("cached")  # the second server may answer from the shared cache
+        assert [p["cached"] for p in body["predictions"]] == [False] * 12
+    assert len({str(p["probabilities"]) for p in a["predictions"]}) > 1  # not one constant
     assert a == b
+
+
+@pytest.mark.slow
+def test_feedback_verifies_on_another_replica_sharing_the_secret(
+    gateway: ServerProcess, split_gateway: ServerProcess
+) -> None:
+    answer = httpx.post(
+        f"{gateway.url}/predict", json={"model": "fraud", "inputs": [GOOD]}, timeout=10
+    ).json()
+    outcome = {"signed_request_id": answer["signed_request_id"], "outcome": 1}
+    # The split gateway has no ingest token: a loopback client may post.
+    resp = httpx.post(f"{split_gateway.url}/feedback", json=outcome, timeout=10)
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["request_id"] == answer["request_id"]
 
 
 @pytest.mark.slow

