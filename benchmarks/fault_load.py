@@ -32,7 +32,7 @@ class Outcome:
     """One request: its kind, when it left and came back, and the answer.
 
     ``status`` 0 is a client-side failure (refused connection, timeout); ``ident`` is the
-    event's stream id (events), the request id (predictions, feedback); ``origin``, for
+    event's stream id (events), the signed request id (predictions, feedback); ``origin``, for
     feedback, is when its prediction was answered.
     """
 
@@ -153,7 +153,7 @@ class SteadyLoad:
         if not self._answered:
             return None
         request_id, answered = self._answered.pop()
-        body = {"request_id": request_id, "outcome": n % 2, "_answered": answered}
+        body = {"signed_request_id": request_id, "outcome": n % 2, "_answered": answered}
         return "/feedback", body, INGEST_HEADERS
 
     async def _send(
@@ -161,7 +161,7 @@ class SteadyLoad:
     ) -> None:
         start = time.monotonic()
         origin = body.pop("_answered", None)
-        ident = body.get("request_id") if kind == "feedback" else None
+        ident = body.get("signed_request_id") if kind == "feedback" else None
         try:
             async with session.post(f"{self.url}{path}", json=body, headers=hdrs) as resp:
                 doc = await resp.json(content_type=None)
@@ -173,7 +173,7 @@ class SteadyLoad:
         if out.status == 202 and kind == "event":
             ident = doc.get("id")
         elif out.status == 200 and kind == "predict":
-            ident = doc.get("request_id")
+            ident = doc.get("signed_request_id")  # what /feedback takes
             loop = asyncio.get_running_loop()
             loop.call_later(1.0, self._answered.append, (ident, out.end))
         elif out.status not in OK_STATUSES:
@@ -259,7 +259,8 @@ def feedback_lost(url: str, outcomes: list[Outcome]) -> int:
     lost = 0
     with httpx.Client(timeout=10, headers=INGEST_HEADERS) as client:
         for request_id in accepted:
-            again = client.post(f"{url}/feedback", json={"request_id": request_id, "outcome": 1})
+            body = {"signed_request_id": request_id, "outcome": 1}
+            again = client.post(f"{url}/feedback", json=body)
             lost += again.status_code != 409
     return lost
 
