@@ -191,7 +191,9 @@ def runner_killed(store: Path, work: Path, redis_url: str) -> Row:
     env = {"SERVEKIT_SHAPE": "split", "SERVEKIT_MODEL_STORE": str(store),
            "SERVEKIT_REDIS_URL": redis_url, "SERVEKIT_CACHE_ENABLED": "false"}  # fmt: skip
     with gateway(env, work / "gateway-runner.log") as server:
-        with SteadyLoad(server.url, event_hz=0, feedback_hz=0) as load:
+        # A request waits for a restarting runner up to its lane's timeout (30 s), then 503:
+        # the client waits longer, so that it is the gateway's answer that is counted.
+        with SteadyLoad(server.url, event_hz=0, feedback_hz=0, timeout_s=40) as load:
             runner = runner_process(server)
             start, end = run_fault(load, runner.kill, None, fault_s=0.0)
         row = summarize(load.outcomes, start, end)
