@@ -81,10 +81,10 @@ def cases(store: Path, work: Path, port: int) -> dict[str, Callable[[], Row]]:
     }
 
 
-def other_rows() -> list[Row]:
+def other_rows(folder: Path = OUT) -> list[Row]:
     """Rows written by other fault scripts under benchmarks/results/faults/."""
     rows: list[Row] = []
-    for path in sorted(OUT.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         if path.name == "faults.json":
             continue
         doc = json.loads(path.read_text())
