@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.edge import v2
 from services.errors import (
@@ -144,8 +146,21 @@ class GatewayApp:
                 resp = json_response({"error": f"method {method} not allowed on {path}"}, 405)
             else:
                 resp = error_response(exc)
+                if resp.status >= 500:
+                    logger.warning("%s %s: %s: %s", method, path, type(exc).__name__, exc)
             if self.predictor is not None:
                 self.predictor.metrics.observe_error(route, resp.status, type(exc).__name__)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Redis down or paused under a route that needs it (feedback, admin): nothing
+            # was confirmed, so the client is told to send it again (safe: an outcome
+            # recorded twice is refused with 409, a rollout change is idempotent or 409).
+            logger.warning("%s %s: Redis unavailable: %s", method, path, exc)
+            unavailable = UnavailableError(
+                f"state store unavailable ({type(exc).__name__}); retry", retry_after=1
+            )
+            resp = error_response(unavailable)
+            if self.predictor is not None:
+                self.predictor.metrics.observe_error(route, 503, "RedisUnavailable")
         except Exception:
             logger.exception("unhandled error on %s %s", method, path)
             resp = error_response(ServekitError("internal"))
