@@ -163,6 +163,51 @@ async def closed_loop(
     return latencies, ok, errors, seconds
 
 
+async def open_loop_records(
+    url: str,
+    bodies: Sequence[bytes],
+    rate: float,
+    seconds: float,
+    *,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[list[tuple[str, float]], float, float]:
+    """Send ``rate`` requests per second for ``seconds`` without waiting for answers (open
+    loop: arrivals do not slow down when the server does).
+
+    Returns ((status, seconds) per request, in completion order: "200", "503", ... or the
+    client exception's name; the send rate achieved, which a busy client may miss; the
+    seconds from the first send to the last answer).
+    """
+    hdrs = {"content-type": "application/json", **(headers or {})}
+    conn = aiohttp.TCPConnector(limit=2000)
+    out: list[tuple[str, float]] = []
+    async with aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    ) as session:
+
+        async def one(body: bytes) -> None:
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=hdrs) as resp:
+                    await resp.read()
+                    status = str(resp.status)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                status = type(exc).__name__
+            out.append((status, time.perf_counter() - t0))
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)])))
+        sent_s = time.perf_counter() - start
+        await asyncio.gather(*tasks)
+    return out, len(tasks) / max(sent_s, 1e-9), time.perf_counter() - start
+
+
 def summarize(
     label: str,
     concurrency: int,

@@ -168,8 +168,15 @@ _POOL = tuple(
         ("servekit_inline_stops_total", "counter", (),
          "Inline calls stopped by the watchdog past the inline deadline (re-run on a worker "
          "thread).", "colocated"),
-        ("servekit_shed_requests_total", "counter", (), "Requests refused with 503 (queue full).",
+        ("servekit_shed_requests_total", "counter", (),
+         "Requests refused with 503 (queue full, or expected wait over the queueing budget).",
          "colocated"),
+        ("servekit_admission_refusals_total", "counter", (*_MV, "reason"),
+         "Requests refused at admission with 503, by reason (queue_full; budget: expected wait "
+         "over the queueing budget; deadline: the client's deadline passes first).", "colocated"),
+        ("servekit_admission_drops_total", "counter", (*_MV, "reason"),
+         "Queued requests answered 503 without running, by reason (budget: waited twice what "
+         "they were admitted for; deadline: the client's passed; disconnected).", "colocated"),
         ("servekit_pool_budget_bytes", "gauge", (), "The pool's memory budget.", "budget"),
         ("servekit_pool_bytes", "gauge", ("kind",),
          "Bytes held by loaded models (resident) and reserved by loads in flight.", "colocated"),

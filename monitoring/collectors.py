@@ -40,6 +40,28 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return family
 
 
+def _admission(stats: Any) -> Iterator[Any]:
+    """The batcher's admission: refusals and drops per model version and reason."""
+    for name, doc, counts in (
+        ("servekit_admission_refusals", _REFUSALS_HELP, stats.refused),
+        ("servekit_admission_drops", _DROPS_HELP, stats.dropped),
+    ):
+        c = CounterMetricFamily(name, doc, labels=["model", "version", "reason"])
+        for labels, n in sorted(counts.items()):
+            c.add_metric(list(labels), n)
+        yield c
+
+
+_REFUSALS_HELP = (
+    "Requests refused at admission with 503, by reason (queue_full; budget: expected wait "
+    "over the queueing budget; deadline: the client's deadline passes first)."
+)
+_DROPS_HELP = (
+    "Queued requests answered 503 without running, by reason (budget: waited twice what "
+    "they were admitted for; deadline: the client's passed; disconnected)."
+)
+
+
 class PoolCollector(Collector):
     """A model pool's metrics, computed at scrape time.
 
@@ -74,8 +96,11 @@ class PoolCollector(Collector):
             b.stats.inline_stops,
         )
         yield _counter(
-            "servekit_shed_requests", "Requests refused with 503 (queue full).", b.stats.shed
+            "servekit_shed_requests",
+            "Requests refused with 503 (queue full, or expected wait over the queueing budget).",
+            b.stats.shed,
         )
+        yield from _admission(b.admission.stats)
 
     def _memory(self) -> Iterator[Any]:
         mem = self.pool.budget

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.edge import v2
 from services.errors import (
@@ -25,6 +27,7 @@ from services.errors import (
     ServekitError,
     UnavailableError,
 )
+from services.runner.admission import bind_request, parse_timeout, request_answered
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,8 @@ class GatewayApp:
             handler = self._routes.get((method, path))
             if handler is not None:
                 route = path
+                if path == "/predict":
+                    _bind_request(scope, receive)
                 body = await self._read_body(scope, receive) if method == "POST" else b""
                 resp = await handler(body, scope)
             elif (m := _V2_MODEL.match(path)) is not None:
@@ -141,13 +146,27 @@ class GatewayApp:
                 resp = json_response({"error": f"method {method} not allowed on {path}"}, 405)
             else:
                 resp = error_response(exc)
+                if resp.status >= 500:
+                    logger.warning("%s %s: %s: %s", method, path, type(exc).__name__, exc)
             if self.predictor is not None:
                 self.predictor.metrics.observe_error(route, resp.status, type(exc).__name__)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # Redis down or paused under a route that needs it (feedback, admin): nothing
+            # was confirmed, so the client is told to send it again (safe: an outcome
+            # recorded twice is refused with 409, a rollout change is idempotent or 409).
+            logger.warning("%s %s: Redis unavailable: %s", method, path, exc)
+            unavailable = UnavailableError(
+                f"state store unavailable ({type(exc).__name__}); retry", retry_after=1
+            )
+            resp = error_response(unavailable)
+            if self.predictor is not None:
+                self.predictor.metrics.observe_error(route, 503, "RedisUnavailable")
         except Exception:
             logger.exception("unhandled error on %s %s", method, path)
             resp = error_response(ServekitError("internal"))
             if self.predictor is not None:
                 self.predictor.metrics.observe_error(route, 500, "InternalError")
+        request_answered()
         headers = [*resp.headers, (b"content-length", str(len(resp.body)).encode())]
         await send({"type": "http.response.start", "status": resp.status, "headers": headers})
         await send({"type": "http.response.body", "body": resp.body})
@@ -229,6 +248,7 @@ class GatewayApp:
         if action == "/infer":
             if method != "POST":
                 raise ServekitError("method not allowed", status=405)
+            _bind_request(scope, receive)
             body = await self._read_body(scope, receive)
             header_length = None
             for name, value in scope["headers"]:
@@ -244,6 +264,24 @@ class GatewayApp:
             await predictor.resolve(model, version)
             return json_response({"name": model, "ready": True})
         return json_response(await v2.metadata(predictor, model, version))
+
+
+_TIMEOUT_HEADERS = {
+    b"request-timeout": "Request-Timeout",
+    b"x-request-timeout": "X-Request-Timeout",
+}
+
+
+def _bind_request(scope: Scope, receive: Receive) -> None:
+    """Hand the runner's admission this request's timeout (``Request-Timeout`` or
+    ``X-Request-Timeout``, seconds; the sooner if both) and its connection."""
+    timeout = None
+    for name, value in scope["headers"]:
+        header = _TIMEOUT_HEADERS.get(name)
+        if header is not None:
+            t = parse_timeout(value.decode("latin-1"), header)
+            timeout = t if timeout is None else min(timeout, t)
+    bind_request(timeout, receive)
 
 
 def parse_json(body: bytes) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ class InferRequest:
     outputs: list[str] | None
     binary_outputs: dict[str, bool]
     binary_default: bool
+    parameters: dict[str, Any] = field(default_factory=dict)  # the request-wide ones
 
     def wants_binary(self, name: str) -> bool:
         """Whether output ``name`` goes back as binary data."""
@@ -65,6 +66,7 @@ def decode_request(
         outputs=names,
         binary_outputs=binary_outputs,
         binary_default=binary_default,
+        parameters=params if isinstance(params, dict) else {},
     )
 
 

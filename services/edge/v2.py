@@ -13,6 +13,7 @@ from typing import Any
 
 from services.edge.oip import decode_request, encode_response, model_metadata
 from services.request.predictor import Predictor
+from services.runner.admission import parse_timeout, shorten_deadline
 
 _PLATFORM = {"onnx": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 
@@ -26,6 +27,9 @@ async def infer(
     req = decode_request(
         body, header_length, mv.model_schema.inputs, max_rows=predictor.max_records
     )
+    timeout = req.parameters.get("timeout")
+    if timeout is not None:  # microseconds, as Triton's request parameter
+        shorten_deadline(parse_timeout(timeout, "parameters.timeout", scale=1e-6))
     outputs = await predictor.runner.infer(mv, req.feeds, req.rows)
     out = encode_response(mv.name, mv.version, req, outputs)
     predictor.metrics.observe_request(

@@ -13,12 +13,32 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.errors import StoreError
+from services.errors import StoreError, UnavailableError
 
 if TYPE_CHECKING:
     from services.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
+
+
+class StoreUnavailableError(StoreError, UnavailableError):
+    """The store cannot be reached now (connection refused or timed out, S3 answering
+    5xx): a 503 with Retry-After, not a 500, for whatever needed it."""
+
+    error_code = UnavailableError.error_code
+
+
+def _s3_failure(what: str, exc: Exception) -> StoreError:
+    """A botocore failure as a ``StoreError``: unavailable (503) when it is transient."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, BotoCoreError):
+        return StoreUnavailableError(f"S3 unreachable: {what}: {exc}", retry_after=2)
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if int(status) >= 500:
+            return StoreUnavailableError(f"S3 failed: {what}: {exc}", retry_after=2)
+    return StoreError(f"S3 {what} failed: {exc}")
 
 
 class ArtifactStore(ABC):
@@ -145,9 +165,9 @@ class S3Store(ArtifactStore):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(key) from None
-            raise StoreError(f"S3 get {key!r} failed: {exc}") from exc
+            raise _s3_failure(f"get {key!r}", exc) from exc
         except BotoCoreError as exc:
-            raise StoreError(f"S3 unreachable reading {key!r}: {exc}") from exc
+            raise _s3_failure(f"get {key!r}", exc) from exc
 
     def put(self, key: str, data: bytes) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -167,7 +187,7 @@ class S3Store(ArtifactStore):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         except (ClientError, BotoCoreError) as exc:
-            raise StoreError(f"S3 list {prefix!r} failed: {exc}") from exc
+            raise _s3_failure(f"list {prefix!r}", exc) from exc
         return sorted(keys)
 
     def delete(self, key: str) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from services.errors import ModelTimeoutError, OverloadedError
+from services.runner.admission import REQUEST, Admission
 from services.runner.feeds import Feeds
 from services.runner.inline import InlinePolicy
 from services.runner.lanes import (
@@ -115,6 +116,7 @@ class AdaptiveBatcher:
         self._lanes: dict[Hashable, Lane] = {}
         self.queued_rows = 0
         self.stats = BatcherStats()
+        self.admission = Admission(self.stats)
         self._rows_per_s = 0.0
         self._workers = WorkerThreads(threads, "servekit-batch")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,7 +136,11 @@ class AdaptiveBatcher:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        job = Job(group, feeds, rows, loop.create_future(), self._clock())
+        now, ctx = self._clock(), REQUEST.get()
+        expires = self.admission.admit(lane, now, ctx)
+        job = Job(group, feeds, rows, loop.create_future(), now, expires, ctx)
+        if ctx is not None and lane.running >= lane.limits.max_concurrency:
+            ctx.watch(loop)  # it waits for a call to end: learn if its client goes
         lane.arrive(job)
         self.queued_rows += rows
         if lane.linger is not None and lane.queued_rows >= lane.policy.max_batch_size:
@@ -149,23 +155,24 @@ class AdaptiveBatcher:
         """Refuse ``rows`` more rows of ``lane`` when its model hangs or a queue is full."""
         if lane.hung:
             raise self._timeout_error(lane)
-        if self.queued_rows + rows > self.queue_limit and self.queued_rows:
-            self.stats.shed += 1
-            raise OverloadedError(
-                f"the runner's queue is full ({self.queued_rows} rows waiting, limit "
-                f"{self.queue_limit}); retry later",
-                retry_after=self.retry_after(),
-                limit=self.queue_limit,
-            )
         lane_limit = lane.limits.queue_limit
-        if lane_limit is not None and lane.queued_rows + rows > lane_limit and lane.queue:
-            self.stats.shed += 1
-            raise OverloadedError(
-                f"the queue of {group_name(lane.group)} is full ({lane.queued_rows} rows "
-                f"waiting, limit {lane_limit}); retry later",
-                retry_after=self.retry_after(),
-                limit=lane_limit,
+        if self.queued_rows + rows > self.queue_limit and self.queued_rows:
+            where, waiting, limit = "the runner's queue", self.queued_rows, self.queue_limit
+        elif lane_limit is not None and lane.queued_rows + rows > lane_limit and lane.queue:
+            where, waiting, limit = (
+                f"the queue of {group_name(lane.group)}",
+                lane.queued_rows,
+                lane_limit,
             )
+        else:
+            return
+        self.stats.shed += 1
+        self.admission.count_refusal(lane, "queue_full")
+        raise OverloadedError(
+            f"{where} is full ({waiting} rows waiting, limit {limit}); retry later",
+            retry_after=self.retry_after(),
+            limit=limit,
+        )
 
     def retry_after(self) -> int:
         """Seconds a shed client should wait: the queue's drain time, at least 1."""
@@ -221,11 +228,11 @@ class AdaptiveBatcher:
                     lane.linger = self._loop.call_later(wait, self._end_linger, lane)
                     return
             lane.lingered = False
-            jobs, rows, taken = lane.take(limit)
+            now = self._clock()
+            jobs, rows, taken = lane.take(limit, now, self.admission.drop)
             self.queued_rows -= taken
             if not jobs:
                 continue
-            now = self._clock()
             lane.started(now)
             watched = self.inline.mode(lane, now)
             if watched is None:
@@ -336,7 +343,7 @@ class AdaptiveBatcher:
             logger.warning("batch of %d rows for %s failed: %s", call.rows, lane.group, outcome)
             fail_jobs(call.jobs, outcome)
         else:
-            lane.finished(elapsed, elapsed if cost is None else cost)
+            lane.finished(elapsed, elapsed if cost is None else cost, call.rows)
             self._rows_per_s = 0.9 * self._rows_per_s + 0.1 * (call.rows / max(elapsed, 1e-6))
             self.stats.batches += 1
             self.stats.rows += call.rows

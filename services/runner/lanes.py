@@ -16,11 +16,14 @@ import collections
 import math
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.runner.feeds import Feeds, length_bucket
 from services.runner.watchdog import StopSwitch
 from services.settings import BatchPolicy
+
+if TYPE_CHECKING:
+    from services.runner.admission import RequestContext
 
 # After this many lingers in a row that gained no rows, a lane stops lingering, probing
 # once every ``_PROBE_EVERY`` dispatches.
@@ -32,13 +35,16 @@ _BUSY_TO_LINGER = 0.5
 
 @dataclass(slots=True)
 class Job:
-    """One request in a lane: its feeds and rows, and the future its caller awaits."""
+    """One request in a lane: its feeds and rows, the future its caller awaits, when it is
+    dropped unrun (``expires``) and its request's context (deadline, connection)."""
 
     group: Hashable
     feeds: Feeds
     rows: int
     future: asyncio.Future[Feeds]
     enqueued: float
+    expires: float = math.inf
+    ctx: RequestContext | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,8 @@ class Lane:
         "gap_ewma",
         "last_arrival",
         "run_ewma",
+        "row_s",
+        "call_s",
         "linger",
         "lingered",
         "linger_from",
@@ -111,6 +119,8 @@ class Lane:
         self.gap_ewma = math.inf  # seconds between arrivals, smoothed
         self.last_arrival = -math.inf
         self.run_ewma = math.inf  # seconds per backend call, smoothed
+        self.row_s = math.inf  # wall seconds per row of a call, smoothed (admission)
+        self.call_s = math.inf  # wall seconds per call, smoothed (admission)
         self.linger: asyncio.TimerHandle | None = None
         self.lingered = False
         self.linger_from = 0  # rows queued when the current linger began
@@ -134,15 +144,24 @@ class Lane:
         self.queue.append(job)
         self.queued_rows += job.rows
 
-    def take(self, limit: int) -> tuple[list[Job], int, int]:
+    def take(
+        self,
+        limit: int,
+        now: float = -math.inf,
+        drop: Callable[[Lane, Job, float], None] | None = None,
+    ) -> tuple[list[Job], int, int]:
         """The next batch: jobs up to ``limit`` rows (at least one), skipping callers that
-        went away; returns (jobs, their rows, rows taken off the queue)."""
+        went away and handing ``drop`` the jobs expired at ``now`` or whose client is gone;
+        returns (jobs, their rows, rows taken off the queue)."""
         jobs: list[Job] = []
         rows = taken = 0
         while self.queue and (not jobs or rows + self.queue[0].rows <= limit):
             job = self.queue.popleft()
             taken += job.rows
             if job.future.done():  # the caller went away
+                continue
+            if drop is not None and (job.expires <= now or (job.ctx is not None and job.ctx.gone)):
+                drop(self, job, now)
                 continue
             jobs.append(job)
             rows += job.rows
@@ -190,11 +209,18 @@ class Lane:
         """A batch is dispatched at ``now``."""
         self.last_interval, self.last_start = now - self.last_start, now
 
-    def finished(self, elapsed: float, spent: float) -> None:
-        """A call returned: learn the lane's duty cycle and its mean run time (``spent``)."""
+    def finished(self, elapsed: float, spent: float, rows: int = 1) -> None:
+        """A call of ``rows`` rows returned: learn the lane's duty cycle, its mean run time
+        (``spent``) and its wall time per call and per row (``elapsed``)."""
         duty = min(1.0, elapsed / max(self.last_interval, elapsed, 1e-9))
         self.util = 0.8 * self.util + 0.2 * duty
         self.run_ewma = spent if math.isinf(self.run_ewma) else 0.9 * self.run_ewma + 0.1 * spent
+        per_row = elapsed / max(rows, 1)
+        if math.isinf(self.call_s):
+            self.call_s, self.row_s = elapsed, per_row
+        else:
+            self.call_s = 0.8 * self.call_s + 0.2 * elapsed
+            self.row_s = 0.8 * self.row_s + 0.2 * per_row
 
 
 class Call:

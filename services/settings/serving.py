@@ -21,6 +21,14 @@ class BatchPolicy(BaseModel):
         description="Longest a request may be held waiting for a batch to fill. A lone "
         "request on an idle runner is never held.",
     )
+    queue_budget_ms: float | None = Field(
+        None,
+        ge=0,
+        le=600_000,
+        description="Longest a request is expected to queue before its call starts; past "
+        "it requests are refused at once with 503 + Retry-After (0: no budget; None: the "
+        "batcher's default).",
+    )
 
 
 class BatchSettings(BaseSettings):
@@ -37,12 +45,34 @@ class BatchSettings(BaseSettings):
     per_model: dict[str, BatchPolicy] = Field(
         default_factory=dict, description='JSON, e.g. {"text-embed": {"max_batch_size": 64}}'
     )
+    latency_target_ms: float = Field(
+        100.0, gt=0, description="A request's p99 latency goal; queueing gets half of it."
+    )
+    queue_budget_ms: float | None = Field(
+        None,
+        ge=0,
+        le=600_000,
+        description="Queueing-time budget of every model (expected wait before its call "
+        "starts): over it requests get 503 + Retry-After at once, and queued ones are "
+        "dropped unrun after twice what they were admitted for. None: half of "
+        "latency_target_ms; 0: off (only queue_limit sheds).",
+    )
 
     def policy_for(self, model: str) -> BatchPolicy:
         """The batching policy of ``model``: its override, else the defaults."""
+        budget = (
+            self.latency_target_ms / 2 if self.queue_budget_ms is None else self.queue_budget_ms
+        )
         if model in self.per_model:
-            return self.per_model[model]
-        return BatchPolicy(max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms)
+            policy = self.per_model[model]
+            if policy.queue_budget_ms is None:
+                return policy.model_copy(update={"queue_budget_ms": budget})
+            return policy
+        return BatchPolicy(
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.max_wait_ms,
+            queue_budget_ms=budget,
+        )
 
 
 class ServingSettings(BaseSettings):

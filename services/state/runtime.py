@@ -4,7 +4,10 @@ event log and the real-time worker, started once the server's event loop runs.
 Redis is always the backend (``SERVEKIT_REDIS_URL``, else the embedded server is started);
 there is no in-memory stand-in. A ``redis+cluster://`` URL gets Redis Cluster clients
 (``services.state.redis_clients``). The serving-path client has a short socket timeout and no
-retries, so a slow or dead Redis costs a few milliseconds, never a failed request.
+retry on a timeout, so a slow or dead Redis costs a few milliseconds, never a failed
+request. A dropped connection is retried once at once on a new one, so once Redis is back
+no call fails on a connection pooled before it went away; when the embedded server died, the
+real-time worker's retry loop starts it again (its append-only file brings the state back).
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 from typing import Any
 
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from services.errors import InvalidInputError, UnavailableError
 from services.settings import Settings
@@ -40,6 +45,28 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
+def reconnect_once() -> Retry:
+    """One immediate retry when a connection drops, none on a timeout.
+
+    After Redis restarts, every pooled connection is dead and fails on its next use: the
+    retry opens a new one instead of failing that call. A slow or paused Redis is not
+    waited for twice.
+    """
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+
+
+async def restart_embedded(server: EmbeddedRedis) -> bool:
+    """Start the embedded server again if it is down (off the event loop); whether it
+    answers now."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, server.start)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        logger.warning("embedded Redis not restarted: %s", exc)
+        return False
+    return True
+
+
 class RedisRuntime:
     """Everything the gateway keeps in Redis.
 
@@ -51,21 +78,26 @@ class RedisRuntime:
     def __init__(self, settings: Settings, metrics_registry: Any) -> None:
         self.settings = settings
         self.url = redis_url(settings)
+        self.embedded = None if settings.redis.url else EmbeddedRedis(settings.redis.embedded_dir)
         self.client = connect(
             self.url,
             socket_timeout=settings.redis.socket_timeout_ms / 1000,
             socket_connect_timeout=settings.redis.socket_timeout_ms / 1000,
-            retry=Retry(NoBackoff(), 0),
+            retry=reconnect_once(),
         )
         # The stream worker blocks on XREADGROUP, and control operations (rollout changes)
         # may wait on a busy Redis: they get their own, patient client.
         self._worker_client = connect(
-            self.url, socket_timeout=settings.redis.worker_socket_timeout_ms / 1000
+            self.url,
+            socket_timeout=settings.redis.worker_socket_timeout_ms / 1000,
+            retry=reconnect_once(),
         )
         self.control_client = self._worker_client
         # Prediction log and feedback writes happen off the request path.
         self.background_client = connect(
-            self.url, socket_timeout=settings.redis.background_socket_timeout_ms / 1000
+            self.url,
+            socket_timeout=settings.redis.background_socket_timeout_ms / 1000,
+            retry=reconnect_once(),
         )
         # The rollout follower's pub/sub connection waits for notices: no socket timeout.
         self.pubsub_client = connect(self.url)
@@ -115,7 +147,9 @@ class RedisRuntime:
                     logger.warning(
                         "real-time worker: Redis failed (%d in a row): %s", failures, exc
                     )
-                await asyncio.sleep(min(5.0, 0.1 * failures))
+                if self.embedded is not None:
+                    await restart_embedded(self.embedded)
+                await asyncio.sleep(min(2.0, 0.1 * failures))
 
     async def append_event(self, body: Any) -> str:
         """Validate and append one event (``POST /events``); returns its stream id."""

@@ -151,8 +151,13 @@ def _fake_pool() -> Any:
         timeouts={mv: 1},
     )
     batch_stats = types.SimpleNamespace(inline_batches=3, inline_stops=1, shed=2)
+    admission = types.SimpleNamespace(
+        stats=types.SimpleNamespace(
+            refused={("fraud", "1", "budget"): 2}, dropped={("fraud", "1", "deadline"): 1}
+        )
+    )
     return types.SimpleNamespace(
-        batcher=types.SimpleNamespace(queued_rows=4, stats=batch_stats),
+        batcher=types.SimpleNamespace(queued_rows=4, stats=batch_stats, admission=admission),
         budget=types.SimpleNamespace(budget=10**6, resident_total=5000, reserved_total=0),
         loaded=lambda: {mv: types.SimpleNamespace(resident_bytes=5000)},
         stats=stats,

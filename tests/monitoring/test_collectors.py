@@ -84,6 +84,8 @@ async def test_one_collector_exports_everything_about_a_pool(fake_pool: ModelPoo
         ("servekit_inline_batches_total", "counter"),
         ("servekit_inline_stops_total", "counter"),
         ("servekit_shed_requests_total", "counter"),
+        ("servekit_admission_refusals_total", "counter"),
+        ("servekit_admission_drops_total", "counter"),
         ("servekit_pool_budget_bytes", "gauge"),
         ("servekit_pool_bytes", "gauge"),
         ("servekit_model_resident_bytes", "gauge"),

@@ -1,0 +1,325 @@
+"""Overload: open-loop traffic at 80 % and 3x measured capacity, with the queueing budget
+on (deadline-aware admission) and off (only the row limit sheds), side by side.
+
+Per model (``fraud``, the tabular demo model; ``text-embed``, all-MiniLM-L6-v2 at ~64
+tokens), one run:
+
+1. starts the gateway with the budget off and measures capacity (closed loop, 64 clients);
+2. for each side (budget off, then on; one gateway each), sends open-loop traffic at 80 %
+   and at 3x that capacity for ``--seconds``: accepted p50/p99, goodput (answers 200 per
+   second until the last answer) against capacity, refusal (503) latency p99, the
+   gateway's peak RSS, and its health afterwards (readiness and one probe's latency).
+
+Targets with the budget on: accepted p99 at 3x <= 2x the p99 at 80 %; goodput at 3x >= 90 %
+of capacity; refusals answered in <= 50 ms (p99).
+
+Writes benchmarks/results/overload/overload.json and overload.png and prints a table.
+
+    python -m benchmarks.overload [--seconds 20] [--models fraud text-embed] [--store DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    Server,
+    closed_loop,
+    open_loop_records,
+    pct,
+    progress,
+    write_results,
+)
+
+OUT = RESULTS / "overload"
+LOADS = (0.8, 3.0)
+SIDES = {
+    "budget off (before)": {"SERVEKIT_BATCH_QUEUE_BUDGET_MS": "0"},
+    "budget on": {},
+}
+LEAN = {
+    "SERVEKIT_CACHE_ENABLED": "false",  # measure serving, not the prediction cache
+    "SERVEKIT_FEATURES_ENABLED": "false",
+    "SERVEKIT_ROLLOUT_ENABLED": "false",
+}
+
+
+def fraud_bodies(store: Path) -> list[bytes]:
+    """Unique fraud records (the cache never helps)."""
+    from flows.recipes.demo_models import ensure_demo_models
+    from flows.recipes.synthetic import TransactionGenerator
+    from services.registry.stores import LocalStore
+    from services.registry.versions import ModelRegistry
+
+    ensure_demo_models(ModelRegistry(LocalStore(store)))
+    records = TransactionGenerator(seed=13).records(20_000)
+    return [orjson.dumps({"model": "fraud", "inputs": [r]}) for r in records]
+
+
+def text_bodies(store: Path, tokens: int) -> list[bytes]:
+    """One text of ~``tokens`` tokens per request (text-embed converted if missing)."""
+    from tokenizers import Tokenizer
+
+    from benchmarks.text_serving import MODEL, ensure_store, texts_of_length
+
+    ensure_store(store)
+    tok = Tokenizer.from_file(str(store / MODEL / "1" / "tokenizer.json"))
+    tok.no_padding()
+    texts = texts_of_length(tok, tokens, 512, seed=tokens)
+    return [json.dumps({"model": MODEL, "inputs": [{"text": t}]}).encode() for t in texts]
+
+
+class PeakRss:
+    """The highest RSS of a server's process tree, sampled every 0.2 s while running."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root, *root.children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+            except psutil.Error:
+                continue
+            self.peak = max(self.peak, rss)
+
+
+def health(url: str, body: bytes) -> dict[str, Any]:
+    """Readiness and one probe's latency once the load has ended."""
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=10) as r:
+            ready = r.status
+    except urllib.error.HTTPError as exc:
+        ready = exc.code
+    probes = []
+    for _ in range(3):
+        req = urllib.request.Request(f"{url}/predict", body, {"content-type": "application/json"})
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status = r.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        probes.append((status, time.perf_counter() - t0))
+    return {
+        "ready_status": ready,
+        "probe_statuses": [s for s, _ in probes],
+        "probe_ms": round(statistics.median(t for _, t in probes) * 1000, 2),
+    }
+
+
+def load_summary(
+    records: list[tuple[str, float]], sent_rate: float, elapsed: float, capacity: float
+) -> dict[str, Any]:
+    """Accepted latency, goodput and refusals of one open-loop run."""
+    ok = [t * 1000 for s, t in records if s == "200"]
+    refused = [t * 1000 for s, t in records if s == "503"]
+    others: dict[str, int] = {}
+    for s, _ in records:
+        if s not in ("200", "503"):
+            others[s] = others.get(s, 0) + 1
+    goodput = len(ok) / elapsed
+    return {
+        "sent": len(records),
+        "sent_per_s": round(sent_rate, 1),
+        "ok": len(ok),
+        "refused": len(refused),
+        "other": others,
+        "accepted_p50_ms": round(pct(ok, 50), 2),
+        "accepted_p99_ms": round(pct(ok, 99), 2),
+        "goodput_per_s": round(goodput, 1),
+        "goodput_share": round(goodput / capacity, 3),
+        "refusal_p99_ms": round(pct(refused, 99), 2) if refused else None,
+        "seconds_to_last_answer": round(elapsed, 2),
+    }
+
+
+def capacity(url: str, bodies: list[bytes], seconds: float) -> float:
+    """Answers per second of a closed loop of 64 clients (the budget is off here)."""
+    lat, ok, errors, secs = asyncio.run(closed_loop(url, bodies, 64, seconds, warmup_s=1.0))
+    return ok / secs
+
+
+def run_load(
+    server: Server, bodies: list[bytes], rate: float, cap: float, seconds: float
+) -> dict[str, Any]:
+    """One open-loop run against ``server`` at ``rate``, its health after."""
+    with PeakRss(server.proc.pid) as rss:
+        records, sent, elapsed = asyncio.run(
+            open_loop_records(f"{server.url}/predict", bodies, rate, seconds, timeout_s=30.0)
+        )
+    res = load_summary(records, sent, elapsed, cap)
+    res["peak_rss_mib"] = round(rss.peak / 2**20, 1)
+    res["health_after"] = health(server.url, bodies[0])
+    return res
+
+
+def targets(sides: dict[str, Any]) -> dict[str, Any]:
+    """The goals, judged per side."""
+    out = {}
+    for side, runs in sides.items():
+        lo, hi = runs["0.8x"], runs["3x"]
+        out[side] = {
+            "p99_3x_over_p99_80pct": round(hi["accepted_p99_ms"] / lo["accepted_p99_ms"], 2),
+            "p99_within_2x": hi["accepted_p99_ms"] <= 2 * lo["accepted_p99_ms"],
+            "goodput_3x_share": hi["goodput_share"],
+            "goodput_ge_90pct": hi["goodput_share"] >= 0.9,
+            "refusal_p99_ms": hi["refusal_p99_ms"],
+            "refusals_le_50ms": hi["refusal_p99_ms"] is not None and hi["refusal_p99_ms"] <= 50,
+        }
+    return out
+
+
+def measure_model(
+    model: str, store: Path, bodies: list[bytes], args: argparse.Namespace, step: Any
+) -> dict[str, Any]:
+    """Both sides for one model: both gateways up at once, the capacity measured once
+    (budget off), then each load on each side in turn, so that the machine's drifting
+    load falls on both sides alike."""
+    base = {
+        **LEAN,
+        "SERVEKIT_MODELS": json.dumps([model]),
+        "SERVEKIT_MODEL_STORE": str(store),
+        "SERVEKIT_ORT_THREADS": str(args.threads),
+    }
+    if args.redis_url:
+        base["SERVEKIT_REDIS_URL"] = args.redis_url
+    servers: dict[str, Server] = {}
+    doc: dict[str, Any] = {"sides": {side: {} for side in SIDES}}
+    try:
+        for side, extra in SIDES.items():
+            label = f"{model}-{'off' if extra else 'on'}"
+            servers[side] = Server({**base, **extra}, RESULTS / f"overload-{label}.log")
+        off = servers[next(iter(SIDES))]
+        step(f"{model}: measuring capacity")
+        cap = capacity(f"{off.url}/predict", bodies, args.capacity_seconds)
+        for load in LOADS:
+            for side, server in servers.items():
+                step(f"{model}, {side}: {load:g}x capacity ({load * cap:.0f}/s)")
+                doc["sides"][side][f"{load:g}x"] = run_load(
+                    server, bodies, load * cap, cap, args.seconds
+                )
+    finally:
+        for server in servers.values():
+            server.stop()
+    doc["capacity_per_s"] = round(cap, 1)
+    doc["targets"] = targets(doc["sides"])
+    return doc
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(doc["models"])
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    for col, model in enumerate(models):
+        sides = doc["models"][model]["sides"]
+        for row, (key, title) in enumerate(
+            (("accepted_p99_ms", "accepted p99 (ms, log)"), ("goodput_share", "goodput / capacity"))
+        ):
+            ax = axes[row][col]
+            width = 0.38
+            for i, (side, runs) in enumerate(sides.items()):
+                xs = [k + (i - 0.5) * width for k in range(len(LOADS))]
+                ax.bar(xs, [runs[f"{load:g}x"][key] for load in LOADS], width, label=side)
+            ax.set_xticks(range(len(LOADS)), [f"{load:g}x capacity" for load in LOADS])
+            ax.set_title(f"{model}: {title}")
+            if row == 0:
+                ax.set_yscale("log")
+            else:
+                ax.axhline(0.9, ls="--", color="grey", label="90 % goal")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def print_table(console: Console, doc: dict[str, Any]) -> None:
+    console.print(
+        "\n| model | side | load | sent/s | accepted p50 ms | accepted p99 ms | goodput / "
+        "capacity | refused | refusal p99 ms | peak RSS MiB | ready after |"
+    )
+    console.print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, m in doc["models"].items():
+        for side, runs in m["sides"].items():
+            for load, r in runs.items():
+                console.print(
+                    f"| {model} ({m['capacity_per_s']:.0f}/s) | {side} | {load} | "
+                    f"{r['sent_per_s']:.0f} | {r['accepted_p50_ms']:.1f} | "
+                    f"{r['accepted_p99_ms']:.1f} | {r['goodput_share']:.0%} | {r['refused']} | "
+                    f"{r['refusal_p99_ms'] if r['refusal_p99_ms'] is not None else '–'} | "
+                    f"{r['peak_rss_mib']:.0f} | {r['health_after']['ready_status']} |"
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="per load and side")
+    parser.add_argument("--capacity-seconds", type=float, default=6.0)
+    parser.add_argument("--models", nargs="+", default=["fraud", "text-embed"])
+    parser.add_argument("--store", type=Path, default=None, help="registry with text-embed")
+    parser.add_argument("--tokens", type=int, default=64, help="text-embed tokens per text")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    parser.add_argument("--redis-url", default=None, help="default: servekit's default")
+    args = parser.parse_args()
+    console = Console()
+    OUT.mkdir(parents=True, exist_ok=True)
+    text_store = args.store or Path(tempfile.gettempdir()) / "servekit-bench-store"
+    fraud_store = Path(tempfile.mkdtemp(prefix="servekit-overload-"))
+    doc: dict[str, Any] = {"seconds": args.seconds, "threads": args.threads, "models": {}}
+    steps = len(args.models) * (1 + len(SIDES) * len(LOADS))
+    with progress(console) as bar:
+        task = bar.add_task("overload", total=steps)
+
+        def step(description: str) -> None:
+            bar.update(task, description=description)
+            bar.advance(task)
+
+        for model in args.models:
+            if model == "fraud":
+                store, bodies = fraud_store, fraud_bodies(fraud_store)
+            else:
+                store, bodies = text_store, text_bodies(text_store, args.tokens)
+            doc["models"][model] = measure_model(model, store, bodies, args, step)
+    print_table(console, doc)
+    console.print_json(json.dumps({m: d["targets"] for m, d in doc["models"].items()}))
+    path = write_results("overload/overload", doc)
+    plot(doc, OUT / "overload.png")
+    console.print(f"wrote {path} and {OUT / 'overload.png'}")
+
+
+if __name__ == "__main__":
+    main()
