@@ -163,7 +163,9 @@ class Rig:
         self.catalog = ModelCatalog(registry)
         # Batching off: a shadow copy queued behind a live request would add the batch
         # window to both latencies and make the latency gates noisy.
-        settings = Settings(batch=BatchSettings(enabled=False))
+        # No queueing budget: the rig's traffic shares the loop with Prefect's server, whose
+        # stalls would drop requests (admission is tested in tests/services/runner).
+        settings = Settings(batch=BatchSettings(enabled=False, queue_budget_ms=0))
         self.pool = ModelPool(registry, settings, catalog=self.catalog)
         self.runner = FaultyRunner(self.pool, **runner_kw)
         self.store = RolloutStore(client)

@@ -20,7 +20,7 @@ from redis.cluster import RedisCluster
 from services.rollout.assignment import bucket
 from services.state import keys
 from services.state.redis_clients import cluster_node_url
-from tests.conftest import ServerProcess
+from tests.conftest import REQUEST_ID_SECRET, ServerProcess
 from tests.services import test_rollout_http
 
 pytestmark = pytest.mark.slow
@@ -59,6 +59,8 @@ def replicas(two_versions: Path, shared_redis: str) -> Iterator[list[ServerProce
         "SERVEKIT_REDIS_URL": shared_redis,
         "SERVEKIT_ADMIN_TOKEN": TOKEN,
         "SERVEKIT_WORKERS": "2",
+        # Every worker and replica verifies the request ids the others sign.
+        "SERVEKIT_REQUEST_ID_SECRET": REQUEST_ID_SECRET,
     }
     servers: list[ServerProcess] = []
     try:
