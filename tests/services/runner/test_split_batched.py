@@ -28,7 +28,13 @@ from tests.conftest import ServerProcess
 from tests.fixtures.fake_backends import Heap, feeds, heap_factory
 from tests.fixtures.onnx_models import mlp_schema
 
-NO_CACHE = {"SERVEKIT_CACHE_ENABLED": "false", "SERVEKIT_ROLLOUT_ENABLED": "false"}
+# Bursts of up to 180 requests at once: the queueing budget (tested in test_admission*.py)
+# would rightly refuse some of them, so these servers admit every request.
+NO_CACHE = {
+    "SERVEKIT_CACHE_ENABLED": "false",
+    "SERVEKIT_ROLLOUT_ENABLED": "false",
+    "SERVEKIT_BATCH_QUEUE_BUDGET_MS": "0",
+}
 
 
 @pytest.fixture(scope="module")
