@@ -53,13 +53,15 @@ SIDES = {"full path": {}, "lean": LEAN}
 LADDER: list[tuple[str, list[str]]] = [
     ("python interpreter", []),
     ("BentoML SDK", ["bentoml", "_bentoml_sdk"]),
+    # All of servekit that BentoML's arbiter (`bentoml serve`) imports: the definitions.
+    ("service definitions (services.service)", ["services.service"]),
+    # From here on, the worker only.
     ("numpy", ["numpy"]),
     ("redis-py (asyncio)", ["redis.asyncio"]),
-    ("pydantic + settings", ["pydantic", "services.settings"]),
     ("prometheus_client + metrics", ["monitoring.metrics", "monitoring.collectors"]),
     ("HTTP edge (ASGI app, OIP, docs)", ["services.edge.http", "services.edge.docs"]),
     ("request path, rollout, state", ["services.request.predictor", "services.rollout.routing"]),
-    ("servekit service module", ["services.service"]),
+    ("gateway wiring (services.wiring)", ["services.wiring"]),
     ("ONNX Runtime", ["onnxruntime"]),
     ("BentoML server (uvicorn, starlette)", ["_bentoml_impl.server.app", "uvicorn"]),
 ]

@@ -19,7 +19,7 @@ HEAVY = ("scipy", "pandas", "sklearn", "torch", "evidently", "prefect")
 
 _PROBE = (
     "import json, sys\n"
-    "import services.service\n"
+    "import services.service, services.wiring\n"
     f"heavy = {HEAVY!r}\n"
     "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
 )
@@ -39,3 +39,25 @@ def test_gateway_import_chain_has_no_heavy_dependencies(redis_url: str) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     imported = json.loads(result.stdout.strip().splitlines()[-1])
     assert imported == [], f"import services.service pulls in {imported}"
+
+
+# What BentoML's arbiter (`bentoml serve`) imports is services.service alone: the service
+# definitions, never the serving stack its workers build.
+_ARBITER_PROBE = (
+    "import json, sys\n"
+    "import services.service\n"
+    "stack = ('numpy', 'redis', 'onnxruntime', 'services.wiring', 'services.request', "
+    "'services.runner', 'services.state', 'monitoring.metrics')\n"
+    "print(json.dumps(sorted(m for m in stack if m in sys.modules)))\n"
+)
+
+
+def test_the_arbiter_imports_no_serving_stack(redis_url: str) -> None:
+    env = {**os.environ, "SERVEKIT_REDIS_URL": redis_url}
+    result = subprocess.run(
+        [sys.executable, "-c", _ARBITER_PROBE], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert imported == [], f"import services.service (the arbiter's import) pulls in {imported}"
