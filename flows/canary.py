@@ -37,7 +37,6 @@ import asyncio
 import sys
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -60,6 +59,7 @@ from services.errors import InvalidInputError
 from services.rollout.state import RolloutStore
 from services.rollout.transitions import CanaryProgress
 from services.settings import RolloutSettings, get_settings
+from services.state.redis_clients import connect
 from services.state.redis_embedded import resolve_redis_url
 
 
@@ -80,7 +80,7 @@ class CanaryReport:
 @task(**REDIS_RETRIES)
 async def set_canary_step(model: str, candidate: str, percent: float, redis_url: str) -> str:
     """Send ``percent`` of traffic to the candidate; returns the experiment id."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         store = RolloutStore(client)
         current = await store.get(model)
         reason = f"canary step: {percent:g} %"

@@ -20,7 +20,6 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from prefect import get_run_logger, task
 
 from flows.artifacts import format_percent
@@ -34,6 +33,7 @@ from services.rollout.feedback import FeedbackStore
 from services.rollout.prediction_log import PredictionLog
 from services.rollout.state import RolloutStore
 from services.rollout.transitions import CanaryProgress
+from services.state.redis_clients import connect
 
 
 class CanaryInterruptedError(ConflictError):
@@ -86,7 +86,7 @@ async def canary_under_way(model: str, candidate: str, redis_url: str) -> bool:
     """Whether ``model`` is in ``candidate``'s canary with saved step progress: a run
     that died after its shadow stage had passed (the rollout flow then resumes the
     canary instead of shadowing again)."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         store = RolloutStore(client)
         progress = await store.canary_progress(model)
         if progress is None or progress.candidate != candidate:
@@ -100,7 +100,7 @@ async def resume_point(
 ) -> CanaryProgress | None:
     """The saved progress to resume from, when the model is still in this candidate's
     canary at a step of ``plan``; None to start at the first step."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         store = RolloutStore(client)
         progress = await store.canary_progress(model)
         if progress is None or progress.candidate != candidate:
@@ -132,7 +132,7 @@ async def begin_canary_step(
 ) -> CanaryProgress:
     """The step's saved progress when it was begun already (counted as a resume), else a
     new one starting at the current counters; saved either way."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         store = RolloutStore(client)
         saved = await store.canary_progress(model)
         if (
@@ -178,7 +178,7 @@ async def observe_canary_interval(
     span = min(watch.interval_s, max(watch.duration_s - progress.observed_s, 0.0))
     t0 = time.monotonic()
     p_value = progress.p_value
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         feedback, log = FeedbackStore(client), PredictionLog(client)
         while True:
             variants = await feedback.variant_stats(progress.model, progress.experiment_id)

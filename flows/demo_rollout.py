@@ -30,13 +30,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-import redis.asyncio as aioredis
 
 from flows.demo_traffic import TrafficTally, send_traffic
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry
 from services.rollout.state import RolloutState, RolloutStore
 from services.settings import get_settings
+from services.state.redis_clients import connect
 from services.state.redis_embedded import resolve_redis_url
 
 STATE_DIR = Path(".servekit")
@@ -110,7 +110,7 @@ def register_candidate(model: str, seed: int) -> str:
 
 async def ensure_rollout_state(model: str) -> RolloutState:
     """The model's rollout state; created with its served version as primary if missing."""
-    async with aioredis.Redis.from_url(resolve_redis_url(None)) as client:
+    async with connect(resolve_redis_url(None)) as client:
         store = RolloutStore(client)
         state = await store.find(model)
         if state is None:
@@ -212,7 +212,7 @@ def run_rollout(model: str, candidate: str, timeout_s: int) -> tuple[str, str]:
 
 async def outcome(model: str) -> tuple[RolloutState, str]:
     """The model's rollout state and the reason of its last change."""
-    async with aioredis.Redis.from_url(resolve_redis_url(None)) as client:
+    async with connect(resolve_redis_url(None)) as client:
         store = RolloutStore(client)
         state = await store.get(model)
         history = await store.history(model, 1)

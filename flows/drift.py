@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -39,6 +38,7 @@ from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry, ModelVersion
 from services.rollout.prediction_log import PredictionLog
 from services.settings import get_settings, parse_duration
+from services.state.redis_clients import connect
 from services.state.redis_embedded import resolve_redis_url
 
 
@@ -71,7 +71,7 @@ def list_models() -> list[str]:
 @task(**REDIS_RETRIES)
 async def read_traffic(model: str, start: float, end: float, redis_url: str) -> WindowTraffic:
     """``model``'s logged traffic in ``[start, end]``, by version."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         settings = get_settings()
         traffic = await read_window(
             PredictionLog(client),
@@ -123,7 +123,7 @@ def save(report: DriftReport) -> str:
 @task(**REDIS_RETRIES)
 async def export(result: DriftResult, redis_url: str) -> None:
     """Publish the verdict for the gateways' ``/metrics`` (only a report that compared)."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         dropped = await export_summary(
             client, DriftSummary.of(result), ttl_s=get_settings().monitoring.result_ttl_s
         )

@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
 from prefect.artifacts import acreate_markdown_artifact
 
 from flows.artifacts import artifact_key
 from flows.parameters import version_text
 from flows.rollout_progress import finish_progress
 from services.rollout.state import RolloutStore
+from services.state.redis_clients import connect
 from services.state.redis_embedded import resolve_redis_url
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ async def roll_back_after(
     rollback.
     """
     reason = f"rollout run {run_name} {state_name.lower()}"
-    async with aioredis.Redis.from_url(resolve_redis_url(redis_url)) as client:
+    async with connect(resolve_redis_url(redis_url)) as client:
         store = RolloutStore(client)
         current = await store.find(model)
         if current is None or current.mode == "off" or current.candidate != candidate:

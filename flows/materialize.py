@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.exceptions import MissingContextError
@@ -31,6 +30,7 @@ from flows.recipes.synthetic import TransactionGenerator
 from services.errors import ServekitError
 from services.settings import get_settings
 from services.state.features import FeatureRegistry, FeatureStore, LoadResult
+from services.state.redis_clients import connect
 from services.state.redis_embedded import resolve_redis_url
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ async def load_view(
 ) -> LoadResult:
     """Write ``rows`` as a new version of ``view`` and make it current atomically."""
     settings = get_settings().features
-    client = aioredis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     try:
         store = FeatureStore(client, FeatureRegistry.from_settings(settings), settings)
         result = await store.load_batch_view(view, rows, materialized_at)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from redis.exceptions import RedisError
@@ -18,6 +17,7 @@ from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry
 from services.rollout.state import RolloutStore
 from services.settings import get_settings
+from services.state.redis_clients import connect
 
 
 def retry_on_redis(task: Any, task_run: Any, state: Any) -> bool:
@@ -37,7 +37,7 @@ REDIS_RETRIES: dict[str, Any] = {
 @task(**REDIS_RETRIES)
 async def rollback_rollout(model: str, reason: str, redis_url: str, actor: str) -> None:
     """Drop the candidate, recording why; the primary keeps serving."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         store = RolloutStore(client)
         await store.rollback(model, reason=reason[:1000], actor=actor)
         await store.clear_canary_progress(model)
@@ -47,7 +47,7 @@ async def rollback_rollout(model: str, reason: str, redis_url: str, actor: str) 
 @task(**REDIS_RETRIES)
 async def promote_rollout(model: str, reason: str, redis_url: str, actor: str) -> str:
     """Make the candidate the primary; returns the new primary."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         store = RolloutStore(client)
         state = await store.promote(model, reason=reason[:1000], actor=actor)
         await store.clear_canary_progress(model)

@@ -19,7 +19,6 @@ import sys
 import time
 from typing import NoReturn
 
-import redis.asyncio as aioredis
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -34,6 +33,7 @@ from flows.shadow_comparison import compare_shadow
 from services.rollout.prediction_log import PredictionLog, ShadowPair
 from services.rollout.state import RolloutStore
 from services.settings import get_settings
+from services.state.redis_clients import connect
 from services.state.redis_embedded import resolve_redis_url
 
 
@@ -92,7 +92,7 @@ _READ_CHUNK = 1000
 async def begin_shadow(model: str, candidate: str, redis_url: str) -> tuple[str, str]:
     """Put ``candidate`` in shadow mode; returns the pair stream's id to read after and
     the primary."""
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         since = await PredictionLog(client).last_id(model, shadow=True)
         state = await RolloutStore(client).start_shadow(
             model, candidate, reason="shadow validation started", actor="flow:shadow"
@@ -125,7 +125,7 @@ async def wait_for_pairs(
     logger = get_run_logger()
     deadline = time.monotonic() + window_s
     seen, cursor = 0, since_id
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         log = PredictionLog(client)
         while True:
             while True:
@@ -152,7 +152,7 @@ async def read_pairs(
     """The candidate's pairs logged after ``since_id`` (the first ``limit`` when given)."""
     pairs: list[ShadowPair] = []
     cursor = since_id
-    async with aioredis.Redis.from_url(redis_url) as client:
+    async with connect(redis_url) as client:
         log = PredictionLog(client)
         while limit is None or len(pairs) < limit:
             batch = await log.read_shadow(model, cursor, _READ_CHUNK)

@@ -42,6 +42,7 @@ from services.rollout.state import RolloutStore
 from services.settings import Settings
 from services.state import keys
 from services.state.features import FeatureRegistry, FeatureStore
+from services.state.redis_clients import connect
 from services.state.redis_embedded import EmbeddedRedis
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ async def _redis_evidence(ev: Evidence, settings: Settings, url: str | None) -> 
         ev.redis_ok = False
         ev.problems.append("no Redis: set SERVEKIT_REDIS_URL to the gateway's Redis")
         return
-    client = aioredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    client = connect(url, socket_timeout=5.0, socket_connect_timeout=2.0)
     try:
         await _rollouts(ev, client)
         models = sorted(set(ev.served_models()) | {r.model for r in ev.rollouts})

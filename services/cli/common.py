@@ -16,6 +16,7 @@ from services.errors import InvalidInputError, ServekitError
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry, validate_version
 from services.settings import get_settings
+from services.state.redis_clients import connect
 
 T = TypeVar("T")
 
@@ -62,7 +63,7 @@ def run_redis(work: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         raise typer.Exit(2)
 
     async def main() -> T:
-        client = aioredis.Redis.from_url(url)
+        client = connect(url)
         try:
             return await work(client)
         finally:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, cast
 
 import numpy as np
-import redis
 import typer
 from redis.exceptions import RedisError
 from rich.table import Table
@@ -29,6 +28,7 @@ from services.registry.versions import ModelRegistry, ModelVersion, Stage, check
 from services.rollout.transitions import RolloutState, served_stage
 from services.settings import get_settings
 from services.state import keys
+from services.state.redis_clients import connect_sync
 
 models_app = typer.Typer(help="The model registry: list, register a version, retrain the demo.")
 
@@ -55,7 +55,7 @@ def _rollout_states() -> dict[str, RolloutState]:
     if url is None:
         return {}
     try:
-        client = redis.Redis.from_url(url, socket_timeout=2)
+        client = connect_sync(url, socket_timeout=2)
         names = [n.decode() for n in client.smembers(keys.rollout_models_key())]  # type: ignore[union-attr]
         raws = [client.hget(keys.rollout_state_key(n), "state") for n in names]
     except RedisError as exc:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+import redis.cluster
 from redis.asyncio.cluster import ClusterPubSub, RedisCluster
 from redis.cluster import key_slot
 
@@ -60,6 +62,15 @@ def connect(url: str, **kwargs: Any) -> Any:
     if node is None:
         return aioredis.Redis.from_url(url, **kwargs)
     return _Cluster.from_url(node, **kwargs)
+
+
+def connect_sync(url: str, **kwargs: Any) -> Any:
+    """A blocking client for ``url`` (the CLI's): ``redis.cluster.RedisCluster`` for a
+    cluster URL, else ``redis.Redis``."""
+    node = cluster_node_url(url)
+    if node is None:
+        return redis.Redis.from_url(url, **kwargs)
+    return redis.cluster.RedisCluster.from_url(node, **kwargs)
 
 
 def is_cluster(client: Any) -> bool:
