@@ -95,14 +95,16 @@ async def test_retrained_candidate_passes_on_label_agreement(
 ) -> None:
     """A model retrained with another seed agrees on labels (the probabilities differ)."""
     rig = await rig_factory(retrained=True)
-    options = {**FAST, "stop_at_pairs": 400}
+    # Two seeds of the same model disagree on 1-2 % of random records: over 400 pairs the
+    # agreement lands either side of the default 99 %, so this gate asks for 97 %.
+    options = {**FAST, "stop_at_pairs": 400, "min_agreement": 0.97}
     result = await rig.run_with_traffic(
         shadow_validation(MODEL, "2", redis_url=redis_url, **options)
     )
     assert result.passed, result.failures
     c = result.comparison
     assert c.kind == "label" and c.output == "label" and not c.identical
-    assert c.agreement >= 0.99
+    assert c.agreement >= 0.97
     assert 0.0 < c.probability_divergence < 0.05  # a secondary measure: not identical
     assert c.drift.psi < 0.25
     text = await _artifact("shadow-fraud")
