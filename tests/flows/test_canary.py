@@ -28,7 +28,7 @@ FAST: dict[str, Any] = {
     "stop_at_predictions": 150,
     "poll_s": 0.05,
     # In-process test latencies are a few ms with scheduler noise; the slow candidate
-    # below adds 40 ms, far past this allowance.
+    # below adds 100 ms, far past this allowance.
     "latency_slack_ms": 15.0,
 }
 
@@ -36,7 +36,7 @@ FAST: dict[str, Any] = {
 # Good and identical candidates: the test process's event loop (Prefect's server runs in a
 # thread of it) stalls for tens to hundreds of milliseconds on a loaded machine, on either side; the p99 of
 # 120 pairs is their 2nd-largest. The latency gate itself is tested by the slow candidate
-# (+40 ms).
+# (+100 ms).
 GOOD_SLACK_MS = 250.0
 
 
@@ -82,7 +82,9 @@ NO_OUTCOME_GATE = {"min_outcomes": 10**9}
         ({"flip": True}, NO_DRIFT_GATE, "business metric: candidate significantly worse"),
         ({"flip": True}, NO_OUTCOME_GATE, "prediction drift PSI"),
         ({"error_rate": 0.2}, {}, "candidate error rate"),
-        ({"extra_latency_s": 0.04}, {}, "candidate p99 latency"),
+        # +100 ms, the drift gate off: on a loaded machine the primary's own p99 grows and a
+        # 50/50 split's probability PSI can pass 0.25 by chance; neither is under test here.
+        ({"extra_latency_s": 0.1}, NO_DRIFT_GATE, "candidate p99 latency"),
     ],
     ids=["flipped-labels", "flipped-labels-drift", "20pct-errors", "slow"],
 )
