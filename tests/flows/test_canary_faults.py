@@ -195,7 +195,7 @@ async def test_a_canary_run_terminated_mid_step_rolls_back_cleanly(
             two_intervals, timeout_s=180, what="two saved intervals", proc=child, log=log
         )
         child.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(child.wait, 60)
+        await asyncio.to_thread(child.wait, 180)  # a loaded machine stops slowly
     finally:
         kill(child)
     state = await store.get(MODEL)
