@@ -5,7 +5,7 @@ cluster."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from prefect import flow
@@ -19,27 +19,20 @@ from services.rollout.state import RolloutStore
 from services.settings import FeatureSettings, get_settings
 from services.state.features import FeatureRegistry, FeatureStore
 from services.state.keys import rollout_models_key, rollout_state_key
-from services.state.redis_clients import connect, connect_sync
+from services.state.redis_clients import connect_sync
 from tests.flows.test_materialize import AS_OF
+from tests.services.state import cluster_fixtures
 
-
-@pytest.fixture
-async def cluster(redis_cluster_url: str) -> AsyncIterator[RedisCluster]:
-    """A client of the flushed cluster."""
-    client = connect(redis_cluster_url)
-    await client.flushdb(target_nodes=RedisCluster.PRIMARIES)
-    yield client
-    await client.flushdb(target_nodes=RedisCluster.PRIMARIES)
-    await client.aclose()
+aredis = cluster_fixtures.aredis  # a client of the flushed cluster
 
 
 async def test_materialize_loads_the_feature_store_of_a_cluster(
-    redis_cluster_url: str, cluster: RedisCluster
+    redis_cluster_url: str, aredis: RedisCluster
 ) -> None:
     results = await materialize(as_of=AS_OF, redis_url=redis_cluster_url)
     assert results["user_stats"].rows > 500 and results["merchant_risk"].rows == 8
     settings = FeatureSettings()
-    store = FeatureStore(cluster, FeatureRegistry.from_settings(settings), settings, lambda: 0.0)
+    store = FeatureStore(aredis, FeatureRegistry.from_settings(settings), settings, lambda: 0.0)
     values, flags = await store.get_features(
         [{"user": "u000001", "merchant_category": "crypto"}],
         ["user_stats.txn_count_30d", "merchant_risk.risk_score"],
@@ -57,8 +50,8 @@ async def _roll_back(redis_url: str) -> None:
     await rollback_rollout("fraud", "gates failed", redis_url, "test")
 
 
-async def test_rollout_tasks_on_a_cluster(redis_cluster_url: str, cluster: RedisCluster) -> None:
-    store = RolloutStore(cluster)
+async def test_rollout_tasks_on_a_cluster(redis_cluster_url: str, aredis: RedisCluster) -> None:
+    store = RolloutStore(aredis)
     await store.set_primary("fraud", "1")
     await store.start_canary("fraud", "2", 10)
     assert await _promote(redis_cluster_url) == "2"
@@ -71,7 +64,7 @@ async def test_rollout_tasks_on_a_cluster(redis_cluster_url: str, cluster: Redis
 
 @pytest.fixture
 def cli_on_cluster(
-    redis_cluster_url: str, cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+    redis_cluster_url: str, aredis: RedisCluster, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
     monkeypatch.setenv("SERVEKIT_REDIS_URL", redis_cluster_url)
     get_settings.cache_clear()
