@@ -8,7 +8,14 @@ Reports each side's throughput (median of the rounds), p50/p99 latency, server C
 request, and this checkout's throughput against the revision's (median of the per-round
 ratios); writes benchmarks/results/versions.json and versions.png.
 
+Throughput on a shared machine moves by more than a small regression costs (the same
+revision against itself can read 0.85x-1.15x). ``--calls N`` adds a measure that noise does
+not move: each side answers N requests one after another while its event loop's Python
+function calls are counted (``benchmarks/callcount/``), and the table gives calls per
+request on each side and the functions whose per-request counts differ.
+
     python benchmarks/versions.py --ref REV [--path lean|full] [--seconds 10] [--rounds 5]
+                                  [--calls 2000]
 """
 
 from __future__ import annotations
@@ -16,19 +23,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
+import os
+import pstats
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.callcount.sitecustomize import stats_path  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     RESULTS,
     ROOT,
@@ -104,7 +118,104 @@ def measure(
     return rows
 
 
-def report(console: Console, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def _post_many(server: Server, bodies: list[bytes], n: int) -> None:
+    """``n`` requests one after another on one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        for i in range(n):
+            conn.request(
+                "POST", "/predict", bodies[i % len(bodies)], {"content-type": "application/json"}
+            )
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{server.url}/predict answered {resp.status}")
+    finally:
+        conn.close()
+
+
+def _function(key: tuple[str, int, str], roots: list[str]) -> str:
+    """A pstats key without what differs between checkouts (root folder, line number)."""
+    filename, _, name = key
+    for root in roots:
+        if filename.startswith(root):
+            filename = filename[len(root) :].lstrip("/")
+            break
+    if "site-packages/" in filename:
+        filename = filename.split("site-packages/", 1)[1]
+    return f"{filename}:{name}"
+
+
+def count_calls(
+    servers: dict[str, Server], roots: dict[str, Path], bodies: list[bytes], n: int
+) -> dict[str, Any]:
+    """Python calls per request on each side's event loop over ``n`` sequential requests."""
+    per_side: dict[str, dict[str, float]] = {}
+    totals: dict[str, float] = {}
+    for side, server in servers.items():
+        _post_many(server, bodies, 200)  # warm: first-request set-up is not counted
+        procs = psutil.Process(server.proc.pid).children(recursive=True)
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(0.5)
+        _post_many(server, bodies, n)
+        for proc in procs:
+            os.kill(proc.pid, signal.SIGUSR2)
+        time.sleep(1.0)
+        best: pstats.Stats | None = None
+        for proc in procs:
+            path = stats_path(proc.pid)
+            if path.exists():
+                stats = pstats.Stats(str(path))
+                path.unlink()
+                if best is None or stats.total_calls > best.total_calls:  # type: ignore[attr-defined]
+                    best = stats
+        if best is None:
+            raise RuntimeError(f"{side}: no call counts were written")
+        counts: dict[str, float] = {}
+        for key, (_, ncalls, *_rest) in best.stats.items():  # type: ignore[attr-defined]
+            name = _function(key, [str(r) for r in roots.values()])
+            counts[name] = counts.get(name, 0.0) + ncalls / n
+        per_side[side] = counts
+        totals[side] = best.total_calls / n  # type: ignore[attr-defined]
+    a, b = list(per_side)
+    names = set(per_side[a]) | set(per_side[b])
+    diffs = sorted(
+        ((f, per_side[a].get(f, 0.0), per_side[b].get(f, 0.0)) for f in names),
+        key=lambda t: -abs(t[1] - t[2]),
+    )
+    return {
+        "requests": n,
+        "calls_per_request": {side: round(v, 2) for side, v in totals.items()},
+        "differences": [
+            {"function": f, a: round(x, 2), b: round(y, 2)}
+            for f, x, y in diffs
+            if abs(x - y) >= 0.5
+        ][:25],
+    }
+
+
+def report_calls(console: Console, calls: dict[str, Any]) -> None:
+    """Calls per request on each side and the functions that differ."""
+    sides = list(calls["calls_per_request"])
+    table = Table(
+        title=f"Python calls per request on the event loop ({calls['requests']} requests)"
+    )
+    table.add_column("function")
+    for side in sides:
+        table.add_column(side)
+    table.add_row("all calls", *(str(calls["calls_per_request"][s]) for s in sides))
+    for row in calls["differences"]:
+        table.add_row(row["function"], *(str(row[s]) for s in sides))
+    console.print(table)
+
+
+def report(
+    console: Console,
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    calls: dict[str, Any] | None = None,
+) -> None:
     """Console table, README markdown, JSON and PNG."""
     table = Table(title=f"fraud model, {args.path} path: this checkout vs {args.ref}")
     cols = ["side", "concurrency", "req_s", "p50_ms", "p99_ms", "cpu_ms_per_req", "vs_ref"]
@@ -116,7 +227,9 @@ def report(console: Console, rows: list[dict[str, Any]], args: argparse.Namespac
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for row in rows:
         print("| " + " | ".join(str(row[c]) for c in cols) + " |")
-    path = write_results("versions", {"ref": args.ref, "path": args.path, "rows": rows})
+    path = write_results(
+        "versions", {"ref": args.ref, "path": args.path, "rows": rows, "calls": calls}
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +266,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    ap.add_argument(
+        "--calls", type=int, default=0, help="also count Python calls over this many requests"
+    )
     args = ap.parse_args()
     console = Console()
     store = Path(tempfile.mkdtemp(prefix="servekit-versions-"))
@@ -166,15 +282,24 @@ def main() -> None:
         "SERVEKIT_REDIS_URL": args.redis_url,
         **PATHS[args.path],
     }
+    if args.calls:
+        env["PYTHONPATH"] = str(ROOT / "benchmarks" / "callcount")
+    calls = None
     with checkout(args.ref) as ref_root, contextlib.ExitStack() as stack:
         servers = {}
-        for side, root in (("this checkout", ROOT), (args.ref, ref_root)):
+        roots = {"this checkout": ROOT, args.ref: ref_root}
+        for side, root in roots.items():
             log = RESULTS / f"server-versions-{len(servers)}.log"
             servers[side] = Server(env, log, root=root)
             stack.callback(log.unlink, missing_ok=True)
             stack.callback(servers[side].stop)
-        rows = measure(servers, bodies, args, console)
-    report(console, rows, args)
+        if args.calls:
+            calls = count_calls(servers, roots, bodies, args.calls)
+        rows = measure(servers, bodies, args, console) if args.rounds else []
+    if calls is not None:
+        report_calls(console, calls)
+    if rows:
+        report(console, rows, args, calls)
 
 
 if __name__ == "__main__":
