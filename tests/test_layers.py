@@ -2,7 +2,7 @@
 
 Order, from the edge down (a module may import its own package and any lower layer):
 
-    services.service, services.cli            entry points (and flows/, above services/)
+    services.service                          entry point (flows/ and its CLI sit above services/)
     services.wiring                           builds what services.service defines
     services.edge                             HTTP app, OIP v2 codec and routes, admin
     services.request                          predictor, schema, assembly, catalog, tokenizer
@@ -28,7 +28,6 @@ ENTRY = 8
 RANK = {
     "services.service": ENTRY,
     "services.wiring": ENTRY - 1,  # builds what services.service defines
-    "services.cli": ENTRY,
     "services.edge": 6,
     "services.request": 5,
     "services.rollout": 4,
@@ -100,12 +99,8 @@ def test_services_import_only_downwards(module: str) -> None:
     for target in sorted(_imports(SERVICES[module])):
         top = target.split(".")[0]
         entry = RANK[unit] >= ENTRY - 1  # the entry points and the wiring
-        # Entry points wire the observers (monitoring) in; the CLI also runs flows' recipes.
-        allowed = (
-            ("services", "monitoring", "flows")
-            if unit == "services.cli"
-            else (("services", "monitoring"))
-        )
+        # Entry points wire the observers (monitoring) in.
+        allowed = ("services", "monitoring")
         assert top in allowed, f"{module} imports {target} (above services/)"
         if top == "monitoring" and not entry:
             assert target.startswith("monitoring.metrics"), f"{module} imports {target}"

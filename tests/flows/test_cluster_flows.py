@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from flows.materialize import materialize
 from flows.rollout_tasks import promote_rollout, rollback_rollout
-from services.cli import app
+from flows.cli import app
 from services.rollout.state import RolloutStore
 from services.settings import FeatureSettings, get_settings
 from services.state.features import FeatureRegistry, FeatureStore

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from monitoring.decision_model import DECISIONS, Evidence, RolloutFacts, Verdict, ViewFacts
 from monitoring.decision_report import render_html, render_markdown
 from monitoring.decisions import evaluate, write_report
-from services.cli.report_decisions import decisions, parse_duration
+from flows.cli.report_decisions import decisions, parse_duration
 from services.settings import DecisionSettings, RedisSettings, Settings
 from tests.monitoring.samples import (
     exposition,
@@ -97,7 +97,7 @@ def test_the_command_writes_the_report_and_prints_a_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     settings = Settings(decisions=DecisionSettings(probes=5), redis=RedisSettings(url=redis_url))
-    monkeypatch.setattr("services.cli.report_decisions.get_settings", lambda: settings)
+    monkeypatch.setattr("flows.cli.report_decisions.get_settings", lambda: settings)
     traffic = [sample("servekit_model_requests_total", 40, model="fraud", version="1")]
     with stub_gateway([exposition(traffic)], [model_entry("fraud")]) as url:
         result = CliRunner().invoke(_app(), ["--url", url, "--window", "0", "--out", str(tmp_path)])

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from services.cli import app
+from flows.cli import app
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
 from services.rollout.state import RolloutStore

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from monitoring.autoscale import PolicySpec
 from monitoring.simulate import POLICIES, SimOptions, Trace, simulate
-from services.cli.common import console, err_console
+from flows.cli.common import console, err_console
 
 autoscale_app = typer.Typer(help="Autoscaling: replay traffic through the scaling policies.")
 

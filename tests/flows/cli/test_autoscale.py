@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from services.cli import app
+from flows.cli import app
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "220"}  # rich wraps tables to the terminal's width

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from monitoring.decision_model import DECISIONS, DecisionReport, Verdict
 from monitoring.decisions import collect_report, write_report
-from services.cli.common import console, err_console
+from flows.cli.common import console, err_console
 from services.errors import ServekitError
 from services.settings import get_settings
 

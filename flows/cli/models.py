@@ -21,7 +21,7 @@ import typer
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from services.cli.common import Model, console, err_console, open_registry
+from flows.cli.common import Model, console, err_console, open_registry
 from services.errors import ServekitError
 from services.registry.schema import ModelSchema
 from services.registry.versions import ModelRegistry, ModelVersion, Stage, check_onnx_artifact

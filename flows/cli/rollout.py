@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 import typer
 from rich.table import Table
 
-from services.cli.common import (
+from flows.cli.common import (
     Actor,
     Candidate,
     Model,

@@ -13,8 +13,8 @@ import redis
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.cli.report import EXIT_DRIFT, EXIT_NOTHING_TO_COMPARE
+from flows.cli import app
+from flows.cli.report import EXIT_DRIFT, EXIT_NOTHING_TO_COMPARE
 from services.registry.stores import LocalStore
 from services.registry.versions import ModelRegistry
 from services.settings import get_settings

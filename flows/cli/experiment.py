@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 import typer
 from rich.table import Table
 
-from services.cli.common import Model, console, run_redis
+from flows.cli.common import Model, console, run_redis
 from services.rollout.feedback import FeedbackStore
 from services.rollout.state import RolloutStore
 from services.rollout.statistics import ExperimentReport

@@ -10,7 +10,7 @@ import redis
 import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
-from services.cli import app
+from flows.cli import app
 from services.rollout.feedback import FeedbackStore
 from services.rollout.state import RolloutStore
 from services.settings import get_settings

@@ -1,6 +1,6 @@
 """The ``servekit`` command line.
 
-``app`` is the console script's entry point (``servekit = services.cli:app``). Each verb
+``app`` is the console script's entry point (``servekit = flows.cli:app``). Each verb
 group lives in its own module and joins ``app`` here.
 
     servekit rollout status fraud
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import typer
 
-from services.cli.autoscale import autoscale_app
-from services.cli.experiment import experiment_app
-from services.cli.models import models_app
-from services.cli.report import report_app
-from services.cli.rollout import rollout_app
+from flows.cli.autoscale import autoscale_app
+from flows.cli.experiment import experiment_app
+from flows.cli.models import models_app
+from flows.cli.report import report_app
+from flows.cli.rollout import rollout_app
 
 app = typer.Typer(name="servekit", help="servekit: model serving on BentoML.", no_args_is_help=True)
 app.add_typer(models_app, name="models", no_args_is_help=True)
