@@ -66,7 +66,7 @@ def prefect_harness() -> Iterator[None]:
     Tasks are also tested alone, outside any flow run: their logs stay local.
     """
     with (
-        prefect_test_harness(),
+        prefect_test_harness(server_startup_timeout=120),  # a loaded 2-core CI machine
         temporary_settings({PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW: "ignore"}),
     ):
         yield
