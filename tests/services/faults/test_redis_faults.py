@@ -25,18 +25,11 @@ def check_row(row: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_redis_paused(fraud_store: Path, work: Path) -> None:
-    row = redis_fault(fraud_store, work, free_port(), "pause")
+@pytest.mark.parametrize("fault", ["pause", "kill"])
+def test_redis_paused_or_killed_and_restarted(fraud_store: Path, work: Path, fault: str) -> None:
+    row = redis_fault(fraud_store, work, free_port(), fault)
     check_row(row)
-    # Predictions do not need Redis: answered all through the pause.
-    predict = row["by_kind"]["predict"]
-    assert predict["ok"] == predict["sent"], row
-
-
-@pytest.mark.slow
-def test_redis_killed_and_restarted(fraud_store: Path, work: Path) -> None:
-    row = redis_fault(fraud_store, work, free_port(), "kill")
-    check_row(row)
+    # Predictions do not need Redis: answered all through the outage.
     predict = row["by_kind"]["predict"]
     assert predict["ok"] == predict["sent"], row
 
