@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from services.settings import FeatureSettings
 from services.state.features import FeatureRegistry, FeatureStore, demo_views
-from services.state.realtime import Event, RealtimeWorker
+from services.state.realtime import Event, EventLog, RealtimeWorker
 
 NOW = 1_800_000_000.0
 WANTED = [
@@ -79,3 +81,18 @@ def event(i: int, user: str = "u1", amount: float | None = None, ts: float | Non
         entities={"user": user, "merchant_category": "grocery"},
         values={"amount": float(10 * (i + 1)) if amount is None else amount},
     )
+
+
+async def load_sample(
+    aredis: Any, views: FeatureRegistry, fsettings: FeatureSettings, clock: FakeClock
+) -> None:
+    """Two batch views (50 users, one merchant) and three events of u3, consumed."""
+    loader = FeatureStore(aredis, views, fsettings, clock, registry=CollectorRegistry())
+    await loader.load_batch_view(
+        "user_stats", {f"u{i}": {"avg_amount_30d": float(i)} for i in range(50)}, NOW
+    )
+    await loader.load_batch_view("merchant_risk", {"fuel": {"risk_score": 0.1}}, NOW)
+    log = EventLog(aredis, fsettings)
+    for i in range(3):
+        await log.append(event(i, user="u3"))
+    await worker(aredis, views, fsettings, clock, "w1").run_once()

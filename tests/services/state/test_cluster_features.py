@@ -9,9 +9,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from services.settings import FeatureSettings
 from services.state.features import FeatureRegistry, FeatureStore
-from services.state.realtime import EventLog
 from tests.services.state import cluster_fixtures
-from tests.services.state.conftest import NOW, WANTED, FakeClock, event, worker
+from tests.services.state.conftest import WANTED, FakeClock, load_sample
 from tests.services.state.test_feature_loads import *  # noqa: F403
 from tests.services.state.test_feature_reads import *  # noqa: F403
 from tests.services.state.test_features import *  # noqa: F403
@@ -30,15 +29,7 @@ async def test_cluster_reads_are_one_call_per_view(
     fsettings: FeatureSettings,
     clock: FakeClock,
 ) -> None:
-    loader = FeatureStore(aredis, views, fsettings, clock, registry=CollectorRegistry())
-    await loader.load_batch_view(
-        "user_stats", {f"u{i}": {"avg_amount_30d": float(i)} for i in range(50)}, NOW
-    )
-    await loader.load_batch_view("merchant_risk", {"fuel": {"risk_score": 0.1}}, NOW)
-    log = EventLog(aredis, fsettings)
-    for i in range(3):
-        await log.append(event(i, user="u3"))
-    await worker(aredis, views, fsettings, clock, "w1").run_once()
+    await load_sample(aredis, views, fsettings, clock)
     # Each view's keys sit in its tag's slot; the views spread over more than one node.
     nodes = set()
     for view in views.views:

@@ -12,8 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from services.settings import FeatureSettings
 from services.state.features import FeatureRegistry, FeatureStore
-from services.state.realtime import EventLog
-from tests.services.state.conftest import NOW, WANTED, FakeClock, event, worker
+from tests.services.state.conftest import NOW, WANTED, FakeClock, load_sample
 
 
 async def test_reads_loaded_values_defaults_and_missing_flags(store: FeatureStore) -> None:
@@ -107,15 +106,7 @@ async def test_batch_and_realtime_views_in_one_round_trip(
     fsettings: FeatureSettings,
     clock: FakeClock,
 ) -> None:
-    loader = FeatureStore(aredis, views, fsettings, clock, registry=CollectorRegistry())
-    await loader.load_batch_view(
-        "user_stats", {f"u{i}": {"avg_amount_30d": float(i)} for i in range(50)}, NOW
-    )
-    await loader.load_batch_view("merchant_risk", {"fuel": {"risk_score": 0.1}}, NOW)
-    log = EventLog(aredis, fsettings)
-    for i in range(3):
-        await log.append(event(i, user="u3"))
-    await worker(aredis, views, fsettings, clock, "w1").run_once()
+    await load_sample(aredis, views, fsettings, clock)
 
     store = FeatureStore(counting_redis, views, fsettings, clock, registry=CollectorRegistry())
     requests = [{"user": f"u{i}", "merchant_category": "fuel"} for i in range(50)]
