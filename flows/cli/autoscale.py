@@ -16,9 +16,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from flows.cli.common import console, err_console
 from monitoring.autoscale import PolicySpec
 from monitoring.simulate import POLICIES, SimOptions, Trace, simulate
-from flows.cli.common import console, err_console
 
 autoscale_app = typer.Typer(help="Autoscaling: replay traffic through the scaling policies.")
 

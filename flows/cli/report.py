@@ -20,11 +20,11 @@ import redis.asyncio as aioredis
 import typer
 from rich.table import Table
 
+from flows.cli.common import Model, check_version, console, err_console, run_redis
+from flows.cli.report_decisions import decisions
 from monitoring.drift import DriftReport, DriftResult, build_report, load_reference
 from monitoring.drift_store import write_report
 from monitoring.traffic import WindowTraffic, read_window, window_bounds
-from flows.cli.common import Model, check_version, console, err_console, run_redis
-from flows.cli.report_decisions import decisions
 from services.errors import ServekitError
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry, ModelVersion

@@ -15,9 +15,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from flows.cli.common import console, err_console
 from monitoring.decision_model import DECISIONS, DecisionReport, Verdict
 from monitoring.decisions import collect_report, write_report
-from flows.cli.common import console, err_console
 from services.errors import ServekitError
 from services.settings import get_settings
 

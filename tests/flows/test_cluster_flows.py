@@ -12,9 +12,9 @@ from prefect import flow
 from redis.asyncio.cluster import RedisCluster
 from typer.testing import CliRunner
 
+from flows.cli import app
 from flows.materialize import materialize
 from flows.rollout_tasks import promote_rollout, rollback_rollout
-from flows.cli import app
 from services.rollout.state import RolloutStore
 from services.settings import FeatureSettings, get_settings
 from services.state.features import FeatureRegistry, FeatureStore

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitoring import catalog, promql
+from monitoring import promql
 from tests.monitoring.test_dashboards import RULES, RUNNER_POD, problems, rule_groups
 
 SEVERITIES = {"critical", "warning", "info"}

@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from flows.cli.report_decisions import decisions, parse_duration
 from monitoring.decision_model import DECISIONS, Evidence, RolloutFacts, Verdict, ViewFacts
 from monitoring.decision_report import render_html, render_markdown
 from monitoring.decisions import evaluate, write_report
-from flows.cli.report_decisions import decisions, parse_duration
 from services.settings import DecisionSettings, RedisSettings, Settings
 from tests.monitoring.samples import (
     exposition,
