@@ -5,10 +5,12 @@ Every ``/predict`` answer carries ``signed_request_id`` = ``{request_id}.{payloa
 - ``payload``: base64url, unpadded, of the compact JSON array
   ``[issued, model, version, variant, experiment]``: ``issued`` the answer's Unix time in
   whole seconds, ``variant`` ``"p"`` (primary) or ``"c"`` (candidate), ``experiment`` the
-  experiment id or ``""`` (none). About 60 characters for the demo model in an experiment.
-- ``mac``: the first 128 bits of HMAC-SHA256 over ``{request_id}.{payload}``, base64url
-  unpadded (22 characters), keyed with a key derived from ``SERVEKIT_REQUEST_ID_SECRET``
-  for this use only (so that no other MAC made with the secret can pass for one).
+  experiment id or ``""`` (none). 63 characters for model ``fraud``, version ``2``, an
+  experiment ``fraud-2-1a2b3c4d``; 42 with no experiment.
+- ``mac``: the first 128 bits of HMAC-SHA256 over ``{request_id}.{payload}`` (UTF-8),
+  base64url unpadded (22 characters). Its key is HMAC-SHA256(``SERVEKIT_REQUEST_ID_SECRET``,
+  ``"servekit signed_request_id: request_id.payload"``): derived for this use only, so that
+  no other MAC made with the secret can pass for one.
 
 Neither the payload nor the mac holds a ``.``, so the value splits from the right even when
 the request id (a client may choose it) holds dots. ``POST /feedback`` verifies the value in

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 
 import pytest
@@ -51,6 +53,9 @@ def test_the_format_is_request_id_payload_mac_and_short() -> None:
     rid, payload, mac = parts(signed)
     assert rid == request_id and len(mac) == 22
     assert payload == encode([NOW, "fraud", "2", "c", "fraud-2-ab"])
+    key = hmac.new(KEY.encode(), b"servekit signed_request_id: request_id.payload", "sha256")
+    digest = hmac.new(key.digest(), f"{rid}.{payload}".encode(), "sha256").digest()
+    assert mac == base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
     assert len(signed) <= len(request_id) + 80
     assert "=" not in payload and "." not in payload
 
@@ -105,9 +110,6 @@ def test_another_key_does_not_verify() -> None:
 def test_a_plain_mac_of_the_secret_cannot_pass_for_one() -> None:
     """The MAC key is derived from the secret: an HMAC of the same text under the bare
     secret (as another use of it would make) does not verify."""
-    import hashlib
-    import hmac
-
     signed_part = f"rid.{encode([NOW, 'fraud', '2', 'p', 'fraud-2-ab'])}"
     digest = hmac.new(KEY.encode(), signed_part.encode(), hashlib.sha256).digest()[:16]
     plain = base64.urlsafe_b64encode(digest).decode()[:22]
