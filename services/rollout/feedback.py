@@ -207,7 +207,7 @@ class FeedbackStore:
             outcome_key(model, experiment, variant, request_id),
             experiment_counters_key(model, experiment, variant),
         ]
-        claim_ttl = math.ceil(left_s) + _CLOCK_SKEW_S
+        claim_ttl = math.ceil(min(left_s, self._ttl)) + _CLOCK_SKEW_S
         args: list[str | int] = [repr(value), claim_ttl, self._counter_ttl]
         if not await self._outcome(keys=keys, args=args):
             raise ConflictError(

@@ -192,6 +192,10 @@ async def test_ttls_of_outcome_claims_and_counters(aredis: aioredis.Redis) -> No
     claim = await aredis.ttl(outcome_key("fraud", "exp", "primary", "r1"))
     assert 3000 - 5 < claim <= 3000 + 300
     assert 3600 < await aredis.ttl(counters) <= 7200  # an outcome is a write too
+    # An id issued "later" by a replica whose clock runs ahead: kept a TTL at most.
+    ahead = answered("r2", version="1", experiment_id="exp", issued_at=NOW + 86_400)
+    await store.record_outcome(ahead, 1)
+    assert await aredis.ttl(outcome_key("fraud", "exp", "primary", "r2")) <= 3600 + 300
 
 
 def test_ttl_defaults_match_the_settings() -> None:
