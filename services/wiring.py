@@ -31,7 +31,6 @@ from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
 from services.registry.versions import ModelRegistry
 from services.request.predictor import LocalRunner, Predictor, Runner
-from services.rollout.attribution import AttributionWriter
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
@@ -180,7 +179,6 @@ def _routing(
         feedback_limit=rollout.feedback_buffer,
         log_sample=rollout.prediction_log_sample,
     )
-    predictor.attribution = AttributionWriter(feedback)
     store = RolloutStore(runtime.control_client, history_maxlen=rollout.history_maxlen)
     auth = AdminAuth(
         SETTINGS.serving.admin_token,

@@ -3,9 +3,11 @@
 - ``POST /events``    a real-time event for the feature store (202)
 - ``POST /feedback``  ``{"signed_request_id", "outcome"}``: a prediction's outcome,
   attributed to the variant that served it (201). ``signed_request_id`` is the value the
-  prediction answered with (``services.rollout.signing``); a bare ``request_id``, a
-  malformed or forged signature, an id never answered (404), expired (410) or already
-  counted (409) is refused and counted by reason on ``servekit_feedback_rejected_total``.
+  prediction answered with (``services.rollout.signing``): it names the model, version,
+  variant and experiment and when it was answered, so no lookup is needed. A bare
+  ``request_id``, a malformed or forged value (422), one older than the TTL (410) or one
+  already counted (409) is refused and counted by reason on
+  ``servekit_feedback_rejected_total``.
 
 Who may call them: ``services.edge.ingest_auth``.
 """
@@ -17,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from services.edge.http import HTTPResponse, json_response, parse_json
-from services.errors import ConflictError, InvalidInputError, NotFoundError
+from services.errors import ConflictError, InvalidInputError
 from services.rollout.feedback import AttributionExpiredError
 from services.rollout.signing import SignatureError
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from services.rollout.feedback import FeedbackStore
     from services.rollout.signing import RequestSigner
 
-FEEDBACK_REJECTIONS = ("unsigned", "malformed", "forged", "unknown", "expired", "duplicate")
+FEEDBACK_REJECTIONS = ("unsigned", "malformed", "forged", "expired", "duplicate")
 """Why ``POST /feedback`` refused an outcome (the metric's ``reason`` label)."""
 
 
@@ -50,7 +52,7 @@ class FeedbackRoute:
     Args:
         feedback: outcome attribution in Redis.
         auth: the ingest credential check.
-        signer: verifies ``signed_request_id``.
+        signer: verifies ``signed_request_id`` and reads the prediction it names.
         on_reject: called with a ``FEEDBACK_REJECTIONS`` reason per refused outcome.
     """
 
@@ -81,16 +83,13 @@ class FeedbackRoute:
         if not isinstance(outcome, int | float):
             raise InvalidInputError("'outcome' must be a number or a boolean", field="outcome")
         try:
-            request_id = self.signer.verify(_signed_id(doc))
-            attribution = await self.feedback.record_outcome(request_id, outcome)
+            prediction = self.signer.verify(_signed_id(doc))
+            attribution = await self.feedback.record_outcome(prediction, outcome)
         except SignatureError as exc:
             self.on_reject(exc.reason)
             raise
         except AttributionExpiredError:
             self.on_reject("expired")
-            raise
-        except NotFoundError:
-            self.on_reject("unknown")
             raise
         except ConflictError:
             self.on_reject("duplicate")

@@ -241,10 +241,11 @@ def _feedback(ctx: DocContext) -> JSON:
         "experiments",
         "Record a prediction's outcome",
         {201: _json(ref("Attribution"), "Counted for this variant")},
-        (400, 401, 403, 404, 409, 410, 413, 422, 429),
-        description="Only a `signed_request_id` a prediction answered with counts: a bare "
-        "`request_id`, a malformed or forged signature (422), an id never answered (404), "
-        "expired (410) or already counted (409) is refused.",
+        (400, 401, 403, 409, 410, 413, 422, 429),
+        description="Only a `signed_request_id` a prediction answered with counts: it names "
+        "the model, version, variant and experiment the outcome is counted for. A bare "
+        "`request_id`, a malformed or forged value (422), one expired (410) or already "
+        "counted (409) is refused.",
         requestBody=_body(ref("Feedback")),
         security=[{"ingestToken": []}],
     )

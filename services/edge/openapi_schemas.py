@@ -197,7 +197,9 @@ PREDICT_RESPONSE: JSON = {
         "request_id": {"type": "string"},
         "signed_request_id": {
             "type": "string",
-            "description": "`request_id.signature` (HMAC-SHA256, 128 bits, base64url): what "
+            "description": "`request_id.payload.signature`: the request id, what its outcome "
+            "is counted for (model, version, variant, experiment, issue time; base64url "
+            "JSON) and an HMAC-SHA256 over both (128 bits, base64url): what "
             "`POST /feedback` takes back. Present when rollouts are on.",
         },
         "variant": {"type": "string", "examples": ["primary", "candidate"]},

@@ -20,9 +20,9 @@ from services.registry.versions import ModelVersion
 from services.request.assembly import VectorAssembler
 from services.request.encoding import decode_predictions
 from services.request.tokenizer import TextEncoder
-from services.rollout.attribution import new_request_id
 from services.rollout.routing import RouteDecision
 from services.rollout.shadow_outputs import comparable_outputs
+from services.rollout.signing import new_request_id
 from services.rollout.transitions import RolloutState, served_stage
 from services.runner.feeds import Feeds
 from services.settings import Settings
@@ -30,7 +30,6 @@ from services.settings import Settings
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from services.rollout.attribution import AttributionWriter
     from services.rollout.routing import TrafficRouter
     from services.rollout.signing import RequestSigner
     from services.state.cache import PredictionCache
@@ -70,8 +69,6 @@ class Predictor:
         cache: the Redis prediction cache (``None``: off).
         features: the feature store (``None``: feature fields take their defaults).
         router: rollout routing, shadowing and prediction logging (``None``: off).
-        attribution: keeps every answered request for its outcome (``None``: only what
-            the router keeps).
     """
 
     def __init__(
@@ -84,7 +81,6 @@ class Predictor:
         cache: PredictionCache | None = None,
         features: FeatureStore | None = None,
         router: TrafficRouter | None = None,
-        attribution: AttributionWriter | None = None,
     ) -> None:
         self.catalog = catalog
         self.runner = runner
@@ -95,9 +91,9 @@ class Predictor:
         self.cache = cache
         self.features = features
         self.router = router
-        self.attribution = attribution
         self.signer: RequestSigner | None = None
-        """Signs each answer's request id for ``POST /feedback`` (``None``: unsigned)."""
+        """Signs each answer's request id, with what its outcome is counted for, for
+        ``POST /feedback`` (``None``: unsigned)."""
         self.rollout_states: Callable[[], Mapping[str, RolloutState]] | None = None
         """Every model's rollout state (the follower's copy): what ``/models`` calls served."""
         self.ready = False
@@ -140,12 +136,6 @@ class Predictor:
             decision = RouteDecision(explicit, "primary", "user" if user_id else "request")
         mv = await self.resolve(model, decision.version)
         encoder = self._encoder(mv)
-        # Written while the features are read and the model runs; awaited before answering
-        # so that an immediate POST /feedback finds it.
-        written = None
-        if self.attribution is not None:
-            record = (request_id, mv.name, decision.variant, mv.version, decision.experiment_id)
-            written = self.attribution.submit(record)
         try:
             if isinstance(encoder, TextEncoder):
                 answer = await self._predict_text(mv, encoder, inputs)
@@ -156,19 +146,12 @@ class Predictor:
             # (4xx) must not be able to roll back a good candidate.
             if self.router is not None and server_fault(exc):
                 ms = (time.perf_counter() - t0) * 1000
-                attributed = written is not None
-                self.router.record(
-                    decision, mv, request_id, ms, True, None, None, attributed=attributed
-                )
+                self.router.record(decision, mv, request_id, ms, True, None, None)
             raise
         elapsed = time.perf_counter() - t0
         self.metrics.observe_request(mv.name, mv.version, "predict", elapsed, len(inputs))
         if self.router is not None:
-            self._record_and_shadow(
-                decision, mv, request_id, elapsed * 1000, answer, len(inputs), written is not None
-            )
-        if written is not None and self.attribution is not None:
-            await self.attribution.wait(written)
+            self._record_and_shadow(decision, mv, request_id, elapsed * 1000, answer, len(inputs))
         out = {
             "model": mv.name,
             "version": mv.version,
@@ -178,7 +161,14 @@ class Predictor:
             "assignment": decision.unit,
         }
         if self.signer is not None:
-            out["signed_request_id"] = self.signer.sign(request_id)
+            # The id carries its attribution: an outcome needs nothing written here.
+            out["signed_request_id"] = self.signer.sign(
+                request_id,
+                model=mv.name,
+                variant=decision.variant,
+                version=mv.version,
+                experiment_id=decision.experiment_id,
+            )
         return out
 
     def _check_body(self, body: Any) -> tuple[list[Any], str, str | None]:
@@ -219,7 +209,6 @@ class Predictor:
         elapsed_ms: float,
         answer: _Answer,
         rows: int,
-        attributed: bool,
     ) -> None:
         """Count and log the answer for its variant; send the input to a shadow candidate."""
         assert self.router is not None
@@ -231,7 +220,6 @@ class Predictor:
             False,
             answer.inputs,
             answer.predictions,
-            attributed=attributed,
         )
         if decision.shadow_version:
             self.router.shadow(

@@ -1,16 +1,20 @@
 """Outcome attribution and per-variant counters in Redis (``FeedbackStore``), read by the
 A/B analysis in ``services.rollout.statistics``.
 
-Redis layout of ``FeedbackStore`` (keys built by ``services.state.keys``: bytes, ``:``
-escaped)::
+An outcome is attributed from its signed request id alone (``services.rollout.signing``:
+model, variant, version, experiment and issue time travel in the id), so nothing is
+written per prediction for it. Redis layout of ``FeedbackStore`` (keys built by
+``services.state.keys``: bytes, ``:`` escaped)::
 
-    servekit:feedback:{request_id}                      hash, TTL: model, experiment,
-                                                        variant, version, counters, outcome
     servekit:experiment:{model}:{experiment}:{variant}  hash: predictions, errors,
                                                         outcomes, conversions, outcome_sum,
                                                         latency_sum_ms, version
     ...:{variant}:latency                               hash: latency bucket -> count
     servekit:experiments:{model}                        zset: experiment -> first seen
+    servekit:outcome:{<counters key>}:{request_id}      string, TTL: the outcome, counted
+
+The outcome key is claimed with SET NX and the variant's counters incremented in one
+script; its hash tag is the whole counters key, so both share a slot on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from services.errors import ConflictError, InvalidInputError, NotFoundError
-from services.rollout.attribution import issued_at
+from services.rollout.signing import AnsweredPrediction
 from services.rollout.statistics import (
     BASELINE,
     VARIANTS,
@@ -42,16 +46,16 @@ from services.state.keys import (
     experiment_counters_key,
     experiment_latency_key,
     experiments_key,
-    feedback_key,
+    outcome_key,
 )
-from services.state.redis_clients import is_cluster
 
 logger = logging.getLogger(__name__)
 
-# (request_id, model, variant, version, experiment_id, latency_ms, error)
-PredictionRecordIn = tuple[str, str, str, str, "str | None", float, bool]
-# (request_id, model, variant, version, experiment_id)
-AttributionIn = tuple[str, str, str, str, "str | None"]
+# (model, variant, version, experiment_id, latency_ms, error)
+PredictionRecordIn = tuple[str, str, str, "str | None", float, bool]
+
+# Replicas' clocks may disagree: an outcome's claim outlives its id's TTL by this much.
+_CLOCK_SKEW_S = 300
 
 
 class AttributionExpiredError(NotFoundError):
@@ -60,33 +64,15 @@ class AttributionExpiredError(NotFoundError):
     error_code = HTTPStatus.GONE
 
 
-# Counts an outcome once: unknown request -> 0, already counted -> -1, else 1.
+# Counts an outcome once: already counted -> 0, else 1. KEYS: the prediction's outcome key,
+# its variant's counters (one slot: the outcome key's hash tag is the counters key).
+# ARGV: the outcome, the claim's TTL, the counters' TTL.
 _OUTCOME_SCRIPT = """
-local info = redis.call('HMGET', KEYS[1], 'counters', 'outcome', 'model', 'experiment', 'variant', 'version')
-if not info[1] then return {0} end
-if info[2] then return {-1} end
-redis.call('HSET', KEYS[1], 'outcome', ARGV[1])
-redis.call('HINCRBY', info[1], 'outcomes', 1)
-if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', info[1], 'conversions', 1) end
-redis.call('HINCRBYFLOAT', info[1], 'outcome_sum', ARGV[1])
-return {1, info[3], info[4], info[5], info[6]}
-"""
-
-# On a Redis Cluster the request's hash and the variant's counters live in different slots,
-# so one script cannot touch both: the claim marks the outcome (once) and names the
-# counters, then a second script counts it there. A crash between the two loses that one
-# outcome from the counters (it stays on the request's hash).
-_CLAIM_SCRIPT = """
-local info = redis.call('HMGET', KEYS[1], 'counters', 'outcome', 'model', 'experiment', 'variant', 'version')
-if not info[1] then return {0} end
-if info[2] then return {-1} end
-redis.call('HSET', KEYS[1], 'outcome', ARGV[1])
-return {1, info[3], info[4], info[5], info[6], info[1]}
-"""
-_COUNT_SCRIPT = """
-redis.call('HINCRBY', KEYS[1], 'outcomes', 1)
-if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', KEYS[1], 'conversions', 1) end
-redis.call('HINCRBYFLOAT', KEYS[1], 'outcome_sum', ARGV[1])
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[2], 'outcomes', 1)
+if tonumber(ARGV[1]) > 0 then redis.call('HINCRBY', KEYS[2], 'conversions', 1) end
+redis.call('HINCRBYFLOAT', KEYS[2], 'outcome_sum', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
@@ -125,13 +111,10 @@ class FeedbackStore:
         self._counter_ttl = counter_ttl_seconds
         self._clock = clock
         self._outcome = redis.register_script(_OUTCOME_SCRIPT)
-        self._claim = redis.register_script(_CLAIM_SCRIPT)
-        self._count = redis.register_script(_COUNT_SCRIPT)
 
     async def record_predictions(self, items: Sequence[PredictionRecordIn]) -> int:
         """Record many predictions in one round trip, counters summed per variant.
 
-        An item with an empty request id is counted but not kept for outcome attribution.
         Returns how many were recorded (invalid items are skipped and logged).
         """
         valid = []
@@ -148,7 +131,6 @@ class FeedbackStore:
 
     async def record_prediction(
         self,
-        request_id: str,
         model: str,
         variant: str,
         version: str,
@@ -156,60 +138,27 @@ class FeedbackStore:
         latency_ms: float,
         error: bool = False,
     ) -> None:
-        """Count one prediction for its variant and remember it for its outcome (1 trip).
+        """Count one prediction for its variant (one round trip).
 
         Raises:
-            InvalidInputError: a bad request id (empty included), model name or variant.
+            InvalidInputError: a bad model name or variant.
         """
-        item = (request_id, model, variant, version, experiment_id, latency_ms, error)
-        _check_request_id(request_id)
+        item = (model, variant, version, experiment_id, latency_ms, error)
         _check_record(item)
         await self._write([item])
 
-    async def attribute(self, items: Sequence[AttributionIn]) -> None:
-        """Keep answered requests for their outcome (one pipelined round trip, no counting)."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for request_id, model, variant, version, experiment_id in items:
-                self._attribution(pipe, request_id, model, variant, version, experiment_id)
-            await pipe.execute()
-
-    def _attribution(
-        self,
-        pipe: Any,
-        request_id: str,
-        model: str,
-        variant: str,
-        version: str,
-        experiment_id: str | None,
-    ) -> None:
-        experiment = experiment_id or BASELINE
-        key = feedback_key(request_id)
-        pipe.hset(
-            key,
-            mapping={
-                "model": model,
-                "experiment": experiment,
-                "variant": variant,
-                "version": version,
-                "counters": experiment_counters_key(model, experiment, variant),
-            },
-        )
-        pipe.expire(key, self._ttl)
-
     async def _write(self, items: Sequence[PredictionRecordIn]) -> None:
-        """Write validated records: attributions, then one set of increments per variant."""
+        """Write validated records: one set of increments per variant."""
         tallies: dict[bytes, _Tally] = {}
+        for model, variant, version, experiment_id, latency_ms, error in items:
+            experiment = experiment_id or BASELINE
+            counters = experiment_counters_key(model, experiment, variant)
+            tally = tallies.get(counters)
+            if tally is None:
+                tally = tallies[counters] = _Tally(model, experiment, variant)
+            tally.add(version, latency_ms, error)
+        now = self._clock()
         async with self._redis.pipeline(transaction=False) as pipe:
-            for request_id, model, variant, version, experiment_id, latency_ms, error in items:
-                experiment = experiment_id or BASELINE
-                counters = experiment_counters_key(model, experiment, variant)
-                if request_id:
-                    self._attribution(pipe, request_id, model, variant, version, experiment_id)
-                tally = tallies.get(counters)
-                if tally is None:
-                    tally = tallies[counters] = _Tally(model, experiment, variant)
-                tally.add(version, latency_ms, error)
-            now = self._clock()
             for counters, tally in tallies.items():
                 latency = experiment_latency_key(tally.model, tally.experiment, tally.variant)
                 experiments = experiments_key(tally.model)
@@ -225,49 +174,47 @@ class FeedbackStore:
                     pipe.expire(key, self._counter_ttl)
             await pipe.execute()
 
-    async def record_outcome(self, request_id: str, outcome: float | bool) -> Attribution:
+    async def record_outcome(
+        self, prediction: AnsweredPrediction, outcome: float | bool
+    ) -> Attribution:
         """Attribute ``outcome`` (> 0 is a conversion) to the prediction's variant, once.
 
+        ``prediction`` is what its signed request id carries (``RequestSigner.verify``):
+        one script claims the prediction's outcome key (SET NX, kept until the id expires)
+        and counts the outcome on its variant's counters.
+
         Raises:
-            AttributionExpiredError: a gateway-issued id older than the TTL (410).
-            NotFoundError: no prediction answered with this id within the TTL (404).
-            ConflictError: this prediction's outcome was recorded already.
+            InvalidInputError: a bad request id, model name, variant or outcome.
+            AttributionExpiredError: answered longer ago than the TTL (410).
+            ConflictError: this prediction's outcome was recorded already (409).
         """
+        request_id, model, variant = prediction.request_id, prediction.model, prediction.variant
         _check_request_id(request_id)
+        check_model_name(model)
+        _check_variant(variant)
         value = float(outcome)
         if not math.isfinite(value):
             raise InvalidInputError("outcome must be a finite number", field="outcome")
-        args = [repr(value)]
-        if is_cluster(self._redis):
-            result = await self._claim(keys=[feedback_key(request_id)], args=args)
-            if result[0] == 1:
-                await self._count(keys=[result[5]], args=args)
-        else:
-            result = await self._outcome(keys=[feedback_key(request_id)], args=args)
-        if result[0] == 0:
-            raise self._missing(request_id)
-        if result[0] == -1:
-            raise ConflictError(
-                f"an outcome for request_id {request_id!r} was recorded already",
-                request_id=request_id,
-            )
-        model, experiment, variant, version = (_text(v) for v in result[1:5])
-        return Attribution(request_id, model, experiment, variant, version)
-
-    def _missing(self, request_id: str) -> NotFoundError:
-        """Expired (a time-ordered id older than the TTL) or unknown: say which."""
-        issued = issued_at(request_id)
-        if issued is not None and self._clock() - issued > self._ttl:
-            return AttributionExpiredError(
+        left_s = prediction.issued_at + self._ttl - self._clock()
+        if left_s < 0:
+            raise AttributionExpiredError(
                 f"attribution of request_id {request_id!r} expired: predictions wait "
                 f"{self._ttl} s for their outcome (SERVEKIT_ROLLOUT_FEEDBACK_TTL_S)",
                 request_id=request_id,
             )
-        return NotFoundError(
-            f"unknown request_id {request_id!r}: no prediction was answered with it "
-            f"within the attribution TTL ({self._ttl} s)",
-            request_id=request_id,
-        )
+        experiment = prediction.experiment_id or BASELINE
+        keys = [
+            outcome_key(model, experiment, variant, request_id),
+            experiment_counters_key(model, experiment, variant),
+        ]
+        claim_ttl = math.ceil(min(left_s, self._ttl)) + _CLOCK_SKEW_S
+        args: list[str | int] = [repr(value), claim_ttl, self._counter_ttl]
+        if not await self._outcome(keys=keys, args=args):
+            raise ConflictError(
+                f"an outcome for request_id {request_id!r} was recorded already",
+                request_id=request_id,
+            )
+        return Attribution(request_id, model, experiment, variant, prediction.version)
 
     async def experiments(self, model: str) -> list[str]:
         """Experiment ids of ``model``, newest first."""
@@ -360,10 +307,11 @@ class _Tally:
 
 def _check_record(item: PredictionRecordIn) -> None:
     """Raise InvalidInputError naming the bad field of one prediction record."""
-    request_id, model, variant = item[0], item[1], item[2]
-    if request_id:  # "": counted, but not kept for outcome attribution
-        _check_request_id(request_id)
-    check_model_name(model)
+    check_model_name(item[0])
+    _check_variant(item[1])
+
+
+def _check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise InvalidInputError(f"variant must be one of {VARIANTS}", field="variant")
 

@@ -59,8 +59,7 @@ class RouteDecision:
         unit: ``"user"`` when assigned by user id, ``"request"`` otherwise.
         experiment_id: the canary or A/B experiment the request counts under, if any.
         shadow_version: in shadow mode, the candidate to mirror the request to.
-        active: a rollout is running (shadow, canary or A/B): every request is logged and
-            kept for outcome attribution.
+        active: a rollout is running (shadow, canary or A/B): every request is logged.
     """
 
     version: str | None
@@ -95,9 +94,9 @@ class TrafficRouter:
         shadow_timeout_s: longest a candidate may take on one mirrored request.
         shadow_concurrency: shadow jobs run at once.
         feedback_limit: most feedback writes in flight; past it they are dropped.
-        log_sample: share of requests logged to the prediction stream, and kept for
-            outcome attribution, while no rollout runs (all of them during a rollout).
-            Per-variant counters always count every request.
+        log_sample: share of requests logged to the prediction stream while no rollout
+            runs (all of them during a rollout). Per-variant counters always count every
+            request.
         clock: seconds since the epoch, stamped on logged entries.
     """
 
@@ -256,26 +255,22 @@ class TrafficRouter:
         error: bool,
         inputs: Any,
         output: Any,
-        *,
-        attributed: bool = False,
     ) -> None:
         """Log one served request and count it for its variant; never waits, never raises.
 
         Args:
             decision: the request's routing decision.
             mv: the version that answered (or failed).
-            request_id: the request's id (outcomes are attributed by it).
+            request_id: the request's id.
             latency_ms: time to answer.
             error: whether serving failed.
             inputs: the feature rows (array or nested lists), or None.
             output: the answer, JSON-encodable (numpy arrays included), or None.
-            attributed: its attribution record was written already (``AttributionWriter``).
         """
         # Counted here, after the model resolved, so client-made names cannot add series.
         key = (mv.name, decision.unit)
         self.assignments[key] = self.assignments.get(key, 0) + 1
-        sampled = decision.active or self._rng.random() < self._log_sample
-        if sampled:
+        if decision.active or self._rng.random() < self._log_sample:
             self._log_event(decision, mv, request_id, latency_ms, error, inputs, output)
         if self._feedback is None:
             return
@@ -283,15 +278,7 @@ class TrafficRouter:
             self.feedback_dropped += 1
             return
         self._feedback_buffer.append(
-            (
-                request_id if sampled and not attributed else "",
-                mv.name,
-                decision.variant,
-                mv.version,
-                decision.experiment_id,
-                latency_ms,
-                error,
-            )
+            (mv.name, decision.variant, mv.version, decision.experiment_id, latency_ms, error)
         )
         if not self._feedback_due:
             # One pipelined write for all predictions of the next few milliseconds.

@@ -44,15 +44,18 @@ class RolloutSettings(BaseSettings):
         1e-4, gt=0, description="mSPRT mixing variance (~ squared effect size to detect)."
     )
     feedback_ttl_s: int = Field(
-        7 * 86_400, ge=60, description="How long a prediction waits for its outcome."
+        7 * 86_400,
+        ge=60,
+        description="How long a prediction waits for its outcome (its signed request id "
+        "expires then).",
     )
     history_maxlen: int = Field(1000, ge=10, description="Changes kept per model's history.")
     prediction_log_sample: float = Field(
         0.1,
         ge=0,
         le=1,
-        description="Share of requests written to the prediction stream (drift reports) and "
-        "kept for outcome attribution while no rollout runs; during a rollout, all of them.",
+        description="Share of requests written to the prediction stream (drift reports) "
+        "while no rollout runs; during a rollout, all of them.",
     )
     follower_refresh_s: float = Field(
         30.0, gt=0, description="Full re-read of rollout state behind the pub/sub notices."
@@ -63,7 +66,7 @@ class RolloutSettings(BaseSettings):
     shadow_concurrency: int = Field(4, ge=1, description="Shadow calls running at once.")
     shadow_timeout_s: float = Field(2.0, gt=0, description="Longest a shadow call may run.")
     feedback_buffer: int = Field(
-        1024, ge=1, description="Prediction records buffered for attribution before drops."
+        1024, ge=1, description="Prediction records buffered for the counters before drops."
     )
     counter_ttl_s: int = Field(
         90 * 86_400,

@@ -8,10 +8,12 @@ brace in a part can never move a hash tag (``{`` -> ``%7B``, ``}`` -> ``%7D``).
 
 Hash tags (literal braces below) keep the keys that one Lua script or one atomic step
 touches in one Redis Cluster slot: all keys of a feature view share the view's slot (its
-read script resolves the current version and reads the rows in one step), and all rollout
+read script resolves the current version and reads the rows in one step), all rollout
 keys share one slot (a transition writes the state, its history and the model set at
-once). Keys without a tag (predictions, feedback, streams) spread over the cluster. On a
-single Redis the braces are plain characters. Angle brackets are the parts::
+once), and a prediction's outcome claim shares its variant's counters' slot (one script
+claims it and counts it). Keys without a tag (predictions, counters, streams) spread over
+the cluster. On a single Redis the braces are plain characters. Angle brackets are the
+parts::
 
     servekit:pred:<model>:<version>:<blake2b-128 hex of the input row>   prediction
     servekit:feat:{<view>}:<version>:<entity>      batch view row (hash: feature -> value)
@@ -29,9 +31,10 @@ single Redis the braces are plain characters. Angle brackets are the parts::
     servekit:{rollouts}:<model>:canary             a running canary step's progress (JSON)
     servekit:{rollouts}                            models with a rollout state (set)
     servekit:rollout[:db<n>]                       rollout notices (pub/sub channel)
-    servekit:feedback:<request_id>                 a prediction kept for its outcome (hash)
     servekit:experiment:<model>:<exp>:<variant>    a variant's counters (hash)
     servekit:experiment:<model>:<exp>:<variant>:latency   its latency histogram (hash)
+    servekit:outcome:{servekit:experiment:<model>:<exp>:<variant>}:<request_id>
+                                                   a prediction's outcome, counted (string)
     servekit:experiments:<model>                   experiments by first sight (sorted set)
     servekit:predictions:<model>                   served predictions (stream, capped)
     servekit:shadow:<model>                        shadow comparisons (stream, capped)
@@ -171,11 +174,6 @@ def rollout_channel(db: int) -> str:
 # --------------------------------------------------------------------------- feedback
 
 
-def feedback_key(request_id: str) -> bytes:
-    """The hash attributing one prediction to its model, experiment, variant and version."""
-    return b":".join((NAMESPACE, b"feedback", escape(request_id)))
-
-
 def experiment_counters_key(model: str, experiment_id: str, variant: str) -> bytes:
     """The hash of one variant's counters in one experiment."""
     return b":".join(
@@ -186,6 +184,17 @@ def experiment_counters_key(model: str, experiment_id: str, variant: str) -> byt
 def experiment_latency_key(model: str, experiment_id: str, variant: str) -> bytes:
     """The hash of one variant's latency histogram (bucket -> count) in one experiment."""
     return experiment_counters_key(model, experiment_id, variant) + b":latency"
+
+
+def outcome_key(model: str, experiment_id: str, variant: str, request_id: str) -> bytes:
+    """Marks that one prediction's outcome was counted (string, with a TTL).
+
+    Its hash tag is the whole :func:`experiment_counters_key` of the prediction's variant:
+    that key has no tag of its own (escaped parts hold no braces), so its slot is its
+    whole name's, and the claim and the increments meet in one script on a Redis Cluster.
+    """
+    counters = experiment_counters_key(model, experiment_id, variant)
+    return b":".join((NAMESPACE, b"outcome", b"{" + counters + b"}", escape(request_id)))
 
 
 def experiments_key(model: str) -> bytes:

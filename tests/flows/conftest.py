@@ -36,6 +36,7 @@ from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionLog
 from services.rollout.routing import TrafficRouter
 from services.rollout.shadow_outputs import comparable_outputs
+from services.rollout.signing import RequestSigner
 from services.rollout.state import RolloutStore
 from services.runner.feeds import Feeds
 from services.runner.pool import ModelPool
@@ -190,6 +191,7 @@ class Rig:
         )
         self.generator = TransactionGenerator(seed=3)
         self.stats = TrafficStats()
+        self.signer = RequestSigner(None)
         self._outcomes: list[tuple[str, bool]] = []
 
     async def start(self) -> None:
@@ -236,7 +238,14 @@ class Rig:
         # The business outcome: the fraud call was right. It arrives after the prediction
         # was counted (the feedback write is a background task), as a label would.
         correct = int(outputs["label"][0]) == int(record["is_fraud"])
-        self._outcomes.append((request_id, correct))
+        signed = self.signer.sign(
+            request_id,
+            model=mv.name,
+            variant=decision.variant,
+            version=mv.version,
+            experiment_id=decision.experiment_id,
+        )
+        self._outcomes.append((signed, correct))
 
     async def drive(self, stop: asyncio.Event, batch: int = 50) -> None:
         """Send traffic until ``stop`` is set, recording outcomes batch by batch."""
@@ -245,8 +254,8 @@ class Rig:
             for record in self.generator.records(batch, with_label=True):
                 await self.request(record)
             await self.router.drain()
-            for request_id, correct in self._outcomes:
-                await self.feedback.record_outcome(request_id, correct)
+            for signed, correct in self._outcomes:  # what POST /feedback does
+                await self.feedback.record_outcome(self.signer.verify(signed), correct)
                 self.stats.outcomes += 1
             await asyncio.sleep(0)
 

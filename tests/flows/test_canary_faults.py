@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -289,9 +288,7 @@ async def _serve(client: aioredis.Redis, experiment_id: str, n: int) -> None:
     feedback = FeedbackStore(client)
     for variant, version in (("primary", "1"), ("candidate", "2")):
         for _ in range(n):
-            await feedback.record_prediction(
-                uuid.uuid4().hex, MODEL, variant, version, experiment_id, 1.0
-            )
+            await feedback.record_prediction(MODEL, variant, version, experiment_id, 1.0)
 
 
 async def _more(count: Any, than: int) -> bool:

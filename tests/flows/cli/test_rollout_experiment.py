@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from services.rollout.feedback import FeedbackStore
+from services.rollout.signing import AnsweredPrediction
 from services.rollout.state import RolloutStore
 from services.settings import get_settings
 
@@ -132,14 +134,17 @@ async def _run_ab(url: str) -> str:
         state = await rollout.start_ab("fraud", "v2", 50)
         assert state.experiment_id is not None
         feedback = FeedbackStore(client)
+        now = int(time.time())
         for variant, version, converted in (("primary", "v1", 20), ("candidate", "v2", 30)):
             for i in range(200):
-                rid = f"{variant}-{i}"
                 await feedback.record_prediction(
-                    rid, "fraud", variant, version, state.experiment_id, 12.0
+                    "fraud", variant, version, state.experiment_id, 12.0
                 )
                 if i < converted:
-                    await feedback.record_outcome(rid, 1)
+                    answered = AnsweredPrediction(
+                        f"{variant}-{i}", "fraud", variant, version, state.experiment_id, now
+                    )
+                    await feedback.record_outcome(answered, 1)
         return state.experiment_id
     finally:
         await client.aclose()

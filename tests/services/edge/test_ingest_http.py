@@ -4,6 +4,8 @@ of answered predictions, every refusal counted by reason."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +14,10 @@ import httpx
 import psutil
 import pytest
 
-from services.rollout.signing import RequestSigner
-from tests.conftest import ServerProcess
+from benchmarks.fault_cases import RedisServer
+from services.edge.ingest import FEEDBACK_REJECTIONS
+from services.rollout.signing import AnsweredPrediction, RequestSigner
+from tests.conftest import ServerProcess, free_port
 
 ADMIN = "ingest-test-admin-token-0123456789ab"
 INGEST = "ingest-test-ingest-token-0123456789"
@@ -93,10 +97,24 @@ def feedback(url: str, doc: dict[str, object]) -> httpx.Response:
 
 
 def test_predictions_answer_with_a_signed_request_id(ingest_gateway: ServerProcess) -> None:
+    before = int(time.time())
     answer = predict(ingest_gateway.url, request_id="client-chosen.id")
-    assert answer["signed_request_id"] == RequestSigner(SECRET).sign("client-chosen.id")
+    carried = RequestSigner(SECRET).verify(answer["signed_request_id"])
+    assert carried == AnsweredPrediction(
+        "client-chosen.id", "fraud", "primary", answer["version"], None, carried.issued_at
+    )
+    assert before <= carried.issued_at <= time.time()
     generated = predict(ingest_gateway.url)
     assert generated["signed_request_id"].startswith(generated["request_id"] + ".")
+
+
+def resign(signed: str, fields: list[object]) -> str:
+    """``signed`` with its payload replaced by ``fields`` and its signature kept."""
+    signed_part, _, mac = signed.rpartition(".")
+    request_id = signed_part.rpartition(".")[0]
+    text = json.dumps(fields, separators=(",", ":")).encode()
+    payload = base64.urlsafe_b64encode(text).rstrip(b"=").decode()
+    return f"{request_id}.{payload}.{mac}"
 
 
 def test_feedback_counts_only_signed_ids_of_answered_predictions(
@@ -107,36 +125,92 @@ def test_feedback_counts_only_signed_ids_of_answered_predictions(
     before = counters(ingest_gateway, "servekit_feedback_rejected_total")
     answer = predict(url)
     signed, request_id = answer["signed_request_id"], answer["request_id"]
+    carried = RequestSigner(SECRET).verify(signed)
     mac = signed.rsplit(".", 1)[1]
     flipped = mac[:-1] + ("A" if mac[-1] != "A" else "B")
+    as_candidate = [carried.issued_at, "fraud", answer["version"], "c", ""]
     refused = {
         "unsigned": {"request_id": request_id, "outcome": 1},
         "malformed": {"signed_request_id": request_id, "outcome": 1},
-        "forged": {"signed_request_id": f"{request_id}.{flipped}", "outcome": 1},
+        "forged": {"signed_request_id": signed.rsplit(".", 1)[0] + "." + flipped, "outcome": 1},
     }
     for reason, doc in refused.items():
         resp = feedback(url, doc)
         assert resp.status_code == 422, resp.text
         assert resp.json()["reason"] == reason and resp.json()["field"] == "signed_request_id"
-    # Another prediction's signature does not carry over to a different id.
-    other = predict(url)["signed_request_id"].rsplit(".", 1)[1]
-    assert (
-        feedback(url, {"signed_request_id": f"{request_id}.{other}", "outcome": 1}).json()["reason"]
-        == "forged"
+    # The payload altered (the variant changed), the signature kept: forged.
+    resp = feedback(url, {"signed_request_id": resign(signed, as_candidate), "outcome": 1})
+    assert resp.status_code == 422 and resp.json()["reason"] == "forged", resp.text
+    # Another prediction's payload and signature do not carry over to a different id.
+    other = predict(url)["signed_request_id"].split(".", 1)[1]
+    resp = feedback(url, {"signed_request_id": f"{request_id}.{other}", "outcome": 1})
+    assert resp.json()["reason"] == "forged"
+    # Signed with the right key, longer ago than the TTL (7 days): expired (410), named.
+    week_ago = RequestSigner(SECRET, clock=lambda: time.time() - 7 * 86_400 - 60)
+    old = week_ago.sign(
+        request_id, model="fraud", variant="primary", version="1", experiment_id=None
     )
-    # Signed with the right key but never answered: unknown (404), named.
-    never = RequestSigner(SECRET).sign("never-answered-here")
-    resp = feedback(url, {"signed_request_id": never, "outcome": 1})
-    assert resp.status_code == 404 and "unknown request_id" in resp.json()["error"]
+    resp = feedback(url, {"signed_request_id": old, "outcome": 1})
+    assert resp.status_code == 410 and "expired" in resp.json()["error"], resp.text
     ok = feedback(url, {"signed_request_id": signed, "outcome": True})
     assert ok.status_code == 201, ok.text
-    assert ok.json()["request_id"] == request_id and ok.json()["version"] == answer["version"]
+    assert ok.json() == {
+        "request_id": request_id, "model": "fraud", "experiment_id": "baseline",
+        "variant": answer["variant"], "version": answer["version"],
+    }  # fmt: skip
     assert feedback(url, {"signed_request_id": signed, "outcome": True}).status_code == 409
     after = counters(ingest_gateway, "servekit_feedback_rejected_total")
-    delta = {k: after[k] - before[k] for k in after}
-    assert delta == {
-        "unsigned": 1, "malformed": 1, "forged": 2, "unknown": 1, "expired": 0, "duplicate": 1,
-    }  # fmt: skip
+    delta = {k: after[k] - before[k] for k in FEEDBACK_REJECTIONS}
+    assert delta == {"unsigned": 1, "malformed": 1, "forged": 3, "expired": 1, "duplicate": 1}
+
+
+@pytest.fixture
+def own_redis(work_dir: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free port, that the test stops and starts."""
+    server = RedisServer(free_port(), work_dir / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("r")
+
+
+def test_feedback_of_a_prediction_answered_while_redis_was_down(
+    fraud_store: Path, own_redis: RedisServer
+) -> None:
+    """Nothing is written for attribution when a prediction is answered: one answered while
+    Redis is unreachable gets its outcome counted once Redis is back."""
+    server = ServerProcess(
+        {
+            "SERVEKIT_MODEL_STORE": str(fraud_store),
+            "SERVEKIT_REDIS_URL": own_redis.url,
+            "SERVEKIT_INGEST_TOKEN": INGEST,
+            "SERVEKIT_REQUEST_ID_SECRET": SECRET,
+        }
+    )
+    try:
+        url = server.url
+        own_redis.stop()
+        answer = predict(url)  # degraded (no cache, default features), answered
+        doc = {"signed_request_id": answer["signed_request_id"], "outcome": 1}
+        down = feedback(url, doc)
+        assert down.status_code == 503 and down.headers["retry-after"], down.text
+        own_redis.start()
+        deadline = time.monotonic() + 15
+        while (resp := feedback(url, doc)).status_code == 503:  # until it reconnects
+            assert time.monotonic() < deadline, resp.text
+            time.sleep(0.2)
+        assert resp.status_code == 201, resp.text
+        assert (resp.json()["request_id"], resp.json()["version"]) == (
+            answer["request_id"],
+            answer["version"],
+        )
+        assert feedback(url, doc).status_code == 409
+    finally:
+        server.stop()
 
 
 def test_failed_ingest_authentications_are_rate_limited(ingest_gateway: ServerProcess) -> None:

@@ -13,7 +13,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from services.errors import ConflictError
 from services.rollout.feedback import FeedbackStore
+from services.rollout.signing import AnsweredPrediction
 from services.rollout.state import RolloutStore
 from services.state import keys
 from services.state.redis_embedded import EmbeddedRedis
@@ -49,7 +51,9 @@ async def test_state_survives_sigkill(embedded: EmbeddedRedis) -> None:
     await store.set_primary("fraud", "1")
     canary = await store.start_canary("fraud", "2", 10.0)
     feedback = FeedbackStore(client)
-    await feedback.record_prediction("req-1", "fraud", "candidate", "2", canary.experiment_id, 3.0)
+    await feedback.record_prediction("fraud", "candidate", "2", canary.experiment_id, 3.0)
+    answered = AnsweredPrediction("req-1", "fraud", "candidate", "2", canary.experiment_id, 0)
+    await FeedbackStore(client, clock=lambda: 1.0).record_outcome(answered, 1.0)
     await client.hset(keys.feature_key("user_stats", "v1", "u42"), "avg_amount_30d", "12.5")
     stream = keys.event_stream_key()
     await client.xgroup_create(stream, "realtime", id="0", mkstream=True)
@@ -71,8 +75,9 @@ async def test_state_survives_sigkill(embedded: EmbeddedRedis) -> None:
         assert state.model_dump() == canary.model_dump()
         stats = await FeedbackStore(client).variant_stats("fraud", canary.experiment_id)
         assert stats["candidate"].predictions == 1
-        attribution = await FeedbackStore(client).record_outcome("req-1", 1.0)
-        assert (attribution.variant, attribution.version) == ("candidate", "2")
+        assert stats["candidate"].outcomes == 1
+        with pytest.raises(ConflictError):  # its claim survived too
+            await FeedbackStore(client, clock=lambda: 1.0).record_outcome(answered, 1.0)
         feature = keys.feature_key("user_stats", "v1", "u42")
         assert await client.hget(feature, "avg_amount_30d") == b"12.5"
         assert [e[0] for e in await client.xrange(stream)] == ids

@@ -21,6 +21,7 @@ from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
 from services.rollout.prediction_log import PredictionEvent, PredictionLog, ShadowPair
 from services.rollout.routing import RouteDecision, TrafficRouter
+from services.rollout.signing import AnsweredPrediction
 from services.rollout.state import RolloutStore
 from services.runner.feeds import Feeds
 from services.state.keys import prediction_stream_key as predictions_key
@@ -220,7 +221,11 @@ async def test_record_logs_the_event_and_counts_the_variant(
     assert decision.experiment_id is not None
     stats = await FeedbackStore(aredis).variant_stats("m", decision.experiment_id)
     assert stats["candidate"].predictions == 1 and stats["candidate"].version == "2"
-    assert (await FeedbackStore(aredis).record_outcome("req-1", 1)).variant == "candidate"
+    # Its outcome (attributed from its signed id) lands on the counters the router wrote.
+    answered = AnsweredPrediction("req-1", "m", "candidate", "2", decision.experiment_id, 0)
+    await FeedbackStore(aredis, clock=lambda: 1.0).record_outcome(answered, 1)
+    stats = await FeedbackStore(aredis).variant_stats("m", decision.experiment_id)
+    assert (stats["candidate"].predictions, stats["candidate"].outcomes) == (1, 1)
     assert router.assignments == {("m", "user"): 1}
 
 

@@ -10,16 +10,16 @@ from redis.asyncio.cluster import RedisCluster
 
 from services.rollout.feedback import FeedbackStore
 from services.rollout.follower import RolloutFollower
+from services.rollout.signing import AnsweredPrediction
 from services.rollout.state import RolloutStore, channel_for
 from services.rollout.transitions import RolloutState
 from services.state.keys import (
     experiment_counters_key,
-    feedback_key,
+    outcome_key,
     rollout_models_key,
     rollout_state_key,
 )
 from services.state.redis_clients import connect, slot_of
-from tests.services.rollout.test_attribution import *  # noqa: F403
 from tests.services.rollout.test_feedback import *  # noqa: F403
 from tests.services.rollout.test_routing import *  # noqa: F403
 from tests.services.rollout.test_state import *  # noqa: F403
@@ -86,16 +86,19 @@ async def test_cluster_follower_sees_changes_within_a_second(
         await follower_client.aclose()
 
 
-async def test_cluster_outcome_is_counted_once_across_slots(aredis: RedisCluster) -> None:
-    feedback = FeedbackStore(aredis)
+async def test_cluster_outcome_is_claimed_and_counted_in_one_slot(
+    aredis: RedisCluster,
+) -> None:
+    feedback = FeedbackStore(aredis, clock=lambda: 1_000.0)
     ids = [f"req-{i}" for i in range(20)]
-    await feedback.attribute([(r, "fraud", "candidate", "v2", "exp1") for r in ids])
     counters = experiment_counters_key("fraud", "exp1", "candidate")
-    assert any(slot_of(feedback_key(r)) != slot_of(counters) for r in ids)
-    for i, r in enumerate(ids):
-        await feedback.record_outcome(r, i % 2)
+    claims = {slot_of(outcome_key("fraud", "exp1", "candidate", r)) for r in ids}
+    assert claims == {slot_of(counters)}
+    answered = [AnsweredPrediction(r, "fraud", "candidate", "v2", "exp1", 1_000) for r in ids]
+    for i, prediction in enumerate(answered):
+        await feedback.record_outcome(prediction, i % 2)
     again = await asyncio.gather(
-        *(feedback.record_outcome(r, 1) for r in ids[:5]), return_exceptions=True
+        *(feedback.record_outcome(p, 1) for p in answered[:5]), return_exceptions=True
     )
     assert all(type(e).__name__ == "ConflictError" for e in again)
     stored = await aredis.hgetall(counters)

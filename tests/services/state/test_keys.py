@@ -79,8 +79,6 @@ def test_rollout_keys() -> None:
 
 
 def test_feedback_keys() -> None:
-    assert keys.feedback_key("req-1") == b"servekit:feedback:req-1"
-    assert keys.feedback_key("a:b%") == b"servekit:feedback:a%3Ab%25"
     assert keys.experiment_counters_key("fraud", "exp:1", "candidate") == (
         b"servekit:experiment:fraud:exp%3A1:candidate"
     )
@@ -89,6 +87,22 @@ def test_feedback_keys() -> None:
         == b"servekit:experiment:fraud:e:primary:latency"
     )
     assert keys.experiments_key("fraud") == b"servekit:experiments:fraud"
+    assert keys.outcome_key("fraud", "e", "primary", "req-1") == (
+        b"servekit:outcome:{servekit:experiment:fraud:e:primary}:req-1"
+    )
+    # Braces and colons in any part are escaped: the tag stays the counters key.
+    assert keys.outcome_key("m}", "e{", "candidate", "a:b}%") == (
+        b"servekit:outcome:{servekit:experiment:m%7D:e%7B:candidate}:a%3Ab%7D%25"
+    )
+
+
+def test_an_outcome_key_shares_its_counters_slot() -> None:
+    from services.state.redis_clients import slot_of
+
+    for model, exp, variant in (("fraud", "e", "primary"), ("m}", "x{y", "candidate")):
+        counters = keys.experiment_counters_key(model, exp, variant)
+        for request_id in ("req-1", "r{2}", "0192f3a4b5c67d8e9f0a1b2c3d4e5f60"):
+            assert slot_of(keys.outcome_key(model, exp, variant, request_id)) == slot_of(counters)
 
 
 def test_prediction_and_shadow_stream_keys() -> None:
