@@ -127,7 +127,7 @@ def redis_fault(store: Path, work: Path, port: int, kind: str, fault_s: float = 
                     inject = lambda: redis_server.signal(signal.SIGKILL)  # noqa: E731
                     repair = redis_server.start
                 start, end = run_fault(load, inject, repair, fault_s=fault_s)
-            row = summarize(load.outcomes, start, end)
+            row = summarize(load.outcomes, end)
             row["feedback_lost"] = feedback_lost(server.url, load.outcomes)
         row["events_lost"] = events_lost(redis_server.url, load.outcomes)
     finally:
@@ -164,7 +164,7 @@ def embedded_redis_killed(store: Path, work: Path) -> Row:
                 start, end = run_fault(
                     load, lambda: os.kill(pid, signal.SIGKILL), None, fault_s=0.0
                 )
-            row = summarize(load.outcomes, start, end)
+            row = summarize(load.outcomes, end)
             row["feedback_lost"] = feedback_lost(server.url, load.outcomes)
             row["events_lost"] = events_lost(embedded.url, load.outcomes)
             row["rollout_state_kept"] = client.hgetall(state) == rollout_before
@@ -196,7 +196,7 @@ def runner_killed(store: Path, work: Path, redis_url: str) -> Row:
         with SteadyLoad(server.url, event_hz=0, feedback_hz=0, timeout_s=40) as load:
             runner = runner_process(server)
             start, end = run_fault(load, runner.kill, None, fault_s=0.0)
-        row = summarize(load.outcomes, start, end)
+        row = summarize(load.outcomes, end)
 
         def restarted() -> bool:
             try:
@@ -284,7 +284,7 @@ def s3_fault(store: Path, work: Path, redis_url: str, port: int, kind: str) -> R
                         s3.put(artifact, original)
 
                 start, end = run_fault(load, inject, repair, fault_s=3.0)
-            row = summarize(load.outcomes, start, end)
+            row = summarize(load.outcomes, end)
             row["first_version_ok"] = all(
                 o.status == 200 for o in load.outcomes if o.kind == "predict" and o.start < start
             )

@@ -184,40 +184,22 @@ class SteadyLoad:
         self.outcomes.append(out)
 
 
-def unattributed(outcomes: list[Outcome], since: float, until: float) -> list[Outcome]:
-    """Feedback refused as unknown (404) for predictions answered between ``since`` and
-    ``until``: answered while Redis was away, so their attribution was never written (the
-    prediction fails open); the client is told, nothing it sent was accepted."""
-    return [
-        o
-        for o in outcomes
-        if o.kind == "feedback" and o.status == 404 and since <= (o.origin or 0.0) <= until
-    ]
-
-
-def summarize(outcomes: list[Outcome], fault_start: float, fault_end: float) -> dict[str, Any]:
+def summarize(outcomes: list[Outcome], fault_end: float) -> dict[str, Any]:
     """Counts over the whole run and the recovery time.
 
     ``recover_s``: from the end of the fault (resume, restart; for a fault that heals by
-    itself, its start) to the last failed answer (feedback refused for a prediction
-    answered during the fault aside); 0 when every request after it succeeded.
+    itself, its start) to the last failed answer; 0 when every request after it succeeded.
     ``failing_s``: from the first failed request's start to the last one's answer.
     """
-    bad_after = [
-        o.end
-        for o in outcomes
-        if o.status not in OK_STATUSES and o.end > fault_end and o.status != 404
-    ]
+    bad_after = [o.end for o in outcomes if o.status not in OK_STATUSES and o.end > fault_end]
     recover_s = max(bad_after) - fault_end if bad_after else 0.0
-    bad = [o for o in outcomes if o.status not in OK_STATUSES and o.status != 404]
+    bad = [o for o in outcomes if o.status not in OK_STATUSES]
     failing_s = max(o.end for o in bad) - min(o.start for o in bad) if bad else 0.0
-    explained = unattributed(outcomes, fault_start - 0.5, fault_end + recover_s + 0.5)
-    unfine = [o for o in outcomes if not o.fine and o not in explained]
+    unfine = [o for o in outcomes if not o.fine]
     return {
         "requests": len(outcomes),
         "failed": sum(o.status not in OK_STATUSES for o in outcomes),
         "503": sum(o.status == 503 for o in outcomes),
-        "feedback_unattributed": len(explained),
         "unexplained": len(unfine),
         "unexplained_examples": sorted({f"{o.kind} {o.status} {o.detail}" for o in unfine})[:5],
         "by_kind": {

@@ -48,7 +48,6 @@ COLUMNS = [
     ("unexplained", "other errors"),
     ("events_lost", "events lost"),
     ("feedback_lost", "feedback lost"),
-    ("feedback_unattributed", "feedback refused (404)"),
     ("slowest_ms", "slowest answer ms"),
     ("failing_s", "failures span s"),
     ("recover_s", "recovery s"),
