@@ -115,7 +115,7 @@ _GATEWAY = (
             _METRICS),
     _family("servekit_feedback_rejected_total", "counter", ("reason",),
             "Outcomes refused by POST /feedback: no signed_request_id (unsigned), a malformed "
-            "or forged signature, an id never answered (unknown), expired, or counted already "
+            "or forged signature, expired, or counted already "
             "(duplicate).", _METRICS),
 )  # fmt: skip
 

@@ -81,9 +81,9 @@ class ServingMetrics:
             self.registry,
             "servekit_feedback_rejected",
             "Outcomes refused by POST /feedback: no signed_request_id (unsigned), a malformed "
-            "or forged signature, an id never answered (unknown), expired, or counted already "
+            "or forged signature, expired, or counted already "
             "(duplicate).",
-            ("unsigned", "malformed", "forged", "unknown", "expired", "duplicate"),
+            ("unsigned", "malformed", "forged", "expired", "duplicate"),
         )
         self._children: dict[tuple[Any, ...], Any] = {}
 
