@@ -115,65 +115,100 @@ class RowFlags:
         return not (self.missing or self.stale)
 
 
+_OK = RowFlags()
+
+
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-    """What one read fetches: per view, the columns it fills and its unique entity ids."""
+class _Layout:
+    """What every read of the same features shares: the views, the columns each view
+    fills, the defaults, and each view's script arguments before its entity ids.
 
-    defaults: list[float]
-    views: list[FeatureView]
+    Built once per list of wanted features (the views are fixed for the process), so a
+    read only gathers its entity ids.
+    """
+
+    defaults: np.ndarray
+    """The features' defaults, shape (1, len(wanted)), float32."""
+    batch: list[FeatureView]
+    realtime: list[FeatureView]
     columns: dict[str, list[tuple[int, FeatureSpec]]]
-    entity_ids: dict[str, list[str]]
+    fixed: dict[str, list[Any]]
+    """Per batch view: pointer key, key prefix, n_fields, fields. Per real-time view:
+    heartbeat key, n_specs, then (code, key suffix, param) per spec, a count_window's
+    param left empty (it depends on the time of the read)."""
 
     @property
-    def batch(self) -> list[FeatureView]:
-        return [v for v in self.views if v.kind == "batch"]
-
-    @property
-    def realtime(self) -> list[FeatureView]:
-        return [v for v in self.views if v.kind == "realtime"]
+    def views(self) -> list[FeatureView]:
+        return [*self.batch, *self.realtime]
 
 
-def _plan(
-    registry: FeatureRegistry, requests: Sequence[Mapping[str, str]], wanted: Sequence[str]
-) -> _Plan:
+def _layout(registry: FeatureRegistry, wanted: Sequence[str]) -> _Layout:
     resolved = registry.resolve(wanted)
     views = list({view.name: view for view, _ in resolved}.values())
     columns = {
         v.name: [(j, spec) for j, (view, spec) in enumerate(resolved) if view.name == v.name]
         for v in views
     }
+    fixed: dict[str, list[Any]] = {}
+    for view in views:
+        v = view.name
+        if view.kind == "batch":
+            fields = [spec.name for _, spec in columns[v]]
+            fixed[v] = [keys.view_pointer_key(v), keys.feature_key_prefix(v), len(fields)]
+            fixed[v] += fields
+            continue
+        fixed[v] = [keys.realtime_heartbeat_key(v), len(columns[v])]
+        base = keys.realtime_state_key(v, "")
+        for _, spec in columns[v]:
+            if spec.agg == "last_n_mean":
+                assert spec.field is not None
+                suffix = keys.realtime_last_key(v, "", spec.field)[len(base) :]
+                fixed[v] += ["L", suffix, spec.n]
+            elif spec.agg == "count_window":
+                fixed[v] += ["C", keys.realtime_window_key(v, "")[len(base) :], ""]
+            else:
+                fixed[v] += ["S", "", ""]
+    defaults = np.array([[spec.default for _, spec in resolved]], dtype=np.float32)
+    batch = [v for v in views if v.kind == "batch"]
+    realtime = [v for v in views if v.kind == "realtime"]
+    return _Layout(defaults, batch, realtime, columns, fixed)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What one read fetches: the layout, and per view its unique entity ids."""
+
+    layout: _Layout
+    entity_ids: dict[str, list[str]]
+
+
+def _plan(layout: _Layout, requests: Sequence[Mapping[str, str]]) -> _Plan:
     entity_ids = {
-        v.name: list(dict.fromkeys(r[v.entity] for r in requests if v.entity in r)) for v in views
+        v.name: list(dict.fromkeys(r[v.entity] for r in requests if v.entity in r))
+        for v in layout.views
     }
-    return _Plan([spec.default for _, spec in resolved], views, columns, entity_ids)
+    return _Plan(layout, entity_ids)
 
 
 def _script_args(
     plan: _Plan, now: float, batch: Sequence[FeatureView], realtime: Sequence[FeatureView]
 ) -> list[Any]:
     """The read script's ARGV (layout above the script) for these views of ``plan``."""
+    fixed = plan.layout.fixed
     args: list[Any] = [len(batch)]
     for view in batch:
-        v = view.name
-        fields = [spec.name for _, spec in plan.columns[v]]
-        ents = [keys.escape(e) for e in plan.entity_ids[v]]
-        args += [keys.view_pointer_key(v), keys.feature_key_prefix(v), len(fields)]
-        args += [*fields, len(ents), *ents]
+        ents = [keys.escape(e) for e in plan.entity_ids[view.name]]
+        args += fixed[view.name]
+        args.append(len(ents))
+        args += ents
     args.append(len(realtime))
     for view in realtime:
         v = view.name
-        args += [keys.realtime_heartbeat_key(v), len(plan.columns[v])]
-        base = keys.realtime_state_key(v, "")
-        for _, spec in plan.columns[v]:
-            if spec.agg == "last_n_mean":
-                assert spec.field is not None
-                suffix = keys.realtime_last_key(v, "", spec.field)[len(base) :]
-                args += ["L", suffix, spec.n]
-            elif spec.agg == "count_window":
-                suffix = keys.realtime_window_key(v, "")[len(base) :]
-                args += ["C", suffix, f"({now - spec.window_s!r}"]
-            else:
-                args += ["S", "", ""]
+        view_args = list(fixed[v])
+        for s, (_, spec) in enumerate(plan.layout.columns[v]):
+            if spec.agg == "count_window":
+                view_args[4 + 3 * s] = f"({now - spec.window_s!r}"
+        args += view_args
         ids = plan.entity_ids[v]
         args += [len(ids), *(keys.realtime_state_key(v, e) for e in ids)]
     return args
@@ -211,6 +246,10 @@ class FeatureReader:
         self._metrics = metrics
         self._sha: str | None = None
         self._warned_unloaded: set[str] = set()
+        self._cluster = is_cluster(redis)
+        self._layouts: dict[tuple[str, ...], _Layout] = {}
+        # Metric children by (metric, view): looked up once, not on every read.
+        self._children: dict[tuple[str, str], Any] = {}
 
     async def read(
         self, requests: Sequence[Mapping[str, str]], wanted: Sequence[str], now: float
@@ -220,23 +259,27 @@ class FeatureReader:
         Returns:
             A float32 array (rows, len(wanted)) and per row its :class:`RowFlags`.
         """
-        plan = _plan(self._registry, requests, wanted)
+        key = tuple(wanted)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = _layout(self._registry, wanted)
         n = len(requests)
-        values = np.array([plan.defaults] * n, dtype=np.float32).reshape(n, len(plan.defaults))
-        if n == 0 or not plan.views:
-            return values, [RowFlags() for _ in range(n)]
-        if is_cluster(self._redis):
+        values = np.repeat(layout.defaults, n, axis=0)
+        if n == 0 or not (layout.batch or layout.realtime):
+            return values, [_OK] * n
+        plan = _plan(layout, requests)
+        if self._cluster:
             batch_reply, realtime_reply = await self._call_per_view(plan, now)
         else:
-            args = _script_args(plan, now, plan.batch, plan.realtime)
+            args = _script_args(plan, now, layout.batch, layout.realtime)
             batch_reply, realtime_reply = await self._call(args)
         found: dict[str, dict[str, Row]] = {}
         stale: dict[str, bool] = {}
-        for view, reply in zip(plan.batch, batch_reply, strict=True):
+        for view, reply in zip(layout.batch, batch_reply, strict=True):
             found[view.name], stale[view.name] = self._batch_rows(plan, view, reply, now)
-        for view, reply in zip(plan.realtime, realtime_reply, strict=True):
+        for view, reply in zip(layout.realtime, realtime_reply, strict=True):
             found[view.name], stale[view.name] = self._realtime_rows(plan, view, reply, now)
-        return values, self._fill(plan, requests, values, found, stale)
+        return values, self._fill(layout, requests, values, found, stale)
 
     async def _call(self, args: list[Any], route: bytes | None = None) -> Any:
         """One script call; ``route`` (a key of the views read) picks the cluster node."""
@@ -255,16 +298,25 @@ class FeatureReader:
     async def _call_per_view(self, plan: _Plan, now: float) -> tuple[list[Any], list[Any]]:
         """On a Redis Cluster: one script call per view (a view's keys share one slot),
         all in flight at once, so a read still costs one round trip of wall time."""
+        layout = plan.layout
         calls = [
             self._call(_script_args(plan, now, [v], []), keys.view_pointer_key(v.name))
-            for v in plan.batch
+            for v in layout.batch
         ] + [
             self._call(_script_args(plan, now, [], [v]), keys.realtime_heartbeat_key(v.name))
-            for v in plan.realtime
+            for v in layout.realtime
         ]
         replies = await asyncio.gather(*calls)
-        n = len(plan.batch)
+        n = len(layout.batch)
         return [r[0][0] for r in replies[:n]], [r[1][0] for r in replies[n:]]
+
+    def _child(self, metric: str, view: str) -> Any:
+        """The ``metric`` (missing, stale or age) series of ``view``."""
+        child = self._children.get((metric, view))
+        if child is None:
+            parent = getattr(self._metrics, metric)
+            child = self._children[(metric, view)] = parent.labels(view)
+        return child
 
     def _batch_rows(
         self, plan: _Plan, view: FeatureView, reply: Any, now: float
@@ -277,7 +329,7 @@ class FeatureReader:
                 logger.warning("batch view %s has never been loaded", view.name)
             return {}, False
         age = now - float(materialized_at)
-        self._metrics.age.labels(view.name).set(age)
+        self._child("age", view.name).set(age)
         rows = {
             e: [None if x is None else float(x) for x in hit]
             for e, hit in zip(plan.entity_ids[view.name], hits, strict=True)
@@ -291,8 +343,8 @@ class FeatureReader:
         """A real-time view's rows by entity id, and whether the view is stale."""
         beat, hits = reply
         age = math.inf if not beat else now - float(beat)
-        self._metrics.age.labels(view.name).set(age if beat else -1)
-        specs = plan.columns[view.name]
+        self._child("age", view.name).set(age if beat else -1)
+        specs = plan.layout.columns[view.name]
         rows = {
             e: _realtime_row(specs, hit, now)
             for e, hit in zip(plan.entity_ids[view.name], hits, strict=True)
@@ -302,33 +354,40 @@ class FeatureReader:
 
     def _fill(
         self,
-        plan: _Plan,
+        layout: _Layout,
         requests: Sequence[Mapping[str, str]],
         values: np.ndarray,
         found: Mapping[str, Mapping[str, Row]],
         view_stale: Mapping[str, bool],
     ) -> list[RowFlags]:
         """Write the found values into ``values``; flag and count missing and stale rows."""
-        missing: list[set[str]] = [set() for _ in requests]
-        stale: list[set[str]] = [set() for _ in requests]
+        flags: list[RowFlags] = []
+        n_missing: dict[str, int] = {}
+        n_stale: dict[str, int] = {}
+        views = layout.views
         for i, request in enumerate(requests):
-            for view in plan.views:
+            missing: list[str] = []
+            stale: list[str] = []
+            for view in views:
                 v = view.name
                 got = found[v].get(request[view.entity]) if view.entity in request else None
                 if got is None:
-                    missing[i].add(v)
+                    missing.append(v)
+                    n_missing[v] = n_missing.get(v, 0) + 1
                     continue
                 if view_stale[v]:
-                    stale[i].add(v)
-                for (j, _), x in zip(plan.columns[v], got, strict=True):
+                    stale.append(v)
+                    n_stale[v] = n_stale.get(v, 0) + 1
+                for (j, _), x in zip(layout.columns[v], got, strict=True):
                     if x is not None:
                         values[i, j] = x
-        for view in plan.views:
-            if n_missing := sum(view.name in m for m in missing):
-                self._metrics.missing.labels(view.name).inc(n_missing)
-            if n_stale := sum(view.name in s for s in stale):
-                self._metrics.stale.labels(view.name).inc(n_stale)
-        return [RowFlags(frozenset(m), frozenset(s)) for m, s in zip(missing, stale, strict=True)]
+            ok = not (missing or stale)
+            flags.append(_OK if ok else RowFlags(frozenset(missing), frozenset(stale)))
+        for v, count in n_missing.items():
+            self._child("missing", v).inc(count)
+        for v, count in n_stale.items():
+            self._child("stale", v).inc(count)
+        return flags
 
     async def _script_sha(self) -> str:
         if self._sha is None:
