@@ -1,5 +1,9 @@
 """The Redis prediction cache: one MGET per request, fail-open, self-disabling.
 
+Computed rows are written behind the answer: queued, and sent in one pipeline per
+event-loop iteration for all requests of that iteration, so a request never waits for
+its write (``drain`` waits for the queued writes).
+
 A cached value is one model output row, encoded by :func:`encode_output`: a byte with
 the row's number of dimensions, each dimension as a little-endian uint32, then the row's
 float32 values (little-endian). Outputs are always float32, cached or not, so a cached
@@ -21,7 +25,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +69,8 @@ def decode_output(data: bytes) -> np.ndarray:
 
 
 _FAILED = object()
+_Entry = tuple[str, bytes, bytes, int]
+"""A cache write: model, key, value, TTL in seconds."""
 _METER_EVERY = 4
 """While a model's cache is on, one request in this many has its CPU metered (metering
 costs a few µs); while it is off, every probe is (they are few)."""
@@ -105,7 +111,7 @@ class PredictionCache:
         self.report = CostReport(self.policy, clock, registry)
         # Concurrent requests' lookups and writes share one MGET / one pipeline per loop tick.
         self._reads: TickCoalescer[bytes, bytes | None] = TickCoalescer(self._mget_all)
-        self._writes: TickCoalescer[tuple[bytes, bytes, int], Any] = TickCoalescer(self._set_all)
+        self._writes: TickCoalescer[_Entry, None] = TickCoalescer(self._write_entries)
 
     def state(self, model: str) -> CacheState:
         """Whether ``model``'s cache is on."""
@@ -135,7 +141,7 @@ class PredictionCache:
     ) -> None:
         """Store ``values`` (see :func:`encode_output`) for ``rows`` in one pipelined round trip."""
         keys = [prediction_key(model, version, r) for r in _as_rows(rows)]
-        await self._set(model, dict(zip(keys, values, strict=True)))
+        await self._writes.submit(self._entries(model, dict(zip(keys, values, strict=True))))
 
     async def get_or_compute(
         self, model: str, version: str, rows: np.ndarray, compute: Compute
@@ -143,9 +149,10 @@ class PredictionCache:
         """Outputs for ``rows``, from the cache where possible.
 
         Looks all rows up in one MGET, computes the missing unique rows once (joining an
-        identical computation already in flight in this process), writes them back in
-        one pipelined round trip and never fails because of Redis. The CPU of the cache's
-        own work and of ``compute``'s gateway-side work is metered for the cost policy.
+        identical computation already in flight in this process), queues them to be
+        written behind the answer (:meth:`drain` waits for the write) and never fails
+        because of Redis. The CPU of the cache's own work and of ``compute``'s
+        gateway-side work is metered for the cost policy.
 
         Args:
             model: the model's name.
@@ -165,10 +172,9 @@ class PredictionCache:
         t0 = time.thread_time() if on and sample else None
         rows = _as_rows(rows)
         digests = [row_digest(r) for r in rows]
-        counts = Counts()
         if (
-            self._settings.enabled
-            and not on
+            not on
+            and self._settings.enabled
             and not any(self.policy.is_probe(d, model) for d in digests)
         ):
             # Off for this model and no probe among the rows: straight to the model, with
@@ -176,6 +182,7 @@ class PredictionCache:
             self._off_bypass(model).inc(len(rows))
             out = np.asarray(await compute(rows)).astype(np.float32, copy=False)
             return out, np.zeros(len(rows), dtype=bool)
+        counts = Counts()
         if not sample:
             return await self._get_or_compute(model, version, rows, digests, compute, counts)
         computed, meter = CpuMeter(), CpuMeter()
@@ -213,7 +220,8 @@ class PredictionCache:
         to_write = {k: encode_output(computed[k]) for k in owned if k in cacheable_set}
         counts.written = len(to_write)
         if to_write:
-            await self._set(model, to_write)
+            # Written behind the answer: the request does not wait for it.
+            self._writes.post(self._entries(model, to_write))
 
         outputs = {**computed, **found}
         cached = np.fromiter((k in found for k in keys), dtype=bool, count=len(keys))
@@ -269,10 +277,21 @@ class PredictionCache:
         self.metrics.hit_rate.labels(model).set(rate or 0.0)
         return list(values)
 
-    async def _set(self, model: str, items: dict[bytes, bytes]) -> None:
+    def _entries(self, model: str, items: dict[bytes, bytes]) -> list[_Entry]:
         ttl = self.ttl_for(model)
-        entries = [(key, value, ttl) for key, value in items.items()]
-        await self._call(model, lambda: self._writes.submit(entries), len(items))
+        return [(model, key, value, ttl) for key, value in items.items()]
+
+    async def drain(self) -> None:
+        """Wait until every write queued so far has been answered (or has failed)."""
+        await self._writes.drain()
+
+    async def _write_entries(self, entries: list[_Entry]) -> list[None]:
+        """One pipelined write of the entries of one loop iteration, fail-open."""
+        rows: dict[str, int] = {}
+        for model, _, _, _ in entries:
+            rows[model] = rows.get(model, 0) + 1
+        await self._guarded(rows, lambda: self._set_all(entries))
+        return [None] * len(entries)
 
     async def _mget_all(self, keys: list[bytes]) -> list[bytes | None]:
         # Prediction keys carry no hash tag: on a Redis Cluster they spread over the slots,
@@ -286,10 +305,10 @@ class PredictionCache:
         self.costs.client_read.add(meter.cpu, len(keys))
         return list(values)
 
-    async def _set_all(self, entries: list[tuple[bytes, bytes, int]]) -> list[Any]:
+    async def _set_all(self, entries: list[_Entry]) -> list[Any]:
         meter, t0 = CpuMeter(), time.thread_time()
         pipe = self._redis.pipeline(transaction=False)
-        for key, value, ttl in entries:
+        for _, key, value, ttl in entries:
             pipe.set(key, value, ex=ttl)
         meter.cpu = time.thread_time() - t0
         out = list(await meter.run(pipe.execute()))
@@ -298,25 +317,31 @@ class PredictionCache:
 
     async def _call(self, model: str, make: Callable[[], Awaitable[Any]], rows: int) -> Any:
         """Run one Redis call within budget; _FAILED (and counted) if skipped or failed."""
+        return await self._guarded({model: rows}, make)
+
+    async def _guarded(self, rows: dict[str, int], make: Callable[[], Awaitable[Any]]) -> Any:
+        """:meth:`_call` for the rows of one or more models (a queued write's)."""
         if not self.breaker.allow():
-            self.metrics.bypasses.labels(model, "breaker").inc(rows)
+            for model, n in rows.items():
+                self.metrics.bypasses.labels(model, "breaker").inc(n)
             return _FAILED
         try:
             async with asyncio.timeout(self._timeout_s):
                 result = await make()
         except TimeoutError:
-            self._failed(model, "timeout")
+            self._failed(rows, "timeout")
             return _FAILED
         except (RedisError, OSError) as exc:
-            logger.debug("cache call failed for model %s: %r", model, exc)
-            self._failed(model, "error")
+            logger.debug("cache call failed for models %s: %r", sorted(rows), exc)
+            self._failed(rows, "error")
             return _FAILED
         self.breaker.record_success()
         self.metrics.breaker.set(self.breaker.state.value)
         return result
 
-    def _failed(self, model: str, kind: str) -> None:
-        self.metrics.errors.labels(model, kind).inc()
+    def _failed(self, models: Iterable[str], kind: str) -> None:
+        for model in models:
+            self.metrics.errors.labels(model, kind).inc()
         self.breaker.record_failure()
         self.metrics.breaker.set(self.breaker.state.value)
 

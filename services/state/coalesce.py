@@ -5,16 +5,20 @@ each costs a round trip and ~0.1 ms of redis-py CPU, several times the model's o
 for a small tabular model. ``TickCoalescer`` merges the calls that concurrent requests
 issue while the loop runs one iteration into one call (one EVAL, one MGET, one pipeline),
 then hands each caller its slice. A lone request pays one extra loop iteration (~µs).
+A caller that needs no result (a cache write) posts its items and goes on at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+logger = logging.getLogger(__name__)
 
 
 class TickCoalescer(Generic[Item, Result]):
@@ -26,7 +30,8 @@ class TickCoalescer(Generic[Item, Result]):
 
     def __init__(self, run: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> None:
         self._run = run
-        self._pending: list[tuple[Sequence[Item], asyncio.Future[list[Result]]]] = []
+        self._pending: list[tuple[Sequence[Item], asyncio.Future[list[Result]] | None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0
         self.items = 0
 
@@ -39,12 +44,29 @@ class TickCoalescer(Generic[Item, Result]):
         self._pending.append((items, fut))
         return await fut
 
+    def post(self, items: Sequence[Item]) -> None:
+        """Add ``items`` to this iteration's call without waiting for it (its results and
+        failure are not seen; ``run`` reports its own)."""
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((items, None))
+
+    async def drain(self) -> None:
+        """Run what is pending now and wait for every call under way."""
+        self._flush()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        asyncio.get_running_loop().create_task(self._run_batch(batch))
+        if not batch:
+            return
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_batch(
-        self, batch: list[tuple[Sequence[Item], asyncio.Future[list[Result]]]]
+        self, batch: list[tuple[Sequence[Item], asyncio.Future[list[Result]] | None]]
     ) -> None:
         merged: list[Item] = []
         for items, _ in batch:
@@ -54,15 +76,19 @@ class TickCoalescer(Generic[Item, Result]):
         try:
             results = list(await self._run(merged))
         except BaseException as exc:  # every waiter sees the same failure
+            waited = False
             for _, fut in batch:
-                if not fut.done():
+                if fut is not None and not fut.done():
                     fut.set_exception(exc)
+                    waited = True
             if not isinstance(exc, Exception):
                 raise
+            if not waited:
+                logger.warning("a coalesced call nobody waits for failed: %r", exc)
             return
         pos = 0
         for items, fut in batch:
             n = len(items)
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_result(results[pos : pos + n])
             pos += n

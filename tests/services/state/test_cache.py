@@ -103,6 +103,7 @@ async def test_miss_then_hit_and_ttl(
     assert cached.tolist() == [False, False, False]
     assert model.rows_computed == 3
     np.testing.assert_array_equal(out, await Model()(x))
+    await cache.drain()  # the write goes behind the answer
 
     again, cached = await cache.get_or_compute(MODEL, "v1", x, model)
     assert cached.tolist() == [True, True, True]
@@ -119,6 +120,7 @@ async def test_per_model_ttl(aredis: aioredis.Redis, clock: FakeClock) -> None:
     cache = PredictionCache(aredis, settings(per_model_ttl={"short": 60}), clock)
     x = rows(1)
     await cache.get_or_compute("short", "v1", x, Model())
+    await cache.drain()
     assert 0 < await aredis.pttl(keys.prediction_key("short", "v1", x[0])) <= 60_000
 
 
@@ -127,11 +129,13 @@ async def test_expired_entry_is_recomputed(aredis: aioredis.Redis, clock: FakeCl
     model = Model()
     x = rows(2)
     await cache.get_or_compute(MODEL, "v1", x, model)
+    await cache.drain()
     # expire one entry as Redis's TTL would, without waiting for it
     assert await aredis.pexpireat(keys.prediction_key(MODEL, "v1", x[0]), 1)
     _, cached = await cache.get_or_compute(MODEL, "v1", x, model)
     assert cached.tolist() == [False, True]
     assert model.rows_computed == 3
+    await cache.drain()
     assert await aredis.pttl(keys.prediction_key(MODEL, "v1", x[0])) > 0
 
 
@@ -200,6 +204,7 @@ async def test_single_flight_failure_reaches_joiners_and_writes_nothing(
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     assert len(model.calls) == 1
+    await cache.drain()
     assert await aredis.exists(keys.prediction_key(MODEL, "v1", x[0])) == 0
 
 
@@ -222,10 +227,12 @@ async def test_turns_off_below_min_hit_rate_and_back_on(
     is_probe = np.array([_probe(r, 0.5) for r in fresh])
     probes, others = fresh[is_probe][:20], fresh[~is_probe][:20]
     await cache.get_or_compute(MODEL, "v1", others, model)
+    await cache.drain()
     assert sum([await aredis.exists(keys.prediction_key(MODEL, "v1", r)) for r in others]) == 0
     assert sample(registry, "servekit_cache_bypasses_total", model=MODEL, reason="off") == 20
 
     await cache.get_or_compute(MODEL, "v1", probes[:10], model)  # 10 probe misses, written
+    await cache.drain()
     _, cached = await cache.get_or_compute(MODEL, "v1", probes[:10], model)
     assert cached.all()  # probes are served from the cache even while off
     assert cache.hit_rate(MODEL) == 0.5
@@ -237,6 +244,7 @@ async def test_turns_off_below_min_hit_rate_and_back_on(
     assert sample(registry, "servekit_cache_enabled", model=MODEL) == 1
     _, cached = await cache.get_or_compute(MODEL, "v1", others[:3], model)
     assert not cached.any()
+    await cache.drain()
     _, cached = await cache.get_or_compute(MODEL, "v1", others[:3], model)
     assert cached.all()
 
@@ -335,6 +343,7 @@ async def test_fails_open_when_redis_dies_and_recovers_after_restart(
         np.testing.assert_array_equal(out, await Model()(x))
         assert step < 10 or not cached.any()
         served += 1
+        await cache.drain()  # one step's calls at a time: the count below is exact
     assert served == 30
     assert cache.breaker.state is BreakerState.OPEN
     assert sample(registry, "servekit_cache_bypasses_total", model=MODEL, reason="breaker") > 0
@@ -348,5 +357,6 @@ async def test_fails_open_when_redis_dies_and_recovers_after_restart(
     clock.advance(0.2)
     _, cached = await cache.get_or_compute(MODEL, "v1", x, model)  # the trial call
     assert cache.breaker.state is BreakerState.CLOSED and not cached.any()
+    await cache.drain()
     _, cached = await cache.get_or_compute(MODEL, "v1", x, model)
     assert cached.all()
