@@ -206,7 +206,8 @@ class PredictionLog:
         maxlen: approximate cap of each stream (``XADD MAXLEN ~``).
         clock: seconds since the epoch, stamped on entries without a time.
         batch_size: entries per pipelined round trip; a full batch wakes the writer.
-        flush_interval_s: the longest an entry waits in the buffer.
+        flush_interval_s: the longest an entry waits in the buffer (the streams feed drift
+            reports and gates over minutes; each flush costs the gateway a round trip).
         buffer_limit: most entries held while Redis is slow; past it new ones are dropped.
         log_interval_s: at most one warning about dropped entries per this many seconds.
     """
@@ -218,7 +219,7 @@ class PredictionLog:
         clock: Callable[[], float] = time.time,
         *,
         batch_size: int = 256,
-        flush_interval_s: float = 0.05,
+        flush_interval_s: float = 0.25,
         buffer_limit: int = 10_000,
         log_interval_s: float = 60.0,
     ) -> None:

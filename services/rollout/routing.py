@@ -131,7 +131,7 @@ class TrafficRouter:
         self._feedback_tasks: set[asyncio.Task[None]] = set()
         self._feedback_buffer: list[PredictionRecordIn] = []
         self._feedback_due = False
-        self._feedback_interval_s = 0.02
+        self._feedback_interval_s = 0.1  # counts feed gates that judge minutes of traffic
         self._log_sample = log_sample
         self._rng = random.Random()
         self.shadow_sent = 0
@@ -281,7 +281,7 @@ class TrafficRouter:
             (mv.name, decision.variant, mv.version, decision.experiment_id, latency_ms, error)
         )
         if not self._feedback_due:
-            # One pipelined write for all predictions of the next few milliseconds.
+            # One pipelined write (a round trip of the gateway's) per 100 ms of predictions.
             self._feedback_due = True
             asyncio.get_running_loop().call_later(self._feedback_interval_s, self._flush_feedback)
 
