@@ -32,38 +32,50 @@ class TickCoalescer(Generic[Item, Result]):
         self._run = run
         self._pending: list[tuple[Sequence[Item], asyncio.Future[list[Result]] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starter: asyncio.Task[None] | None = None
+        """The task that will take the pending items (None once it has taken them)."""
         self.calls = 0
         self.items = 0
 
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """``run``'s results for ``items``, computed together with concurrent submissions."""
         loop = asyncio.get_running_loop()
-        if not self._pending:
-            loop.call_soon(self._flush)
         fut: asyncio.Future[list[Result]] = loop.create_future()
-        self._pending.append((items, fut))
+        self._add(items, fut)
         return await fut
 
     def post(self, items: Sequence[Item]) -> None:
         """Add ``items`` to this iteration's call without waiting for it (its results and
         failure are not seen; ``run`` reports its own)."""
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append((items, None))
+        self._add(items, None)
 
     async def drain(self) -> None:
-        """Run what is pending now and wait for every call under way."""
-        self._flush()
+        """Wait for every call under way, the one of items added now included."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def _flush(self) -> None:
+    def _add(self, items: Sequence[Item], fut: asyncio.Future[list[Result]] | None) -> None:
+        if self._starter is None:
+            # The call's task starts now and takes what was added when its first step
+            # runs, in the next iteration: the items of this one, with no extra hop.
+            self._starter = task = asyncio.get_running_loop().create_task(self._run_pending())
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+        self._pending.append((items, fut))
+
+    async def _run_pending(self) -> None:
+        self._starter = None
         batch, self._pending = self._pending, []
-        if not batch:
-            return
-        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._run_batch(batch)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._starter is task:  # cancelled before it took its items: so are they
+            self._starter = None
+            batch, self._pending = self._pending, []
+            for _, fut in batch:
+                if fut is not None:
+                    fut.cancel()
 
     async def _run_batch(
         self, batch: list[tuple[Sequence[Item], asyncio.Future[list[Result]] | None]]
