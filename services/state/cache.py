@@ -1,8 +1,7 @@
 """The Redis prediction cache: one MGET per request, fail-open, self-disabling.
 
-Computed rows are written behind the answer: queued, and sent in one pipeline per
-event-loop iteration for all requests of that iteration, so a request never waits for
-its write (``drain`` waits for the queued writes).
+Computed rows are written behind the answer (one pipeline per event-loop iteration for
+all its requests): a request never waits for its write.
 
 A cached value is one model output row, encoded by :func:`encode_output`: a byte with
 the row's number of dimensions, each dimension as a little-endian uint32, then the row's
@@ -69,8 +68,7 @@ def decode_output(data: bytes) -> np.ndarray:
 
 
 _FAILED = object()
-_Entry = tuple[str, bytes, bytes, int]
-"""A cache write: model, key, value, TTL in seconds."""
+_Entry = tuple[str, bytes, bytes, int]  # a cache write: model, key, value, TTL in seconds
 _METER_EVERY = 4
 """While a model's cache is on, one request in this many has its CPU metered (metering
 costs a few µs); while it is off, every probe is (they are few)."""
