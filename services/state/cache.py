@@ -24,7 +24,8 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -285,9 +286,7 @@ class PredictionCache:
 
     async def _write_entries(self, entries: list[_Entry]) -> list[None]:
         """One pipelined write of the entries of one loop iteration, fail-open."""
-        rows: dict[str, int] = {}
-        for model, _, _, _ in entries:
-            rows[model] = rows.get(model, 0) + 1
+        rows = Counter(model for model, _, _, _ in entries)
         await self._guarded(rows, lambda: self._set_all(entries))
         return [None] * len(entries)
 
@@ -317,7 +316,7 @@ class PredictionCache:
         """Run one Redis call within budget; _FAILED (and counted) if skipped or failed."""
         return await self._guarded({model: rows}, make)
 
-    async def _guarded(self, rows: dict[str, int], make: Callable[[], Awaitable[Any]]) -> Any:
+    async def _guarded(self, rows: Mapping[str, int], make: Callable[[], Awaitable[Any]]) -> Any:
         """:meth:`_call` for the rows of one or more models (a queued write's)."""
         if not self.breaker.allow():
             for model, n in rows.items():
