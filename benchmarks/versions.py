@@ -4,9 +4,11 @@ Checks the revision ``--ref`` out into a temporary git worktree, serves the same
 model from both checkouts at once (same venv, same model store, same Redis), and drives
 them in rotating rounds with closed-loop clients at each ``--concurrency``: each round
 gives every side the same seconds in turn, so the machine's drift falls on both alike.
-Reports each side's throughput (median of the rounds), p50/p99 latency, server CPU per
-request, and this checkout's throughput against the revision's (median of the per-round
-ratios); writes benchmarks/results/versions.json and versions.png.
+Every run sends inputs no earlier run sent (on the full path nothing is answered from
+the cache of an earlier run). Reports each side's throughput (median of the rounds),
+p50/p99 latency, server CPU per request, and this checkout's throughput against the
+revision's (median of the per-round ratios); writes benchmarks/results/versions.json and
+versions.png.
 
 Throughput on a shared machine moves by more than a small regression costs (the same
 revision against itself can read 0.85x-1.15x). ``--calls N`` adds a measure that noise does
@@ -85,6 +87,7 @@ def measure(
     """Every side at every concurrency, in rotating rounds."""
     sides = list(servers)
     rows = []
+    offset = 0
     with progress(console) as bar:
         task = bar.add_task("rounds", total=len(args.concurrency) * args.rounds * len(sides))
         for c in args.concurrency:
@@ -97,9 +100,18 @@ def measure(
                     bar.update(task, description=f"{side}, concurrency {c}, round {r + 1}")
                     server = servers[side]
                     cpu0 = server.cpu_seconds()
-                    latencies, n, _, secs = asyncio.run(
-                        closed_loop(f"{server.url}/predict", bodies, c, args.seconds / args.rounds)
+                    latencies, n, errors, secs = asyncio.run(
+                        closed_loop(
+                            f"{server.url}/predict",
+                            bodies[offset:] + bodies[:offset],
+                            c,
+                            args.seconds / args.rounds,
+                        )
                     )
+                    # The next run starts past every body sent so far (and its warm-up's):
+                    # on the full path no input is answered from the cache of an earlier one.
+                    sent = n + sum(errors.values()) + int(n / secs)  # + the 0.5 s warm-up
+                    offset = (offset + sent + c) % len(bodies)
                     cpu[side] += server.cpu_seconds() - cpu0
                     lat[side] += latencies
                     rates[side].append(n / secs)
@@ -275,7 +287,7 @@ def main() -> None:
     ensure_demo_models(ModelRegistry(LocalStore(store)))
     bodies = [
         orjson.dumps({"model": "fraud", "inputs": [r]})
-        for r in TransactionGenerator(seed=3).records(50_000)
+        for r in TransactionGenerator(seed=3).records(200_000)
     ]
     env = {
         "SERVEKIT_MODEL_STORE": str(store),
@@ -286,7 +298,7 @@ def main() -> None:
         env["PYTHONPATH"] = str(ROOT / "benchmarks" / "callcount")
     calls = None
     with checkout(args.ref) as ref_root, contextlib.ExitStack() as stack:
-        servers = {}
+        servers: dict[str, Server] = {}
         roots = {"this checkout": ROOT, args.ref: ref_root}
         for side, root in roots.items():
             log = RESULTS / f"server-versions-{len(servers)}.log"
