@@ -58,11 +58,15 @@ class BatchSettings(BaseSettings):
         "latency_target_ms; 0: off (only queue_limit sheds).",
     )
 
+    def default_budget_ms(self) -> float:
+        """The queueing budget of a model without an override (0: off)."""
+        if self.queue_budget_ms is None:
+            return self.latency_target_ms / 2
+        return self.queue_budget_ms
+
     def policy_for(self, model: str) -> BatchPolicy:
         """The batching policy of ``model``: its override, else the defaults."""
-        budget = (
-            self.latency_target_ms / 2 if self.queue_budget_ms is None else self.queue_budget_ms
-        )
+        budget = self.default_budget_ms()
         if model in self.per_model:
             policy = self.per_model[model]
             if policy.queue_budget_ms is None:
@@ -101,6 +105,27 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
     ort_threads: int = Field(
         1, ge=1, le=64, description="ONNX Runtime intra-op threads per session."
+    )
+    ort_spinning: bool = Field(
+        False,
+        description="Let ONNX Runtime's intra- and inter-op threads spin after each run "
+        "waiting for the next one. On: a thread holds its core for a while after every "
+        "call, which starves the event loop that admits and refuses requests; off costs "
+        "no measurable throughput on batched calls (README, text serving and overload).",
+    )
+    ingress_max_in_flight: int | None = Field(
+        None,
+        ge=0,
+        description="Most inference requests one worker holds; past it requests are "
+        "refused with 503 at the HTTP entry, before their body is read. None: the most the "
+        "model lanes hold within their queueing budgets (at least 64); 0: no limit.",
+    )
+    ingress_lag_ms: float | None = Field(
+        None,
+        ge=0,
+        description="Refuse inference requests at the HTTP entry while the worker's event "
+        "loop lags more than this (a request read now has waited that long already). "
+        "None: the default queueing budget (SERVEKIT_BATCH_QUEUE_BUDGET_MS); 0: off.",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
