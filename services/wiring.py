@@ -26,6 +26,7 @@ from services.edge.docs import ApiDocs
 from services.edge.http import GatewayApp, HTTPResponse, json_response
 from services.edge.ingest import FeedbackRoute, add_events_route
 from services.edge.ingest_auth import IngestAuth
+from services.edge.ingress import IngressGate
 from services.errors import ServekitError
 from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
@@ -38,6 +39,7 @@ from services.rollout.prediction_log import PredictionLog
 from services.rollout.routing import TrafficRouter
 from services.rollout.signing import RequestSigner
 from services.rollout.state import RolloutStore
+from services.runner.batching import AdaptiveBatcher
 from services.runner.pool import ModelPool
 from services.runner.split import FrameServer, RemoteRunner
 from services.settings import Settings, get_settings
@@ -272,9 +274,34 @@ def build_gateway(proxy: Any | None) -> tuple[Predictor, ModelPool | None]:
         max_body_bytes=SETTINGS.serving.max_body_bytes,
         metrics_render=metrics.render,
     )
+    if pool is not None:
+        app.gate = _ingress_gate(pool.batcher)
+    elif isinstance(predictor.runner, RemoteRunner):
+        app.gate = _ingress_gate(predictor.runner.batcher)
     predictor.ready = True
     _freeze()
     return predictor, pool
+
+
+def _ingress_gate(batcher: AdaptiveBatcher) -> IngressGate | None:
+    """The gate that refuses at the HTTP entry; none when the budget and both of its
+    limits are off (admission in the batcher alone, the old behaviour)."""
+    serving = SETTINGS.serving
+    budget_ms = SETTINGS.batch.default_budget_ms()
+    lag_ms = budget_ms if serving.ingress_lag_ms is None else serving.ingress_lag_ms
+    max_in_flight = serving.ingress_max_in_flight
+    if max_in_flight is None and not budget_ms:
+        max_in_flight = 0
+    if not lag_ms and max_in_flight == 0:
+        return None
+    gate = IngressGate(
+        batcher.lanes,
+        batcher.admission,
+        lag_budget_s=lag_ms / 1000,
+        max_in_flight=max_in_flight,
+    )
+    app.on_first_request.append(gate.start)
+    return gate
 
 
 def build_runner() -> tuple[ModelPool, FrameServer, GpuSampler]:

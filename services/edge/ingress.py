@@ -1,0 +1,124 @@
+"""Refusal at the ASGI entry: an inference request the runner would refuse anyway is
+answered 503 before its body is read or parsed.
+
+Admission in the batcher (``services.runner.admission``) sees a request only after the
+event loop has read it, parsed its JSON, validated and encoded it. When the loop itself is
+the bottleneck (a tiny model, thousands of requests per second) requests wait in the
+socket and the loop, where the batcher cannot see them, and a refusal costs nearly what
+an answer does. ``IngressGate.check`` runs first and refuses, with Retry-After, when
+
+- the event loop lags past the queueing budget: a request read now has already waited
+  that long (the lag is sampled by a task that sleeps ``interval_s`` and measures how late
+  it wakes; a loop turn that is still running counts as late, ``reason="loop"``);
+- this worker holds ``max_in_flight`` inference requests (``reason="in_flight"``): by
+  default the most the lanes can hold within their budgets (per lane, the rows admission
+  lets queue plus one batch per call slot running, ``admission.lane_capacity``), at least
+  ``min_in_flight``;
+- the request names its model in the path (``/v2/models/{m}/infer``) and a lane of that
+  model is over its budget (``reason="budget"``).
+
+A refusal here still costs the server's HTTP parsing and the response: what it saves is
+the body, the JSON and the request path (README, overload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from collections.abc import Callable, Iterable
+
+from services.errors import OverloadedError
+from services.runner.admission import Admission, lane_capacity, over_budget
+from services.runner.lanes import Lane
+
+
+class IngressGate:
+    """This worker's refusals at the HTTP entry.
+
+    Args:
+        lanes: the batcher's lanes now (empty before the first request).
+        admission: the batcher's admission, which counts a lane's refusals for its budget
+            (``servekit_admission_refusals_total``) wherever they are made.
+        lag_budget_s: refuse while the event loop lags more than this (0: never).
+        max_in_flight: most inference requests in flight in this worker (None: derived
+            from the lanes; 0: no limit).
+        min_in_flight: the derived limit's floor.
+        interval_s: how often the loop's lag is sampled.
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        lanes: Callable[[], Iterable[Lane]],
+        admission: Admission,
+        *,
+        lag_budget_s: float,
+        max_in_flight: int | None = None,
+        min_in_flight: int = 64,
+        interval_s: float = 0.01,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._lanes = lanes
+        self._admission = admission
+        self.lag_budget_s = lag_budget_s
+        self.max_in_flight = max_in_flight
+        self.min_in_flight = min_in_flight
+        self.interval_s = interval_s
+        self._clock = clock
+        self.in_flight = 0
+        self.lag_s = 0.0  # how late the sampler woke last time
+        self._due = math.inf  # when the sampler should wake next
+        self._task: asyncio.Task[None] | None = None
+        self.refused: collections.Counter[str] = collections.Counter()
+
+    def start(self) -> None:
+        """Start sampling the loop's lag (inside the server's loop; once)."""
+        if self._task is None and self.lag_budget_s > 0:
+            self._task = asyncio.get_running_loop().create_task(self._sample())
+
+    async def _sample(self) -> None:
+        clock, interval = self._clock, self.interval_s
+        while True:
+            self._due = clock() + interval
+            await asyncio.sleep(interval)
+            self.lag_s = max(0.0, clock() - self._due)
+
+    def lag(self) -> float:
+        """The loop's lag now: the last sample, or how late the sampler is if it is due."""
+        return max(self.lag_s, self._clock() - self._due)
+
+    def limit(self) -> int:
+        """The in-flight limit now (0: none)."""
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        return max(self.min_in_flight, sum(lane_capacity(lane) for lane in self._lanes()))
+
+    def check(self, model: str | None = None) -> None:
+        """Raise ``OverloadedError`` if a request arriving now (for ``model``, when the
+        path names it) is to be refused; else count it in flight (``leave`` when done)."""
+        if self.lag_budget_s and (lag := self.lag()) > self.lag_budget_s:
+            self._refuse("loop", f"the server's event loop lags {lag:.3f} s", lag)
+        limit = self.limit()
+        if limit and self.in_flight >= limit:
+            self._refuse("in_flight", f"{self.in_flight} requests are in flight", 0.0)
+        if model is not None:
+            for lane in self._lanes():
+                group = lane.group
+                if isinstance(group, tuple) and group[0] == model and over_budget(lane):
+                    self.refused["budget"] += 1
+                    self._admission.refuse(lane, "budget", "its queue is over its budget")
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        """One request counted by ``check`` was answered."""
+        self.in_flight -= 1
+
+    def _refuse(self, reason: str, why: str, wait_s: float) -> None:
+        self.refused[reason] += 1
+        raise OverloadedError(
+            f"the gateway is overloaded: {why}; retry later",
+            retry_after=max(1, math.ceil(wait_s)),
+            reason=reason,
+        )
