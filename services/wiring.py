@@ -284,20 +284,21 @@ def build_gateway(proxy: Any | None) -> tuple[Predictor, ModelPool | None]:
 
 
 def _ingress_gate(batcher: AdaptiveBatcher) -> IngressGate | None:
-    """The gate that refuses at the HTTP entry; none when the budget and both of its
-    limits are off (admission in the batcher alone, the old behaviour)."""
+    """The gate that refuses at the HTTP entry; none when the budget is off and neither
+    of its limits is set (admission in the batcher alone, the old behaviour)."""
     serving = SETTINGS.serving
     budget_ms = SETTINGS.batch.default_budget_ms()
-    lag_ms = budget_ms if serving.ingress_lag_ms is None else serving.ingress_lag_ms
-    max_in_flight = serving.ingress_max_in_flight
-    if max_in_flight is None and not budget_ms:
-        max_in_flight = 0
-    if not lag_ms and max_in_flight == 0:
+    lag_ms, max_in_flight = serving.ingress_lag_ms, serving.ingress_max_in_flight
+    if not budget_ms:
+        lag_ms = lag_ms or 0.0
+        max_in_flight = max_in_flight or 0
+    if lag_ms == 0 and max_in_flight == 0:
         return None
     gate = IngressGate(
         batcher.lanes,
         batcher.admission,
-        lag_budget_s=lag_ms / 1000,
+        budget_s=budget_ms / 1000,
+        lag_s=None if lag_ms is None else lag_ms / 1000,
         max_in_flight=max_in_flight,
     )
     app.on_first_request.append(gate.start)

@@ -7,13 +7,18 @@ the bottleneck (a tiny model, thousands of requests per second) requests wait in
 socket and the loop, where the batcher cannot see them, and a refusal costs nearly what
 an answer does. ``IngressGate.check`` runs first and refuses, with Retry-After, when
 
-- the event loop lags past the queueing budget: a request read now has already waited
-  that long (the lag is sampled by a task that sleeps ``interval_s`` and measures how late
-  it wakes; a loop turn that is still running counts as late, ``reason="loop"``);
+- the event loop has lagged past the queueing budget twice in a row: a request read now
+  has already waited that long (``reason="loop"``). The budget here is the least any
+  lane tolerates: its queueing budget, or one call where a call outlasts it (a text
+  model's batch), as admission allows (``admission.lane_tolerance``). A task sleeps ``interval_s`` and
+  measures how late it wakes; a wake-up that is due and has not come counts as a late one.
+  One late turn is not enough: a single stall (the process descheduled, a collection)
+  would otherwise refuse every request that arrived during it, and a refusal costs the
+  server more than half of what an answer does;
 - this worker holds ``max_in_flight`` inference requests (``reason="in_flight"``): by
   default the most the lanes can hold within their budgets (per lane, the rows admission
-  lets queue plus one batch per call slot running, ``admission.lane_capacity``), at least
-  ``min_in_flight``;
+  lets queue plus one batch per call slot running, ``admission.lane_capacity``) plus
+  ``headroom`` for requests on their way to or from a lane;
 - the request names its model in the path (``/v2/models/{m}/infer``) and a lane of that
   model is over its budget (``reason="budget"``).
 
@@ -30,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from services.errors import OverloadedError
-from services.runner.admission import Admission, lane_capacity, over_budget
+from services.runner.admission import Admission, lane_capacity, lane_tolerance, over_budget
 from services.runner.lanes import Lane
 
 
@@ -41,10 +46,12 @@ class IngressGate:
         lanes: the batcher's lanes now (empty before the first request).
         admission: the batcher's admission, which counts a lane's refusals for its budget
             (``servekit_admission_refusals_total``) wherever they are made.
-        lag_budget_s: refuse while the event loop lags more than this (0: never).
+        budget_s: the queueing budget assumed before any lane has one (0: none).
+        lag_s: refuse while the event loop lags more than this (None: the least the lanes
+            tolerate; 0: never).
         max_in_flight: most inference requests in flight in this worker (None: derived
             from the lanes; 0: no limit).
-        min_in_flight: the derived limit's floor.
+        headroom: what the derived in-flight limit adds to the lanes' capacity.
         interval_s: how often the loop's lag is sampled.
         clock: monotonic seconds.
     """
@@ -54,28 +61,31 @@ class IngressGate:
         lanes: Callable[[], Iterable[Lane]],
         admission: Admission,
         *,
-        lag_budget_s: float,
+        budget_s: float,
+        lag_s: float | None = None,
         max_in_flight: int | None = None,
-        min_in_flight: int = 64,
+        headroom: int = 64,
         interval_s: float = 0.01,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._lanes = lanes
         self._admission = admission
-        self.lag_budget_s = lag_budget_s
+        self.budget_s = budget_s
+        self.lag_limit_s = lag_s
         self.max_in_flight = max_in_flight
-        self.min_in_flight = min_in_flight
+        self.headroom = headroom
         self.interval_s = interval_s
         self._clock = clock
         self.in_flight = 0
         self.lag_s = 0.0  # how late the sampler woke last time
+        self.prev_lag_s = 0.0  # ... and the time before
         self._due = math.inf  # when the sampler should wake next
         self._task: asyncio.Task[None] | None = None
         self.refused: collections.Counter[str] = collections.Counter()
 
     def start(self) -> None:
         """Start sampling the loop's lag (inside the server's loop; once)."""
-        if self._task is None and self.lag_budget_s > 0:
+        if self._task is None and self.lag_limit_s != 0:
             self._task = asyncio.get_running_loop().create_task(self._sample())
 
     async def _sample(self) -> None:
@@ -83,22 +93,31 @@ class IngressGate:
         while True:
             self._due = clock() + interval
             await asyncio.sleep(interval)
-            self.lag_s = max(0.0, clock() - self._due)
+            self.prev_lag_s, self.lag_s = self.lag_s, max(0.0, clock() - self._due)
 
     def lag(self) -> float:
-        """The loop's lag now: the last sample, or how late the sampler is if it is due."""
-        return max(self.lag_s, self._clock() - self._due)
+        """The loop's sustained lag: the lesser of two readings in a row (the last two
+        samples, or the last and how late the due one is now)."""
+        late_now = self._clock() - self._due
+        return max(min(self.prev_lag_s, self.lag_s), min(self.lag_s, late_now))
+
+    def lag_limit(self) -> float:
+        """The loop lag past which requests are refused now (0: none)."""
+        if self.lag_limit_s is not None:
+            return self.lag_limit_s
+        tolerances = [t for lane in self._lanes() if (t := lane_tolerance(lane)) is not None]
+        return min(tolerances) if tolerances else self.budget_s
 
     def limit(self) -> int:
         """The in-flight limit now (0: none)."""
         if self.max_in_flight is not None:
             return self.max_in_flight
-        return max(self.min_in_flight, sum(lane_capacity(lane) for lane in self._lanes()))
+        return self.headroom + sum(lane_capacity(lane) for lane in self._lanes())
 
     def check(self, model: str | None = None) -> None:
         """Raise ``OverloadedError`` if a request arriving now (for ``model``, when the
         path names it) is to be refused; else count it in flight (``leave`` when done)."""
-        if self.lag_budget_s and (lag := self.lag()) > self.lag_budget_s:
+        if (limit_s := self.lag_limit()) and (lag := self.lag()) > limit_s:
             self._refuse("loop", f"the server's event loop lags {lag:.3f} s", lag)
         limit = self.limit()
         if limit and self.in_flight >= limit:

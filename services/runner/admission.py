@@ -158,6 +158,17 @@ def over_budget(lane: Lane) -> bool:
     return lane.queued_rows >= batch_rows and expected_wait(lane) > budget_ms / 1000.0
 
 
+def lane_tolerance(lane: Lane) -> float | None:
+    """The longest a request of ``lane`` may expect to wait and still be admitted: its
+    budget, or one call where a call outlasts the budget (a batch still fills); None
+    without a budget."""
+    budget_ms = lane.policy.queue_budget_ms
+    if not budget_ms:
+        return None
+    budget = budget_ms / 1000.0
+    return budget if math.isinf(lane.call_s) else max(budget, lane.call_s)
+
+
 def lane_capacity(lane: Lane) -> int:
     """Rows ``lane`` holds at most within its budget: what admission lets queue (one batch
     per call slot, or the budget's worth of rows if more) plus one batch per slot running;

@@ -118,14 +118,15 @@ class ServingSettings(BaseSettings):
         ge=0,
         description="Most inference requests one worker holds; past it requests are "
         "refused with 503 at the HTTP entry, before their body is read. None: the most the "
-        "model lanes hold within their queueing budgets (at least 64); 0: no limit.",
+        "model lanes hold within their queueing budgets, plus 64; 0: no limit.",
     )
     ingress_lag_ms: float | None = Field(
         None,
         ge=0,
         description="Refuse inference requests at the HTTP entry while the worker's event "
-        "loop lags more than this (a request read now has waited that long already). "
-        "None: the default queueing budget (SERVEKIT_BATCH_QUEUE_BUDGET_MS); 0: off.",
+        "loop has lagged more than this twice in a row (a request read now has waited that "
+        "long already). None: the least any model tolerates, its queueing budget or one "
+        "call where a call outlasts it; 0: off.",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
