@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     progress,
     write_results,
 )
+from benchmarks.open_loop import open_loop_lean  # noqa: E402
 
 OUT = RESULTS / "overload"
 LOADS = (0.8, 3.0)
@@ -55,6 +57,10 @@ SIDES = {
     "budget off (before)": {"SERVEKIT_BATCH_QUEUE_BUDGET_MS": "0"},
     "budget on": {},
 }
+GENERATORS = {"lean": open_loop_lean, "aiohttp": open_loop_records}
+# A gateway that refuses every inference request at its HTTP entry (the loop always lags
+# more than 1 µs): what one refusal costs the server, measured.
+REFUSE_ALL = {"SERVEKIT_INGRESS_LAG_MS": "0.001"}
 LEAN = {
     "SERVEKIT_CACHE_ENABLED": "false",  # measure serving, not the prediction cache
     "SERVEKIT_FEATURES_ENABLED": "false",
@@ -165,24 +171,83 @@ def load_summary(
     }
 
 
-def capacity(url: str, bodies: list[bytes], seconds: float) -> float:
-    """Answers per second of a closed loop of 64 clients (the budget is off here)."""
-    lat, ok, errors, secs = asyncio.run(closed_loop(url, bodies, 64, seconds, warmup_s=1.0))
-    return ok / secs
+def own_cpu() -> float:
+    """CPU seconds of this process (the load generator) so far."""
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
+
+
+def idle_cpu(server: Server, seconds: float = 3.0) -> float:
+    """The server's CPU seconds per second with no traffic (its background tasks)."""
+    cpu0 = server.cpu_seconds()
+    time.sleep(seconds)
+    return (server.cpu_seconds() - cpu0) / seconds
+
+
+def capacity(server: Server, bodies: list[bytes], seconds: float) -> tuple[float, float]:
+    """Answers per second of a closed loop of 64 clients (the budget is off here), and the
+    server's CPU milliseconds per answer meanwhile, its idle CPU taken off."""
+    idle = idle_cpu(server)
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    lat, ok, errors, secs = asyncio.run(
+        closed_loop(f"{server.url}/predict", bodies, 64, seconds, warmup_s=1.0)
+    )
+    cpu = server.cpu_seconds() - cpu0 - idle * (time.perf_counter() - t0)
+    # The warm-up second's answers are not counted: scale its CPU out at the same rate.
+    return ok / secs, cpu * 1000 / max(1, ok) * secs / (secs + 1.0)
 
 
 def run_load(
-    server: Server, bodies: list[bytes], rate: float, cap: float, seconds: float
+    server: Server, bodies: list[bytes], rate: float, cap: float, seconds: float, client: str
 ) -> dict[str, Any]:
     """One open-loop run against ``server`` at ``rate``, its health after."""
+    cpu0, client0 = server.cpu_seconds(), own_cpu()
     with PeakRss(server.proc.pid) as rss:
         records, sent, elapsed = asyncio.run(
-            open_loop_records(f"{server.url}/predict", bodies, rate, seconds, timeout_s=30.0)
+            GENERATORS[client](f"{server.url}/predict", bodies, rate, seconds, timeout_s=30.0)
         )
+    cpu, client_cpu = server.cpu_seconds() - cpu0, own_cpu() - client0
     res = load_summary(records, sent, elapsed, cap)
     res["peak_rss_mib"] = round(rss.peak / 2**20, 1)
+    res["server_cpu_s"] = round(cpu, 2)
+    res["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, len(records)), 3)
+    res["client_cpu_ms_per_request"] = round(client_cpu * 1000 / max(1, len(records)), 3)
     res["health_after"] = health(server.url, bodies[0])
     return res
+
+
+def refusal_cost(
+    base: dict[str, str], label: str, bodies: list[bytes], rate: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Server CPU per refusal at the HTTP entry (its idle CPU taken off): a gateway that
+    refuses everything there, open-loop traffic at ``rate`` for half of ``--seconds``."""
+    log = RESULTS / f"overload-{label}-refuse.log"
+    server = Server({**base, **REFUSE_ALL}, log, cpus=args.cpus)
+    try:
+        idle = idle_cpu(server)
+        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+        records, sent, elapsed = asyncio.run(
+            GENERATORS[args.client](f"{server.url}/predict", bodies, rate, args.seconds / 2)
+        )
+        cpu = server.cpu_seconds() - cpu0 - idle * (time.perf_counter() - t0)
+    finally:
+        server.stop()
+    refused = sum(1 for s, _ in records if s == "503")
+    return {
+        "sent_per_s": round(sent, 1),
+        "refused_share": round(refused / max(1, len(records)), 3),
+        "refusal_p99_ms": round(pct([t * 1000 for s, t in records if s == "503"], 99), 2),
+        "server_cpu_ms_per_refusal": round(cpu * 1000 / max(1, len(records)), 3),
+        "server_idle_cpu_share": round(idle, 3),
+    }
+
+
+def goodput_bound(served_ms: float, refusal_ms: float, load: float = 3.0) -> float:
+    """The most goodput (share of capacity) at ``load`` x capacity when the server's CPU
+    is what limits it: answering g and refusing the rest must fit the CPU that answering
+    at capacity took, g s + (load - g) r <= s, so g <= (1 - load f) / (1 - f), f = r / s."""
+    f = refusal_ms / served_ms
+    return max(0.0, (1 - load * f) / (1 - f)) if f < 1 else 0.0
 
 
 def targets(sides: dict[str, Any]) -> dict[str, Any]:
@@ -220,19 +285,26 @@ def measure_model(
     try:
         for side, extra in SIDES.items():
             label = f"{model}-{'off' if extra else 'on'}"
-            servers[side] = Server({**base, **extra}, RESULTS / f"overload-{label}.log")
+            log = RESULTS / f"overload-{label}.log"
+            servers[side] = Server({**base, **extra}, log, cpus=args.cpus)
         off = servers[next(iter(SIDES))]
         step(f"{model}: measuring capacity")
-        cap = capacity(f"{off.url}/predict", bodies, args.capacity_seconds)
+        cap, served_ms = capacity(off, bodies, args.capacity_seconds)
         for load in LOADS:
             for side, server in servers.items():
                 step(f"{model}, {side}: {load:g}x capacity ({load * cap:.0f}/s)")
                 doc["sides"][side][f"{load:g}x"] = run_load(
-                    server, bodies, load * cap, cap, args.seconds
+                    server, bodies, load * cap, cap, args.seconds, args.client
                 )
     finally:
         for server in servers.values():
             server.stop()
+    step(f"{model}: the cost of a refusal at the HTTP entry")
+    cost = refusal_cost(base, model, bodies, 3 * cap, args)
+    cost["server_cpu_ms_per_answer_at_capacity"] = round(served_ms, 3)
+    cost["refusal_over_answer"] = round(cost["server_cpu_ms_per_refusal"] / served_ms, 3)
+    cost["goodput_bound_3x"] = round(goodput_bound(served_ms, cost["server_cpu_ms_per_refusal"]), 3)
+    doc["refusal_cost"] = cost
     doc["capacity_per_s"] = round(cap, 1)
     doc["targets"] = targets(doc["sides"])
     return doc
@@ -294,13 +366,31 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="text-embed tokens per text")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     parser.add_argument("--redis-url", default=None, help="default: servekit's default")
+    parser.add_argument(
+        "--client", choices=sorted(GENERATORS), default="lean", help="open-loop generator"
+    )
+    parser.add_argument(
+        "--pin-models",
+        nargs="*",
+        default=["fraud"],
+        help="models whose servers run on all cores but the last and the generator on the "
+        "last (the split is explicit, not contended); others share every core",
+    )
     args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
     console = Console()
     OUT.mkdir(parents=True, exist_ok=True)
     text_store = args.store or Path(tempfile.gettempdir()) / "servekit-bench-store"
     fraud_store = Path(tempfile.mkdtemp(prefix="servekit-overload-"))
-    doc: dict[str, Any] = {"seconds": args.seconds, "threads": args.threads, "models": {}}
-    steps = len(args.models) * (1 + len(SIDES) * len(LOADS))
+    doc: dict[str, Any] = {
+        "seconds": args.seconds,
+        "threads": args.threads,
+        "client": args.client,
+        "cores": cores,
+        "pinned_models": args.pin_models if len(cores) >= 2 else [],
+        "models": {},
+    }
+    steps = len(args.models) * (2 + len(SIDES) * len(LOADS))
     with progress(console) as bar:
         task = bar.add_task("overload", total=steps)
 
@@ -313,7 +403,14 @@ def main() -> None:
                 store, bodies = fraud_store, fraud_bodies(fraud_store)
             else:
                 store, bodies = text_store, text_bodies(text_store, args.tokens)
+            args.cpus = None
+            if model in args.pin_models and len(cores) >= 2:
+                args.cpus = set(cores[:-1])
+                os.sched_setaffinity(0, {cores[-1]})
             doc["models"][model] = measure_model(model, store, bodies, args, step)
+            os.sched_setaffinity(0, set(cores))
+            doc["models"][model]["server_cores"] = sorted(args.cpus or cores)
+            doc["models"][model]["generator_cores"] = [cores[-1]] if args.cpus else cores
     print_table(console, doc)
     console.print_json(json.dumps({m: d["targets"] for m, d in doc["models"].items()}))
     path = write_results("overload/overload", doc)
