@@ -53,14 +53,22 @@ from benchmarks.open_loop import open_loop_lean  # noqa: E402
 
 OUT = RESULTS / "overload"
 LOADS = (0.8, 3.0)
-SIDES = {
-    "budget off (before)": {"SERVEKIT_BATCH_QUEUE_BUDGET_MS": "0"},
-    "budget on": {},
+COMPARISONS = {
+    # The queueing budget (admission in the batcher, the gate at the HTTP entry).
+    "budget": {
+        "budget off (before)": {"SERVEKIT_BATCH_QUEUE_BUDGET_MS": "0"},
+        "budget on": {},
+    },
+    # ONNX Runtime's threads spinning after each run, the budget on both sides.
+    "spinning": {
+        "ORT spinning on (before)": {"SERVEKIT_ORT_SPINNING": "true"},
+        "ORT spinning off": {"SERVEKIT_ORT_SPINNING": "false"},
+    },
 }
 GENERATORS = {"lean": open_loop_lean, "aiohttp": open_loop_records}
-# A gateway that refuses every inference request at its HTTP entry (the loop always lags
-# more than 1 µs): what one refusal costs the server, measured.
-REFUSE_ALL = {"SERVEKIT_INGRESS_LAG_MS": "0.001"}
+# A gateway that refuses every inference request at its HTTP entry (an in-flight limit
+# of 0): what one refusal costs the server, measured.
+REFUSE_ALL = {"SERVEKIT_INGRESS_MAX_IN_FLIGHT": "0"}
 LEAN = {
     "SERVEKIT_CACHE_ENABLED": "false",  # measure serving, not the prediction cache
     "SERVEKIT_FEATURES_ENABLED": "false",
@@ -171,6 +179,21 @@ def load_summary(
     }
 
 
+def admission_counts(url: str) -> dict[str, float]:
+    """Refusals and drops so far by kind and reason ("refused:loop", "dropped:budget"),
+    summed over models, from the server's /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for metric, kind in (("refusals", "refused"), ("drops", "dropped")):
+            if line.startswith(f"servekit_admission_{metric}_total{{"):
+                reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                key = f"{kind}:{reason}"
+                out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def own_cpu() -> float:
     """CPU seconds of this process (the load generator) so far."""
     t = psutil.Process().cpu_times()
@@ -201,6 +224,7 @@ def run_load(
     server: Server, bodies: list[bytes], rate: float, cap: float, seconds: float, client: str
 ) -> dict[str, Any]:
     """One open-loop run against ``server`` at ``rate``, its health after."""
+    counts0 = admission_counts(server.url)
     cpu0, client0 = server.cpu_seconds(), own_cpu()
     with PeakRss(server.proc.pid) as rss:
         records, sent, elapsed = asyncio.run(
@@ -212,6 +236,10 @@ def run_load(
     res["server_cpu_s"] = round(cpu, 2)
     res["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, len(records)), 3)
     res["client_cpu_ms_per_request"] = round(client_cpu * 1000 / max(1, len(records)), 3)
+    counts = admission_counts(server.url)
+    res["refusals_by_reason"] = {
+        k: int(v - counts0.get(k, 0.0)) for k, v in counts.items() if v > counts0.get(k, 0.0)
+    }
     res["health_after"] = health(server.url, bodies[0])
     return res
 
@@ -281,13 +309,13 @@ def measure_model(
     if args.redis_url:
         base["SERVEKIT_REDIS_URL"] = args.redis_url
     servers: dict[str, Server] = {}
-    doc: dict[str, Any] = {"sides": {side: {} for side in SIDES}}
+    sides = COMPARISONS[args.compare]
+    doc: dict[str, Any] = {"sides": {side: {} for side in sides}}
     try:
-        for side, extra in SIDES.items():
-            label = f"{model}-{'off' if extra else 'on'}"
-            log = RESULTS / f"overload-{label}.log"
+        for i, (side, extra) in enumerate(sides.items()):
+            log = RESULTS / f"overload-{args.compare}-{model}-{i}.log"
             servers[side] = Server({**base, **extra}, log, cpus=args.cpus)
-        off = servers[next(iter(SIDES))]
+        off = servers[next(iter(sides))]
         step(f"{model}: measuring capacity")
         cap, served_ms = capacity(off, bodies, args.capacity_seconds)
         for load in LOADS:
@@ -370,6 +398,13 @@ def main() -> None:
         "--client", choices=sorted(GENERATORS), default="lean", help="open-loop generator"
     )
     parser.add_argument(
+        "--compare",
+        choices=sorted(COMPARISONS),
+        default="budget",
+        help="the two sides: budget off/on, or ONNX Runtime spinning on/off (budget on); "
+        "results go to overload.json or overload_spinning.json",
+    )
+    parser.add_argument(
         "--pin-models",
         nargs="*",
         default=["fraud"],
@@ -386,11 +421,12 @@ def main() -> None:
         "seconds": args.seconds,
         "threads": args.threads,
         "client": args.client,
+        "compare": args.compare,
         "cores": cores,
         "pinned_models": args.pin_models if len(cores) >= 2 else [],
         "models": {},
     }
-    steps = len(args.models) * (2 + len(SIDES) * len(LOADS))
+    steps = len(args.models) * (2 + len(COMPARISONS[args.compare]) * len(LOADS))
     with progress(console) as bar:
         task = bar.add_task("overload", total=steps)
 
@@ -413,9 +449,10 @@ def main() -> None:
             doc["models"][model]["generator_cores"] = [cores[-1]] if args.cpus else cores
     print_table(console, doc)
     console.print_json(json.dumps({m: d["targets"] for m, d in doc["models"].items()}))
-    path = write_results("overload/overload", doc)
-    plot(doc, OUT / "overload.png")
-    console.print(f"wrote {path} and {OUT / 'overload.png'}")
+    name = "overload" if args.compare == "budget" else f"overload_{args.compare}"
+    path = write_results(f"overload/{name}", doc)
+    plot(doc, OUT / f"{name}.png")
+    console.print(f"wrote {path} and {OUT / f'{name}.png'}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -290,10 +291,10 @@ def _ingress_gate(batcher: AdaptiveBatcher) -> IngressGate | None:
     budget_ms = SETTINGS.batch.default_budget_ms()
     lag_ms, max_in_flight = serving.ingress_lag_ms, serving.ingress_max_in_flight
     if not budget_ms:
+        if not lag_ms and max_in_flight is None:
+            return None
         lag_ms = lag_ms or 0.0
-        max_in_flight = max_in_flight or 0
-    if lag_ms == 0 and max_in_flight == 0:
-        return None
+        max_in_flight = sys.maxsize if max_in_flight is None else max_in_flight
     gate = IngressGate(
         batcher.lanes,
         batcher.admission,

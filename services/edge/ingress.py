@@ -44,13 +44,13 @@ class IngressGate:
 
     Args:
         lanes: the batcher's lanes now (empty before the first request).
-        admission: the batcher's admission, which counts a lane's refusals for its budget
-            (``servekit_admission_refusals_total``) wherever they are made.
+        admission: the batcher's admission, which counts every refusal
+            (``servekit_admission_refusals_total``; model "" where it is not known yet).
         budget_s: the queueing budget assumed before any lane has one (0: none).
         lag_s: refuse while the event loop lags more than this (None: the least the lanes
             tolerate; 0: never).
         max_in_flight: most inference requests in flight in this worker (None: derived
-            from the lanes; 0: no limit).
+            from the lanes; 0: refuse them all, a worker draining).
         headroom: what the derived in-flight limit adds to the lanes' capacity.
         interval_s: how often the loop's lag is sampled.
         clock: monotonic seconds.
@@ -109,7 +109,7 @@ class IngressGate:
         return min(tolerances) if tolerances else self.budget_s
 
     def limit(self) -> int:
-        """The in-flight limit now (0: none)."""
+        """The in-flight limit now (0: every inference request is refused)."""
         if self.max_in_flight is not None:
             return self.max_in_flight
         return self.headroom + sum(lane_capacity(lane) for lane in self._lanes())
@@ -120,7 +120,7 @@ class IngressGate:
         if (limit_s := self.lag_limit()) and (lag := self.lag()) > limit_s:
             self._refuse("loop", f"the server's event loop lags {lag:.3f} s", lag)
         limit = self.limit()
-        if limit and self.in_flight >= limit:
+        if self.in_flight >= limit:
             self._refuse("in_flight", f"{self.in_flight} requests are in flight", 0.0)
         if model is not None:
             for lane in self._lanes():
@@ -136,6 +136,7 @@ class IngressGate:
 
     def _refuse(self, reason: str, why: str, wait_s: float) -> None:
         self.refused[reason] += 1
+        self._admission.count_entry_refusal(reason)
         raise OverloadedError(
             f"the gateway is overloaded: {why}; retry later",
             retry_after=max(1, math.ceil(wait_s)),

@@ -225,6 +225,11 @@ class Admission:
         """Count one refusal of ``reason`` at ``lane``."""
         self.stats.refused[_labels(lane.group, reason)] += 1
 
+    def count_entry_refusal(self, reason: str) -> None:
+        """Count one refusal at the HTTP entry, before the request's model is known."""
+        self.stats.refused[("", "", reason)] += 1
+        self._batcher_stats.shed += 1
+
     def refuse(self, lane: Lane, reason: str, why: str) -> None:
         """Count a refusal of ``reason`` and raise its 503."""
         self.count_refusal(lane, reason)

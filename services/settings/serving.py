@@ -118,7 +118,8 @@ class ServingSettings(BaseSettings):
         ge=0,
         description="Most inference requests one worker holds; past it requests are "
         "refused with 503 at the HTTP entry, before their body is read. None: the most the "
-        "model lanes hold within their queueing budgets, plus 64; 0: no limit.",
+        "model lanes hold within their queueing budgets, plus 64 (no limit with the budget "
+        "off); 0: refuse every inference request (a worker draining).",
     )
     ingress_lag_ms: float | None = Field(
         None,
