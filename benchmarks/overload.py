@@ -87,6 +87,12 @@ COMPARISONS = {
         "budget off (before)": {"SERVEKIT_BATCH_QUEUE_BUDGET_MS": "0"},
         "budget on": {},
     },
+    # The gate at the HTTP entry, the budget on every side.
+    "gate": {
+        "limits off (default)": {},
+        "in-flight limit (lanes)": {"SERVEKIT_INGRESS_MAX_IN_FLIGHT": "lanes"},
+        "loop lag (lanes)": {"SERVEKIT_INGRESS_LAG_MS": "lanes"},
+    },
     # ONNX Runtime's threads spinning after each run, the budget on both sides.
     "spinning": {
         "ORT spinning on (before)": {"SERVEKIT_ORT_SPINNING": "true"},
@@ -429,8 +435,9 @@ def main() -> None:
         "--compare",
         choices=sorted(COMPARISONS),
         default="budget",
-        help="the two sides: budget off/on, or ONNX Runtime spinning on/off (budget on); "
-        "results go to overload.json or overload_spinning.json",
+        help="the sides: budget off/on; the gate at the HTTP entry off, in-flight limit, "
+        "loop lag (budget on); ONNX Runtime spinning on/off (budget on). Results go to "
+        "overload.json, or overload_gate.json, overload_spinning.json",
     )
     parser.add_argument(
         "--pin-models",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import sys
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -285,21 +284,19 @@ def build_gateway(proxy: Any | None) -> tuple[Predictor, ModelPool | None]:
 
 
 def _ingress_gate(batcher: AdaptiveBatcher) -> IngressGate | None:
-    """The gate that refuses at the HTTP entry; none when the budget is off and neither
-    of its limits is set (admission in the batcher alone, the old behaviour)."""
+    """The gate that refuses at the HTTP entry: a v2 request whose model's lane is over
+    its budget (what admission would refuse, before the body), and the opt-in loop-lag
+    and in-flight limits; none when the budget is off and neither limit is set."""
     serving = SETTINGS.serving
     budget_ms = SETTINGS.batch.default_budget_ms()
-    lag_ms, max_in_flight = serving.ingress_lag_ms, serving.ingress_max_in_flight
-    if not budget_ms:
-        if not lag_ms and max_in_flight is None:
-            return None
-        lag_ms = lag_ms or 0.0
-        max_in_flight = sys.maxsize if max_in_flight is None else max_in_flight
+    lag, max_in_flight = serving.ingress_lag_ms, serving.ingress_max_in_flight
+    if not budget_ms and lag == 0 and max_in_flight is None:
+        return None
     gate = IngressGate(
         batcher.lanes,
         batcher.admission,
         budget_s=budget_ms / 1000,
-        lag_s=None if lag_ms is None else lag_ms / 1000,
+        lag_s=lag if lag == "lanes" else lag / 1000,
         max_in_flight=max_in_flight,
     )
     app.on_first_request.append(gate.start)

@@ -1,29 +1,30 @@
-"""Refusal at the ASGI entry: an inference request the runner would refuse anyway is
+"""Refusal at the ASGI entry: an inference request the gateway will refuse anyway is
 answered 503 before its body is read or parsed.
 
 Admission in the batcher (``services.runner.admission``) sees a request only after the
-event loop has read it, parsed its JSON, validated and encoded it. When the loop itself is
-the bottleneck (a tiny model, thousands of requests per second) requests wait in the
-socket and the loop, where the batcher cannot see them, and a refusal costs nearly what
-an answer does. ``IngressGate.check`` runs first and refuses, with Retry-After, when
+event loop has read it, parsed its JSON, validated and encoded it. ``IngressGate.check``
+runs first and refuses, with Retry-After, when
 
-- the event loop has lagged past the queueing budget twice in a row: a request read now
-  has already waited that long (``reason="loop"``). The budget here is the least any
-  lane tolerates: its queueing budget, or one call where a call outlasts it (a text
-  model's batch), as admission allows (``admission.lane_tolerance``). A task sleeps ``interval_s`` and
-  measures how late it wakes; a wake-up that is due and has not come counts as a late one.
-  One late turn is not enough: a single stall (the process descheduled, a collection)
-  would otherwise refuse every request that arrived during it, and a refusal costs the
-  server more than half of what an answer does;
-- this worker holds ``max_in_flight`` inference requests (``reason="in_flight"``): by
-  default the most the lanes can hold within their budgets (per lane, the rows admission
-  lets queue plus one batch per call slot running, ``admission.lane_capacity``) plus
-  ``headroom`` for requests on their way to or from a lane;
 - the request names its model in the path (``/v2/models/{m}/infer``) and a lane of that
-  model is over its budget (``reason="budget"``).
+  model is over its budget (``reason="budget"``): what admission would refuse, earlier;
+- (opt-in) this worker holds ``max_in_flight`` inference requests (``reason="in_flight"``):
+  a set number, or ``"lanes"``: the most the lanes hold within their budgets (per lane,
+  the rows admission lets queue plus one batch per call slot running,
+  ``admission.lane_capacity``) plus ``headroom`` for requests on their way to or from a
+  lane; 0 refuses them all (a worker draining);
+- (opt-in) the event loop has lagged past ``lag_s`` twice in a row: a request read now has
+  already waited that long (``reason="loop"``). A task sleeps ``interval_s`` and measures
+  how late it wakes; a wake-up that is due and has not come counts as a late one. One late
+  turn is not enough: a single stall (the process descheduled, a collection) would
+  otherwise refuse every request that arrived during it. ``"lanes"``: the least any lane
+  tolerates, its budget or one call where a call outlasts it (``admission.lane_tolerance``).
 
-A refusal here still costs the server's HTTP parsing and the response: what it saves is
-the body, the JSON and the request path (README, overload).
+Why the last two are off by default: a refusal here still costs the server's HTTP parsing
+and the response, over half of what answering a tiny model's request costs (measured:
+README, overload). When the HTTP front is the bottleneck, refusing in the process takes
+the CPU that answering needed and goodput falls further than without refusing; the limit
+that helps there sits in front of the gateway (a proxy's concurrency limit) or adds
+capacity (workers, replicas).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import collections
 import math
 import time
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from services.errors import OverloadedError
 from services.runner.admission import Admission, lane_capacity, lane_tolerance, over_budget
@@ -47,10 +49,10 @@ class IngressGate:
         admission: the batcher's admission, which counts every refusal
             (``servekit_admission_refusals_total``; model "" where it is not known yet).
         budget_s: the queueing budget assumed before any lane has one (0: none).
-        lag_s: refuse while the event loop lags more than this (None: the least the lanes
-            tolerate; 0: never).
-        max_in_flight: most inference requests in flight in this worker (None: derived
-            from the lanes; 0: refuse them all, a worker draining).
+        lag_s: refuse while the event loop lags more than this ("lanes": the least the
+            lanes tolerate; 0: never).
+        max_in_flight: most inference requests in flight in this worker ("lanes": derived
+            from the lanes; 0: refuse them all, a worker draining; None: no limit).
         headroom: what the derived in-flight limit adds to the lanes' capacity.
         interval_s: how often the loop's lag is sampled.
         clock: monotonic seconds.
@@ -62,8 +64,8 @@ class IngressGate:
         admission: Admission,
         *,
         budget_s: float,
-        lag_s: float | None = None,
-        max_in_flight: int | None = None,
+        lag_s: float | Literal["lanes"] = 0.0,
+        max_in_flight: int | Literal["lanes"] | None = None,
         headroom: int = 64,
         interval_s: float = 0.01,
         clock: Callable[[], float] = time.perf_counter,
@@ -103,14 +105,14 @@ class IngressGate:
 
     def lag_limit(self) -> float:
         """The loop lag past which requests are refused now (0: none)."""
-        if self.lag_limit_s is not None:
+        if self.lag_limit_s != "lanes":
             return self.lag_limit_s
         tolerances = [t for lane in self._lanes() if (t := lane_tolerance(lane)) is not None]
         return min(tolerances) if tolerances else self.budget_s
 
-    def limit(self) -> int:
-        """The in-flight limit now (0: every inference request is refused)."""
-        if self.max_in_flight is not None:
+    def limit(self) -> int | None:
+        """The in-flight limit now (0: every inference request is refused; None: none)."""
+        if self.max_in_flight != "lanes":
             return self.max_in_flight
         return self.headroom + sum(lane_capacity(lane) for lane in self._lanes())
 
@@ -120,7 +122,7 @@ class IngressGate:
         if (limit_s := self.lag_limit()) and (lag := self.lag()) > limit_s:
             self._refuse("loop", f"the server's event loop lags {lag:.3f} s", lag)
         limit = self.limit()
-        if self.in_flight >= limit:
+        if limit is not None and self.in_flight >= limit:
             self._refuse("in_flight", f"{self.in_flight} requests are in flight", 0.0)
         if model is not None:
             for lane in self._lanes():

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_ADMIN_TOKEN_LENGTH = 32
@@ -113,21 +121,21 @@ class ServingSettings(BaseSettings):
         "call, which starves the event loop that admits and refuses requests; off costs "
         "no measurable throughput on batched calls (README, text serving and overload).",
     )
-    ingress_max_in_flight: int | None = Field(
+    ingress_max_in_flight: NonNegativeInt | Literal["lanes"] | None = Field(
         None,
-        ge=0,
         description="Most inference requests one worker holds; past it requests are "
-        "refused with 503 at the HTTP entry, before their body is read. None: the most the "
-        "model lanes hold within their queueing budgets, plus 64 (no limit with the budget "
-        "off); 0: refuse every inference request (a worker draining).",
+        'refused with 503 at the HTTP entry, before their body is read. "lanes": the rows '
+        "the model lanes hold within their queueing budgets, plus 64; 0: refuse them all "
+        "(a worker draining); None: no limit. Off by default: when the HTTP front is the "
+        "bottleneck a refusal costs the server over half of an answer, and refusing in "
+        "the process lowers goodput (README, overload).",
     )
-    ingress_lag_ms: float | None = Field(
-        None,
-        ge=0,
+    ingress_lag_ms: NonNegativeFloat | Literal["lanes"] = Field(
+        0.0,
         description="Refuse inference requests at the HTTP entry while the worker's event "
         "loop has lagged more than this twice in a row (a request read now has waited that "
-        "long already). None: the least any model tolerates, its queueing budget or one "
-        "call where a call outlasts it; 0: off.",
+        'long already). "lanes": the least any model tolerates, its queueing budget or one '
+        "call where a call outlasts it; 0: off (the default, as ingress_max_in_flight).",
     )
     providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],

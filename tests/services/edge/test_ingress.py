@@ -1,6 +1,7 @@
-"""The ingress gate's decisions on plain lanes: the in-flight limit (set, derived from the
-lanes, or 0 to drain), the loop-lag rule (two late readings in a row, past the least any
-lane tolerates) and a named model's lane over its budget."""
+"""The ingress gate's decisions on plain lanes: the in-flight limit (none by default, set,
+derived from the lanes, or 0 to drain), the loop-lag rule (off by default; two late
+readings in a row, past a set lag or the least any lane tolerates) and a named model's
+lane over its budget."""
 
 from __future__ import annotations
 
@@ -43,10 +44,15 @@ def refusal(g: IngressGate, model: str | None = None) -> str:
 
 def test_the_derived_limit_is_what_the_lanes_hold_within_their_budgets() -> None:
     unknown = lane()  # no call yet: a batch queued and a batch running
-    assert gate([unknown])[0].limit() == 64 + 32 + 32
+    assert gate([unknown], max_in_flight="lanes")[0].limit() == 64 + 32 + 32
     fast = lane("fast", row_s=1e-4, call_s=1e-3)  # 50 ms of rows: 500 queued
-    assert gate([unknown, fast])[0].limit() == 64 + 64 + 500 + 32
-    assert gate([lane(row_s=1e-6)])[0].limit() == 64 + 1024 + 32  # capped by the queue limit
+    assert gate([unknown, fast], max_in_flight="lanes")[0].limit() == 64 + 64 + 500 + 32
+    capped = lane(row_s=1e-6)  # capped by the queue limit
+    assert gate([capped], max_in_flight="lanes")[0].limit() == 64 + 1024 + 32
+    g, _ = gate([unknown])  # the default: no limit
+    assert g.limit() is None
+    for _ in range(1000):
+        g.check()
 
 
 def test_requests_past_the_limit_are_refused_until_one_leaves() -> None:
@@ -79,25 +85,30 @@ def test_a_named_model_over_its_budget_is_refused_and_others_pass() -> None:
 
 def test_the_loop_must_lag_twice_in_a_row_past_the_least_tolerance() -> None:
     text = lane("text", row_s=0.05, call_s=1.5)  # a call outlasts the budget: 1.5 s
-    g, _ = gate([text])
+    g, _ = gate([text])  # the default: off
+    g.prev_lag_s = g.lag_s = 9.0
+    g.check()
+    g, _ = gate([text], lag_s="lanes")
     assert g.lag_limit() == 1.5
     g.prev_lag_s, g.lag_s = 0.0, 2.0  # one stall
     g.check()
     g.prev_lag_s = 2.0  # two late readings
     assert refusal(g) == "loop"
     fast = lane("fast", row_s=1e-4, call_s=1e-3)
-    g, _ = gate([text, fast])
+    g, _ = gate([text, fast], lag_s="lanes")
     assert g.lag_limit() == BUDGET_S
     g.prev_lag_s = g.lag_s = 0.06
     assert refusal(g) == "loop"
-    g, _ = gate([text, fast], lag_s=0)  # off
-    g.prev_lag_s = g.lag_s = 9.0
+    g, _ = gate([text, fast], lag_s=0.5)  # set: the lanes do not matter
+    g.prev_lag_s = g.lag_s = 0.4
     g.check()
+    g.prev_lag_s = g.lag_s = 0.6
+    assert refusal(g) == "loop"
 
 
 def test_the_sampler_measures_the_loop() -> None:
     async def run() -> float:
-        g, _ = gate([], interval_s=0.005)
+        g, _ = gate([], interval_s=0.005, lag_s=1.0)
         g.start()
         await asyncio.sleep(0.03)
         busy_until = asyncio.get_running_loop().time() + 0.1
