@@ -30,13 +30,13 @@ the server's CPU is spent answering, s per answer; at 3x it must answer g and re
 rest within the same CPU, g s + (3 - g) r <= s (per unit of capacity), so
 g <= (1 - 3f) / (1 - f) with f = r / s, and g >= 90 % needs f <= 1/21, a refusal under
 ~5 % of an answer. Measured on a 2-core machine (README, overload): a fraud answer costs
-the gateway ~0.7 ms of CPU and a refusal at the ASGI entry, before the body, ~0.4 ms
-(f ~ 0.6: the bound is 0); a bare uvicorn (uvloop, httptools) answering a fixed 503 with no
+the gateway ~0.7 ms of CPU and a refusal at the ASGI entry, before the body, 0.4-0.5 ms
+(f = 0.54-0.72 over five runs: the bound is 0); a bare uvicorn (uvloop, httptools) answering a fixed 503 with no
 BentoML or servekit behind it costs 0.14-0.27 ms, f >= 0.2 on its own. No refusal made
 inside a Python HTTP server is cheap enough; refusing must happen in front of it (a proxy
 or ingress with a concurrency limit) or capacity must grow (workers, replicas, the
-autoscaler). For text-embed (~40-90 ms of CPU per answer) a refusal costs ~1-2 % of an
-answer and the bound is over 95 %.
+autoscaler). For text-embed (34-82 ms of CPU per answer) a refusal costs 1.2-1.4 ms,
+1.4-4 % of an answer, and the bound is 91-97 %.
 
 Writes benchmarks/results/overload/overload.json and overload.png (``--compare spinning``:
 overload_spinning.*, ONNX Runtime's thread spinning on against off, the budget on both
