@@ -56,6 +56,11 @@ class _Connection(asyncio.Protocol):
             waiter.set_result("ServerDisconnectedError")
 
 
+def _time_out(waiter: asyncio.Future[str]) -> None:
+    if not waiter.done():
+        waiter.set_result("TimeoutError")
+
+
 def _request_bytes(host: str, path: str, body: bytes) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
@@ -143,8 +148,7 @@ async def open_loop_lean(
         assert conn.transport is not None
         conn.transport.write(payload)
         timer = loop.call_later(
-            max(0.0, scheduled + timeout_s - time.perf_counter()),
-            lambda: waiter.done() or waiter.set_result("TimeoutError"),
+            max(0.0, scheduled + timeout_s - time.perf_counter()), _time_out, waiter
         )
         status = await waiter
         timer.cancel()

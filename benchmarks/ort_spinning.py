@@ -85,7 +85,7 @@ def main() -> None:
                     runs[spinning].append(
                         measure(sides[spinning], batches, batch, args.slice_seconds)
                     )
-            point = {
+            point: dict[str, Any] = {
                 ("on" if spinning else "off"): {
                     "rows_per_s": round(statistics.median(x[0] for x in rs), 1),
                     "cpu_ms_per_row": round(statistics.median(x[1] for x in rs), 2),

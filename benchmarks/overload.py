@@ -32,7 +32,7 @@ g <= (1 - 3f) / (1 - f) with f = r / s, and g >= 90 % needs f <= 1/21, a refusal
 ~5 % of an answer. Measured on a 2-core machine (README, overload): a fraud answer costs
 the gateway ~0.7 ms of CPU and a refusal at the ASGI entry, before the body, 0.4-0.5 ms
 (f = 0.54-0.72 over five runs: the bound is 0); a bare uvicorn (uvloop, httptools) answering a fixed 503 with no
-BentoML or servekit behind it costs 0.14-0.27 ms, f >= 0.2 on its own. No refusal made
+BentoML or servekit behind it costs 0.13-0.27 ms, f >= 0.2 on its own. No refusal made
 inside a Python HTTP server is cheap enough; refusing must happen in front of it (a proxy
 or ingress with a concurrency limit) or capacity must grow (workers, replicas, the
 autoscaler). For text-embed (34-82 ms of CPU per answer) a refusal costs 1.2-1.4 ms,
@@ -59,6 +59,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,8 @@ COMPARISONS = {
         "ORT spinning off": {"SERVEKIT_ORT_SPINNING": "false"},
     },
 }
-GENERATORS = {"lean": open_loop_lean, "aiohttp": open_loop_records}
+OpenLoop = Callable[..., Coroutine[Any, Any, tuple[list[tuple[str, float]], float, float]]]
+GENERATORS: dict[str, OpenLoop] = {"lean": open_loop_lean, "aiohttp": open_loop_records}
 # A gateway that refuses every inference request at its HTTP entry (an in-flight limit
 # of 0): what one refusal costs the server, measured.
 REFUSE_ALL = {"SERVEKIT_INGRESS_MAX_IN_FLIGHT": "0"}

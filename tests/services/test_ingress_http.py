@@ -134,7 +134,9 @@ def test_refusals_at_the_entry_never_read_the_body(gated_gateway: ServerProcess)
             assert r.status == 200
         stalled.close()  # gone before its body: it leaves the count
         assert _status(running) == 200
-        assert _status(queued) == 200
+        # The queued one runs, or is dropped unrun if the long call outlasted twice what
+        # it was admitted for (admission's rule, not the gate's): answered either way.
+        assert _status(queued) in (200, 503)
     assert metric(server, "servekit_admission_refusals_total", reason="budget") > budget_before
     assert (
         metric(server, "servekit_admission_refusals_total", reason="in_flight")
