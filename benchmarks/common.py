@@ -65,14 +65,17 @@ class Server:
         *,
         target: str = "services.service:Gateway",
         ready_path: str = "/v2/health/ready",
+        cpus: set[int] | None = None,
     ) -> None:
         self.port = free_port()
+        self.cpus = cpus  # the cores its process tree may use (None: all)
         self.url = f"http://127.0.0.1:{self.port}"
         full = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", target,
              "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=root, env=full, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

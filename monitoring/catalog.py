@@ -173,7 +173,9 @@ _POOL = tuple(
          "colocated"),
         ("servekit_admission_refusals_total", "counter", (*_MV, "reason"),
          "Requests refused at admission with 503, by reason (queue_full; budget: expected wait "
-         "over the queueing budget; deadline: the client's deadline passes first).", "colocated"),
+         "over the queueing budget; deadline: the client's deadline passes first; at the HTTP "
+         "entry, model unknown: loop, the event loop lags past the budget; in_flight).",
+         "colocated"),
         ("servekit_admission_drops_total", "counter", (*_MV, "reason"),
          "Queued requests answered 503 without running, by reason (budget: waited twice what "
          "they were admitted for; deadline: the client's passed; disconnected).", "colocated"),

@@ -54,7 +54,8 @@ def _admission(stats: Any) -> Iterator[Any]:
 
 _REFUSALS_HELP = (
     "Requests refused at admission with 503, by reason (queue_full; budget: expected wait "
-    "over the queueing budget; deadline: the client's deadline passes first)."
+    "over the queueing budget; deadline: the client's deadline passes first; at the HTTP "
+    "entry, model unknown: loop, the event loop lags past the budget; in_flight)."
 )
 _DROPS_HELP = (
     "Queued requests answered 503 without running, by reason (budget: waited twice what "

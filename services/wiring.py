@@ -26,6 +26,7 @@ from services.edge.docs import ApiDocs
 from services.edge.http import GatewayApp, HTTPResponse, json_response
 from services.edge.ingest import FeedbackRoute, add_events_route
 from services.edge.ingest_auth import IngestAuth
+from services.edge.ingress import IngressGate
 from services.errors import ServekitError
 from services.registry.catalog import ModelCatalog
 from services.registry.stores import open_store
@@ -37,6 +38,7 @@ from services.rollout.prediction_log import PredictionLog
 from services.rollout.routing import TrafficRouter
 from services.rollout.signing import RequestSigner
 from services.rollout.state import RolloutStore
+from services.runner.batching import AdaptiveBatcher
 from services.runner.pool import ModelPool
 from services.runner.split import FrameServer, RemoteRunner
 from services.settings import Settings, get_settings
@@ -270,9 +272,33 @@ def build_gateway(proxy: Any | None) -> tuple[Predictor, ModelPool | None]:
         max_body_bytes=SETTINGS.serving.max_body_bytes,
         metrics_render=metrics.render,
     )
+    if pool is not None:
+        app.gate = _ingress_gate(pool.batcher)
+    elif isinstance(predictor.runner, RemoteRunner):
+        app.gate = _ingress_gate(predictor.runner.batcher)
     predictor.ready = True
     _freeze()
     return predictor, pool
+
+
+def _ingress_gate(batcher: AdaptiveBatcher) -> IngressGate | None:
+    """The gate that refuses at the HTTP entry: a v2 request whose model's lane is over
+    its budget (what admission would refuse, before the body), and the opt-in loop-lag
+    and in-flight limits; none when the budget is off and neither limit is set."""
+    serving = SETTINGS.serving
+    budget_ms = SETTINGS.batch.default_budget_ms()
+    lag, max_in_flight = serving.ingress_lag_ms, serving.ingress_max_in_flight
+    if not budget_ms and lag == 0 and max_in_flight is None:
+        return None
+    gate = IngressGate(
+        batcher.lanes,
+        batcher.admission,
+        budget_s=budget_ms / 1000,
+        lag_s=lag if lag == "lanes" else lag / 1000,
+        max_in_flight=max_in_flight,
+    )
+    app.on_first_request.append(gate.start)
+    return gate
 
 
 def build_runner() -> tuple[ModelPool, FrameServer, GpuSampler]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,6 +28,9 @@ from services.errors import (
     UnavailableError,
 )
 from services.runner.admission import bind_request, parse_timeout, request_answered
+
+if TYPE_CHECKING:
+    from services.edge.ingress import IngressGate
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ class GatewayApp:
         self.max_body_bytes = 1 << 20
         self.metrics_render: Callable[[], bytes] | None = None
         self.readiness: list[Callable[[], Awaitable[dict[str, Any]]]] = []
+        # Refuses inference requests before their body is read (None: admission only).
+        self.gate: IngressGate | None = None
         # Run once, on the first request, inside the server's event loop.
         self.on_first_request: list[Callable[[], None]] = []
         self._started = False
@@ -126,16 +131,20 @@ class GatewayApp:
         path: str = scope["path"]
         method: str = scope["method"]
         route = "unknown"
+        gated = False
         try:
             handler = self._routes.get((method, path))
             if handler is not None:
                 route = path
                 if path == "/predict":
+                    gated = self._enter(None)
                     _bind_request(scope, receive)
                 body = await self._read_body(scope, receive) if method == "POST" else b""
                 resp = await handler(body, scope)
             elif (m := _V2_MODEL.match(path)) is not None:
                 route = "v2_model" + (m.group(3) or "")
+                if m.group(3) == "/infer" and method == "POST":
+                    gated = self._enter(m.group(1))
                 resp = await self._v2_model(method, m, scope, receive)
             elif any(p == path for _, p in self._routes) or path == "/v2/models":
                 raise ServekitError("method not allowed", status=405)
@@ -168,8 +177,19 @@ class GatewayApp:
                 self.predictor.metrics.observe_error(route, 500, "InternalError")
         request_answered()
         headers = [*resp.headers, (b"content-length", str(len(resp.body)).encode())]
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        await send({"type": "http.response.body", "body": resp.body})
+        try:
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            await send({"type": "http.response.body", "body": resp.body})
+        finally:
+            if gated and self.gate is not None:
+                self.gate.leave()
+
+    def _enter(self, model: str | None) -> bool:
+        """Pass the ingress gate (or raise its 503); whether the request was counted."""
+        if self.gate is None:
+            return False
+        self.gate.check(model)
+        return True
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_body_bytes

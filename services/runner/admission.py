@@ -47,6 +47,9 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 _DROP_SLACK = 2.0
 # The longest client timeout taken (a day): beyond it, no deadline.
 _MAX_TIMEOUT_S = 86_400.0
+# A lane without a queue limit of its own counts as holding this many rows (the batcher's
+# default limit) when the edge derives its in-flight limit.
+_UNLIMITED_LANE_ROWS = 4096
 
 
 class RequestContext:
@@ -145,6 +148,43 @@ def expected_wait(lane: Lane) -> float:
     return wait
 
 
+def over_budget(lane: Lane) -> bool:
+    """Whether a request arriving now at ``lane`` is refused for its budget (the rule of
+    ``Admission.admit``, without a client deadline)."""
+    budget_ms = lane.policy.queue_budget_ms
+    if not budget_ms or math.isinf(lane.row_s):
+        return False
+    batch_rows = lane.policy.max_batch_size * lane.limits.max_concurrency
+    return lane.queued_rows >= batch_rows and expected_wait(lane) > budget_ms / 1000.0
+
+
+def lane_tolerance(lane: Lane) -> float | None:
+    """The longest a request of ``lane`` may expect to wait and still be admitted: its
+    budget, or one call where a call outlasts the budget (a batch still fills); None
+    without a budget."""
+    budget_ms = lane.policy.queue_budget_ms
+    if not budget_ms:
+        return None
+    budget = budget_ms / 1000.0
+    return budget if math.isinf(lane.call_s) else max(budget, lane.call_s)
+
+
+def lane_capacity(lane: Lane) -> int:
+    """Rows ``lane`` holds at most within its budget: what admission lets queue (one batch
+    per call slot, or the budget's worth of rows if more) plus one batch per slot running;
+    the lane's queue limit instead when it has no budget."""
+    slots = lane.limits.max_concurrency
+    batch_rows = lane.policy.max_batch_size * slots
+    budget_ms = lane.policy.queue_budget_ms
+    queue_limit = lane.limits.queue_limit or _UNLIMITED_LANE_ROWS
+    if not budget_ms:
+        return queue_limit + batch_rows
+    queued = batch_rows
+    if not math.isinf(lane.row_s) and lane.row_s > 0:
+        queued = max(queued, math.ceil(budget_ms / 1000.0 * slots / lane.row_s))
+    return min(queued, queue_limit) + batch_rows
+
+
 def drain_s(lane: Lane) -> int:
     """Retry-After for ``lane``: seconds to drain its queue, at least 1."""
     if math.isinf(lane.row_s):
@@ -174,8 +214,7 @@ class Admission:
         expires = deadline
         if budget_ms and not math.isinf(lane.row_s):
             budget = budget_ms / 1000.0
-            batch_rows = lane.policy.max_batch_size * lane.limits.max_concurrency
-            if wait > budget and lane.queued_rows >= batch_rows:
+            if over_budget(lane):
                 self.refuse(
                     lane, "budget", f"expected wait {wait:.3f} s is over the {budget:g} s budget"
                 )
@@ -185,6 +224,11 @@ class Admission:
     def count_refusal(self, lane: Lane, reason: str) -> None:
         """Count one refusal of ``reason`` at ``lane``."""
         self.stats.refused[_labels(lane.group, reason)] += 1
+
+    def count_entry_refusal(self, reason: str) -> None:
+        """Count one refusal at the HTTP entry, before the request's model is known."""
+        self.stats.refused[("", "", reason)] += 1
+        self._batcher_stats.shed += 1
 
     def refuse(self, lane: Lane, reason: str, why: str) -> None:
         """Count a refusal of ``reason`` and raise its 503."""

@@ -60,6 +60,8 @@ class OnnxRuntimeBackend:
         providers: execution providers in order of preference; those not available here
             are dropped with a log line, and the CPU provider is always the last resort.
         threads: intra-op threads (1 is best for small models batched by servekit).
+        spinning: let the intra- and inter-op threads spin after a run (ONNX Runtime's
+            default): off, they sleep at once and leave the cores to the event loop.
         mem_arena: keep ONNX Runtime's CPU memory arena. Off on shared runners, so a
             session holds between runs only what it held after loading (what the model
             pool measures), not a grown arena of past activations.
@@ -68,7 +70,13 @@ class OnnxRuntimeBackend:
     stoppable = True
 
     def __init__(
-        self, model_bytes: bytes, *, providers: list[str], threads: int = 1, mem_arena: bool = True
+        self,
+        model_bytes: bytes,
+        *,
+        providers: list[str],
+        threads: int = 1,
+        mem_arena: bool = True,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -91,6 +99,9 @@ class OnnxRuntimeBackend:
         opts.inter_op_num_threads = 1
         opts.enable_cpu_mem_arena = mem_arena
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 model_bytes, sess_options=opts, providers=_with_options(chosen)
@@ -144,6 +155,7 @@ def create_backend(
             providers=settings.providers,
             threads=settings.ort_threads,
             mem_arena=mem_arena,
+            spinning=settings.ort_spinning,
         )
     if mv.format == "tensorrt":
         # A TensorRT plan runs only where TensorRT and its GPU are: no CPU fallback exists
@@ -168,7 +180,12 @@ _WARM_UP_ONNX = (
 def warm_up(settings: ServingSettings) -> None:
     """Initialize ONNX Runtime (its environment, thread pools, providers: ~9 MB on the CPU)
     with a trivial session, so that this one-off cost is not measured as a model's."""
-    OnnxRuntimeBackend(_WARM_UP_ONNX, providers=settings.providers, threads=settings.ort_threads)
+    OnnxRuntimeBackend(
+        _WARM_UP_ONNX,
+        providers=settings.providers,
+        threads=settings.ort_threads,
+        spinning=settings.ort_spinning,
+    )
 
 
 __all__ = ["NUMPY_TO_OIP", "Backend", "OnnxRuntimeBackend", "create_backend", "warm_up"]

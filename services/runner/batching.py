@@ -32,7 +32,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
 from services.errors import ModelTimeoutError, OverloadedError
@@ -179,6 +179,10 @@ class AdaptiveBatcher:
         if self._rows_per_s <= 0:
             return 1
         return max(1, math.ceil(self.queued_rows / self._rows_per_s))
+
+    def lanes(self) -> Iterable[Lane]:
+        """The lanes now (a live view: do not hold it across awaits)."""
+        return self._lanes.values()
 
     def busy(self, group: Hashable) -> bool:
         """Whether ``group`` has requests queued or backend calls running (hung included)."""
