@@ -69,6 +69,64 @@ def _request_bytes(host: str, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
+class _ConnectionPool:
+    """Keep-alive connections to one server, at most ``limit`` open at once; requests that
+    find none free wait their turn, first come first served."""
+
+    def __init__(self, host: str, port: int, limit: int) -> None:
+        self.host, self.port, self.limit = host, port, limit
+        self.loop = asyncio.get_running_loop()
+        self.idle: collections.deque[_Connection] = collections.deque()
+        self.queued: collections.deque[asyncio.Future[_Connection]] = collections.deque()
+        self.opened = 0
+
+    async def get(self) -> _Connection:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+            self.opened -= 1
+        if self.opened >= self.limit:
+            turn: asyncio.Future[_Connection] = self.loop.create_future()
+            self.queued.append(turn)
+            return await turn
+        return await self._open()
+
+    def release(self, conn: _Connection) -> None:
+        if conn.closed:
+            if conn.transport is not None:
+                conn.transport.close()
+            self.opened -= 1
+            if self.queued:  # a closed connection frees a slot: the next waiter opens one
+                self.loop.create_task(self._hand_new(self.queued.popleft()))
+        elif self.queued:
+            self.queued.popleft().set_result(conn)
+        else:
+            self.idle.append(conn)
+
+    async def _open(self) -> _Connection:
+        self.opened += 1
+        try:
+            _, conn = await self.loop.create_connection(_Connection, self.host, self.port)
+        except OSError:
+            self.opened -= 1
+            raise
+        return conn
+
+    async def _hand_new(self, turn: asyncio.Future[_Connection]) -> None:
+        try:
+            conn = await self._open()
+        except OSError as exc:
+            turn.set_exception(exc)
+        else:
+            turn.set_result(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
 async def open_loop_lean(
     url: str,
     bodies: Sequence[bytes],
@@ -89,58 +147,12 @@ async def open_loop_lean(
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     payloads = [_request_bytes(f"{host}:{port}", parts.path, b) for b in bodies]
     loop = asyncio.get_running_loop()
-    idle: collections.deque[_Connection] = collections.deque()
-    # Requests waiting for a connection while max_connections are busy, first come first.
-    queued: collections.deque[asyncio.Future[_Connection]] = collections.deque()
-    opened = 0
+    pool = _ConnectionPool(host, port, max_connections)
     out: list[tuple[str, float]] = []
-
-    async def connection() -> _Connection:
-        nonlocal opened
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-            opened -= 1
-        if opened >= max_connections:
-            turn: asyncio.Future[_Connection] = loop.create_future()
-            queued.append(turn)
-            return await turn
-        opened += 1
-        try:
-            _, conn = await loop.create_connection(_Connection, host, port)
-        except OSError:
-            opened -= 1
-            raise
-        return conn
-
-    def release(conn: _Connection) -> None:
-        nonlocal opened
-        if conn.closed:
-            if conn.transport is not None:
-                conn.transport.close()
-            opened -= 1
-            if queued:  # a closed connection frees a slot: the next waiter opens one
-                loop.create_task(hand_new(queued.popleft()))
-        elif queued:
-            queued.popleft().set_result(conn)
-        else:
-            idle.append(conn)
-
-    async def hand_new(turn: asyncio.Future[_Connection]) -> None:
-        nonlocal opened
-        opened += 1
-        try:
-            _, conn = await loop.create_connection(_Connection, host, port)
-        except OSError as exc:
-            opened -= 1
-            turn.set_exception(exc)
-        else:
-            turn.set_result(conn)
 
     async def one(payload: bytes, scheduled: float) -> None:
         try:
-            conn = await connection()
+            conn = await pool.get()
         except OSError:
             out.append(("ClientConnectorError", time.perf_counter() - scheduled))
             return
@@ -155,7 +167,7 @@ async def open_loop_lean(
         out.append((status, time.perf_counter() - scheduled))
         if status == "TimeoutError":
             conn.closed = True  # its answer may still come: never reuse it
-        release(conn)
+        pool.release(conn)
 
     tasks = []
     start = time.perf_counter()
@@ -167,7 +179,5 @@ async def open_loop_lean(
         tasks.append(loop.create_task(one(payloads[i % len(payloads)], scheduled)))
     sent_s = time.perf_counter() - start
     await asyncio.gather(*tasks)
-    for conn in idle:
-        if conn.transport is not None:
-            conn.transport.close()
+    pool.close()
     return out, len(tasks) / max(sent_s, 1e-9), time.perf_counter() - start

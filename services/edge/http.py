@@ -150,31 +150,8 @@ class GatewayApp:
                 raise ServekitError("method not allowed", status=405)
             else:
                 raise NotFoundError(f"no route {method} {path}", path=path)
-        except ServekitError as exc:
-            if exc.context.get("status") == 405:
-                resp = json_response({"error": f"method {method} not allowed on {path}"}, 405)
-            else:
-                resp = error_response(exc)
-                if resp.status >= 500:
-                    logger.warning("%s %s: %s: %s", method, path, type(exc).__name__, exc)
-            if self.predictor is not None:
-                self.predictor.metrics.observe_error(route, resp.status, type(exc).__name__)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            # Redis down or paused under a route that needs it (feedback, admin): nothing
-            # was confirmed, so the client is told to send it again (safe: an outcome
-            # recorded twice is refused with 409, a rollout change is idempotent or 409).
-            logger.warning("%s %s: Redis unavailable: %s", method, path, exc)
-            unavailable = UnavailableError(
-                f"state store unavailable ({type(exc).__name__}); retry", retry_after=1
-            )
-            resp = error_response(unavailable)
-            if self.predictor is not None:
-                self.predictor.metrics.observe_error(route, 503, "RedisUnavailable")
-        except Exception:
-            logger.exception("unhandled error on %s %s", method, path)
-            resp = error_response(ServekitError("internal"))
-            if self.predictor is not None:
-                self.predictor.metrics.observe_error(route, 500, "InternalError")
+        except Exception as exc:  # every failure is answered as JSON: see _failure
+            resp = self._failure(exc, method, path, route)
         request_answered()
         headers = [*resp.headers, (b"content-length", str(len(resp.body)).encode())]
         try:
@@ -183,6 +160,32 @@ class GatewayApp:
         finally:
             if gated and self.gate is not None:
                 self.gate.leave()
+
+    def _failure(self, exc: Exception, method: str, path: str, route: str) -> HTTPResponse:
+        """The answer to a request that raised, counted per route and error."""
+        if isinstance(exc, ServekitError):
+            if exc.context.get("status") == 405:
+                resp = json_response({"error": f"method {method} not allowed on {path}"}, 405)
+            else:
+                resp = error_response(exc)
+            if resp.status >= 500:
+                logger.warning("%s %s: %s: %s", method, path, type(exc).__name__, exc)
+            error = type(exc).__name__
+        elif isinstance(exc, RedisConnectionError | RedisTimeoutError):
+            # Redis down or paused under a route that needs it (feedback, admin): nothing
+            # was confirmed, so the client is told to send it again (safe: an outcome
+            # recorded twice is refused with 409, a rollout change is idempotent or 409).
+            logger.warning("%s %s: Redis unavailable: %s", method, path, exc)
+            unavailable = UnavailableError(
+                f"state store unavailable ({type(exc).__name__}); retry", retry_after=1
+            )
+            resp, error = error_response(unavailable), "RedisUnavailable"
+        else:
+            logger.error("unhandled error on %s %s", method, path, exc_info=exc)
+            resp, error = error_response(ServekitError("internal")), "InternalError"
+        if self.predictor is not None:
+            self.predictor.metrics.observe_error(route, resp.status, error)
+        return resp
 
     def _enter(self, model: str | None) -> bool:
         """Pass the ingress gate (or raise its 503); whether the request was counted."""

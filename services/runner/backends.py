@@ -16,6 +16,7 @@ import numpy as np
 
 from services.errors import ModelLoadError
 from services.registry.schema import NUMPY_TO_OIP, TensorSpec
+from services.runner.niceness import call_niced
 from services.runner.watchdog import StopSwitch
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class OnnxRuntimeBackend:
         mem_arena: keep ONNX Runtime's CPU memory arena. Off on shared runners, so a
             session holds between runs only what it held after loading (what the model
             pool measures), not a grown arena of past activations.
+        nice: the session's thread pool's nice value (see ``services.runner.niceness``).
     """
 
     stoppable = True
@@ -77,6 +79,7 @@ class OnnxRuntimeBackend:
         threads: int = 1,
         mem_arena: bool = True,
         spinning: bool = True,
+        nice: int = 0,
     ) -> None:
         import onnxruntime as ort
 
@@ -103,8 +106,12 @@ class OnnxRuntimeBackend:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(
-                model_bytes, sess_options=opts, providers=_with_options(chosen)
+            # Created from a niced thread, the session's thread pool is niced too.
+            self.session = call_niced(
+                lambda: ort.InferenceSession(
+                    model_bytes, sess_options=opts, providers=_with_options(chosen)
+                ),
+                nice,
             )
         except Exception as exc:  # ORT raises its own untyped errors for bad graphs
             raise ModelLoadError(f"ONNX Runtime cannot load the model: {exc}") from exc
@@ -156,6 +163,7 @@ def create_backend(
             threads=settings.ort_threads,
             mem_arena=mem_arena,
             spinning=settings.ort_spinning,
+            nice=settings.model_nice,
         )
     if mv.format == "tensorrt":
         # A TensorRT plan runs only where TensorRT and its GPU are: no CPU fallback exists
@@ -185,6 +193,7 @@ def warm_up(settings: ServingSettings) -> None:
         providers=settings.providers,
         threads=settings.ort_threads,
         spinning=settings.ort_spinning,
+        nice=settings.model_nice,
     )
 
 

@@ -99,6 +99,7 @@ class AdaptiveBatcher:
         threads: int = 4,
         stoppable_for: Callable[[Hashable], bool] | None = None,
         inline_deadline_s: float = 0.02,
+        nice: int = 0,
     ) -> None:
         self._run_group = run_group
         self._policy_for = policy_for
@@ -118,7 +119,7 @@ class AdaptiveBatcher:
         self.stats = BatcherStats()
         self.admission = Admission(self.stats)
         self._rows_per_s = 0.0
-        self._workers = WorkerThreads(threads, "servekit-batch")
+        self._workers = WorkerThreads(threads, "servekit-batch", nice)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 

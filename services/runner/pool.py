@@ -116,6 +116,7 @@ class ModelPool:
             threads=mm.threads,
             stoppable_for=self._is_stoppable,
             inline_deadline_s=mm.inline_deadline_ms / 1000.0,
+            nice=settings.serving.model_nice,
         )
 
     # -- loading ---------------------------------------------------------------------

@@ -6,6 +6,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+from services.runner.niceness import lower_thread_priority
+
 
 class WorkerThreads:
     """Daemon threads that run backend calls; a thread stuck in a hung call is replaced.
@@ -14,9 +16,10 @@ class WorkerThreads:
     the pool keeps its size, and the first thread to finish while spares exist retires.
     """
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(self, threads: int, name: str, nice: int = 0) -> None:
         self._size = threads
         self._name = name
+        self._nice = nice
         self._tasks: queue.SimpleQueue[tuple[Callable[[], None]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
@@ -46,6 +49,7 @@ class WorkerThreads:
         ).start()
 
     def _work(self) -> None:
+        lower_thread_priority(self._nice)
         while True:
             item = self._tasks.get()
             if item is None:

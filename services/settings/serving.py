@@ -121,6 +121,15 @@ class ServingSettings(BaseSettings):
         "call, which starves the event loop that admits and refuses requests; off costs "
         "no measurable throughput on batched calls (README, text serving and overload).",
     )
+    model_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Nice value of the threads that run models (the batcher's workers and "
+        "ONNX Runtime's thread pools): above 0 the kernel gives a core to the event loop, "
+        "which admits, refuses and answers, whenever it has work, and the models keep the "
+        "rest. 0: model threads compete with the loop as equals.",
+    )
     ingress_max_in_flight: NonNegativeInt | Literal["lanes"] | None = Field(
         None,
         description="Most inference requests one worker holds; past it requests are "
