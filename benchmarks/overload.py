@@ -309,7 +309,8 @@ def measure_model(
     return doc
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="per load and side")
     parser.add_argument("--capacity-seconds", type=float, default=6.0)
@@ -326,8 +327,8 @@ def main() -> None:
         choices=sorted(COMPARISONS),
         default="budget",
         help="the sides: budget off/on; the gate at the HTTP entry off, in-flight limit, "
-        "loop lag (budget on); ONNX Runtime spinning on/off (budget on). Results go to "
-        "overload.json, or overload_gate.json, overload_spinning.json",
+        "loop lag (budget on); model threads' nice 0/10 (budget on); ONNX Runtime spinning "
+        "on/off (budget on). Results go to overload.json, or overload_<compare>.json",
     )
     parser.add_argument(
         "--pin-models",
@@ -336,7 +337,11 @@ def main() -> None:
         help="models whose servers run on all cores but the last and the generator on the "
         "last (the split is explicit, not contended); others share every core",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     cores = sorted(os.sched_getaffinity(0))
     console = Console()
     OUT.mkdir(parents=True, exist_ok=True)
