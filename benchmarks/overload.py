@@ -102,7 +102,7 @@ COMPARISONS = {
     },
     # Model threads at normal priority against niced below the event loop, budget on.
     "nice": {
-        "model threads nice 0 (before)": {"SERVEKIT_MODEL_NICE": "0"},
+        "model threads nice 0 (default)": {"SERVEKIT_MODEL_NICE": "0"},
         "model threads nice 10": {"SERVEKIT_MODEL_NICE": "10"},
     },
     # ONNX Runtime's threads spinning after each run, the budget on both sides.

@@ -122,13 +122,15 @@ class ServingSettings(BaseSettings):
         "no measurable throughput on batched calls (README, text serving and overload).",
     )
     model_nice: int = Field(
-        10,
+        0,
         ge=0,
         le=19,
         description="Nice value of the threads that run models (the batcher's workers and "
         "ONNX Runtime's thread pools): above 0 the kernel gives a core to the event loop, "
         "which admits, refuses and answers, whenever it has work, and the models keep the "
-        "rest. 0: model threads compete with the loop as equals.",
+        "rest. Niced threads also lose the cores to every other process at nice 0, so it "
+        "pays where the gateway has its cores to itself (a container's CPU quota), not on "
+        "a shared host (README, overload).",
     )
     ingress_max_in_flight: NonNegativeInt | Literal["lanes"] | None = Field(
         None,
