@@ -125,6 +125,11 @@ class FeatureSettings(BaseSettings):
         description="Feature views as JSON (see services.state.features.FeatureView); "
         "unset: the demo fraud model's views.",
     )
+    fast_client: bool = Field(
+        True,
+        description="Online reads over services.state.resp's lean pipelined connection "
+        "(single server, not TLS); off: over redis-py's client.",
+    )
     stream_maxlen: int = Field(100_000, ge=100, description="Cap of the event stream.")
     consumer_group: str = Field("servekit-features", description="Real-time worker group.")
     claim_min_idle_ms: int = Field(

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from services.state.features import FeatureMetrics, FeatureRegistry, FeatureSpec, FeatureView
+    from services.state.resp import RespClient
 
 logger = logging.getLogger(__name__)
 
@@ -233,13 +234,13 @@ class FeatureReader:
     """Reads feature rows for requests with the one-call read script.
 
     Args:
-        redis: an asyncio client.
+        redis: an asyncio client: redis-py's, or a lean :class:`RespClient`.
         registry: the declared views.
         metrics: where missing and stale rows and data ages are counted.
     """
 
     def __init__(
-        self, redis: aioredis.Redis, registry: FeatureRegistry, metrics: FeatureMetrics
+        self, redis: aioredis.Redis | RespClient, registry: FeatureRegistry, metrics: FeatureMetrics
     ) -> None:
         self._redis = redis
         self._registry = registry

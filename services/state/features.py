@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from services.errors import InvalidInputError
 from services.state.feature_loads import BatchViewLoader, LoadResult
 from services.state.feature_reads import FeatureReader, RowFlags
+from services.state.resp import lean_client_for
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -225,7 +226,10 @@ class FeatureStore:
         self.registry = views
         self._clock = clock
         self.metrics = feature_metrics(registry)
-        self._reader = FeatureReader(redis, views, self.metrics)
+        # The per-request script call goes over a lean pipelined connection where one can
+        # stand in for ``redis`` (a single server); the rest stays on redis-py.
+        self._lean = lean_client_for(redis) if settings.fast_client else None
+        self._reader = FeatureReader(self._lean or redis, views, self.metrics)
         self._loader = BatchViewLoader(redis, views, settings)
 
     async def get_features(
@@ -263,3 +267,8 @@ class FeatureStore:
     async def current_version(self, view: str) -> str | None:
         """The current version of a batch view, None if never loaded."""
         return await self._loader.current_version(view)
+
+    async def aclose(self) -> None:
+        """Close the store's own connections (``redis`` stays open: its owner closes it)."""
+        if self._lean is not None:
+            await self._lean.aclose()

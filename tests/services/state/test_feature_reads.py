@@ -107,8 +107,8 @@ async def test_batch_and_realtime_views_in_one_round_trip(
     clock: FakeClock,
 ) -> None:
     await load_sample(aredis, views, fsettings, clock)
-
-    store = FeatureStore(counting_redis, views, fsettings, clock, registry=CollectorRegistry())
+    redis_py = fsettings.model_copy(update={"fast_client": False})  # count redis-py's writes
+    store = FeatureStore(counting_redis, views, redis_py, clock, registry=CollectorRegistry())
     requests = [{"user": f"u{i}", "merchant_category": "fuel"} for i in range(50)]
     await store.get_features(requests, WANTED)  # connects and loads the script
     CountingConnection.sends = 0
