@@ -2,9 +2,9 @@
 
 redis-py's asyncio client spends far more CPU per call (connection pool, retry wrapper,
 response callbacks) than the round trip itself. :class:`RespClient` does only what the
-feature read needs: one connection per event loop, every command written on it at once
-(the writes of one loop iteration go out together), replies matched to callers in order
-by a FIFO of futures, RESP2 parsed by ``hiredis`` (a small pure-Python parser where it is
+feature read needs: one connection per event loop, every command written on it as soon
+as it is issued (callers that share a loop turn already merge their reads upstream,
+``services.state.coalesce``), replies matched to callers in order by a FIFO of futures, RESP2 parsed by ``hiredis`` (a small pure-Python parser where it is
 missing). Replies decode as redis-py's do with ``decode_responses=False``, and errors are
 redis-py's classes: ``NoScriptError``, ``ResponseError``; ``ConnectionError`` when the
 connection drops and ``TimeoutError`` when the server stays silent past the timeout, both
@@ -132,7 +132,6 @@ class _Connection(asyncio.Protocol):
         # (future, deadline) per command in flight, oldest first: replies come in order.
         self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._reader = _reader()
-        self._out: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -165,9 +164,9 @@ class _Connection(asyncio.Protocol):
                 future.set_result(reply)
 
     def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue ``command`` for this loop iteration's write; the future of its reply."""
+        """Write ``command`` now; the future of its reply."""
         future = self.loop.create_future()
-        if self.closed:
+        if self.closed or self.transport is None:
             future.set_exception(RedisConnectionError("Connection closed."))
             return future
         deadline = 0.0
@@ -176,15 +175,8 @@ class _Connection(asyncio.Protocol):
             if self._timer is None:
                 self._timer = self.loop.call_at(deadline, self._check_deadline)
         self.pending.append((future, deadline))
-        if not self._out:
-            self.loop.call_soon(self._flush)
-        self._out.append(command)
+        self.transport.write(command)
         return future
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if not self.closed and self.transport is not None:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _check_deadline(self) -> None:
         """Fail the connection if its oldest command is past its deadline, else re-arm."""
