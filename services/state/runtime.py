@@ -178,6 +178,7 @@ class RedisRuntime:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.features.aclose()
         for client in (
             self.client,
             self._worker_client,
