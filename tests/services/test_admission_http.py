@@ -28,20 +28,20 @@ LONG = 600_000  # ~1-3 s: holds the lane
 BUDGET_MS = 50
 
 
-@pytest.fixture(scope="module")
-def spin_gateway(
-    tmp_path_factory: pytest.TempPathFactory, serving_redis_url: str
-) -> Iterator[ServerProcess]:
+def spin_server(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, **env: str
+) -> ServerProcess:
+    """A lean gateway serving ``spin`` one row per call, with the 50 ms budget and ``env``."""
     from services.registry.stores import LocalStore
     from services.registry.versions import ModelRegistry
 
     root: Path = tmp_path_factory.mktemp("spin_store")
     register_spin(ModelRegistry(LocalStore(root)), "spin")
-    server = ServerProcess(
+    return ServerProcess(
         {
             "SERVEKIT_MODEL_STORE": str(root),
             "SERVEKIT_MODELS": '["spin"]',
-            "SERVEKIT_REDIS_URL": serving_redis_url,
+            "SERVEKIT_REDIS_URL": redis_url,
             "SERVEKIT_CACHE_ENABLED": "false",
             "SERVEKIT_FEATURES_ENABLED": "false",
             "SERVEKIT_ROLLOUT_ENABLED": "false",
@@ -49,8 +49,16 @@ def spin_gateway(
             "SERVEKIT_BATCH_PER_MODEL": json.dumps(
                 {"spin": {"max_batch_size": 1, "max_wait_ms": 0}}
             ),
+            **env,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def spin_gateway(
+    tmp_path_factory: pytest.TempPathFactory, serving_redis_url: str
+) -> Iterator[ServerProcess]:
+    server = spin_server(tmp_path_factory, serving_redis_url)
     yield server
     server.stop()
 

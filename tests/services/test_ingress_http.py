@@ -10,12 +10,10 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.fixtures.onnx_models import register_spin
 from tests.services.test_admission_http import (
     LONG,
     SHORT,
@@ -25,6 +23,7 @@ from tests.services.test_admission_http import (
     infer_url,
     metric,
     post,
+    spin_server,
 )
 
 MAX_IN_FLIGHT = 3
@@ -35,27 +34,12 @@ MEDIUM = 200_000  # loop trips: ~0.3-1 s, so that one queued row is over the 50 
 def gated_gateway(
     tmp_path_factory: pytest.TempPathFactory, serving_redis_url: str
 ) -> Iterator[ServerProcess]:
-    from services.registry.stores import LocalStore
-    from services.registry.versions import ModelRegistry
-
-    root: Path = tmp_path_factory.mktemp("ingress_store")
-    register_spin(ModelRegistry(LocalStore(root)), "spin")
-    server = ServerProcess(
-        {
-            "SERVEKIT_MODEL_STORE": str(root),
-            "SERVEKIT_MODELS": '["spin"]',
-            "SERVEKIT_REDIS_URL": serving_redis_url,
-            "SERVEKIT_CACHE_ENABLED": "false",
-            "SERVEKIT_FEATURES_ENABLED": "false",
-            "SERVEKIT_ROLLOUT_ENABLED": "false",
-            "SERVEKIT_BATCH_QUEUE_BUDGET_MS": "50",
-            "SERVEKIT_INGRESS_MAX_IN_FLIGHT": str(MAX_IN_FLIGHT),
-            # Only the limits under test: a loaded test machine may lag the loop.
-            "SERVEKIT_INGRESS_LAG_MS": "0",
-            "SERVEKIT_BATCH_PER_MODEL": json.dumps(
-                {"spin": {"max_batch_size": 1, "max_wait_ms": 0}}
-            ),
-        }
+    server = spin_server(
+        tmp_path_factory,
+        serving_redis_url,
+        SERVEKIT_INGRESS_MAX_IN_FLIGHT=str(MAX_IN_FLIGHT),
+        # Only the limits under test: a loaded test machine may lag the loop.
+        SERVEKIT_INGRESS_LAG_MS="0",
     )
     yield server
     server.stop()
